@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 # A chat message list, e.g. [{"role": "user", "content": "hi"}].
 Messages = list[dict[str, str]]
-Text = Union[str, Messages]
+Text = str | Messages
 
 
 @dataclass

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: set up .venv, lint, then the default test suite (slow real-model tests excluded).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,150 @@
+"""Atomic checkpoints: trainable weights, optimiser, scheduler, RNG and data position, all safetensors/JSON.
+
+A checkpoint is written into `checkpoints/.tmp-step-N`, every file fsynced, then renamed to
+`checkpoints/step-N` and the directory fsynced. Rename is atomic, so a crash leaves either the old set
+of checkpoints or the new one, never a half-written `step-N`; temporary leftovers are ignored and cleaned.
+Nothing is unpickled on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
+    """Splits an optimiser state into tensors (for safetensors) and JSON (scalars, param groups)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer, tensors: dict, meta: dict):
+    state: dict = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for key, value in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state() -> tuple[dict, dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    np_state = np.random.get_state()
+    meta = {"python": _jsonable(random.getstate()),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    return tensors, meta
+
+
+def _jsonable(obj):
+    return [_jsonable(o) for o in obj] if isinstance(obj, (tuple, list)) else obj
+
+
+def _tuplify(obj):
+    return tuple(_tuplify(o) for o in obj) if isinstance(obj, list) else obj
+
+
+def set_rng_state(tensors: dict, meta: dict):
+    torch.set_rng_state(tensors["torch"])
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        if f"cuda{i}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"cuda{i}"], i)
+    random.setstate(_tuplify(meta["python"]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+
+
+def _fsync_dir(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj):
+    with open(path, "w") as fh:
+        json.dump(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def save_checkpoint(root: Path, step: int, *, model, optimizer, scheduler, state: dict,
+                    keep_last: int) -> Path:
+    """Writes `root/step-{step}` atomically and prunes all but the newest `keep_last`."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    rng_tensors, rng_meta = rng_state()
+    save_file(trainable_state(model), str(tmp / "weights.safetensors"))
+    save_file(opt_tensors or {"_empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
+    save_file(rng_tensors, str(tmp / "rng.safetensors"))
+    for name in ("weights", "optimizer", "rng"):
+        with open(tmp / f"{name}.safetensors", "rb") as fh:
+            os.fsync(fh.fileno())
+    _write_json(tmp / "state.json", {"step": step, "optimizer": opt_meta, "rng": rng_meta,
+                                     "scheduler": scheduler.state_dict(), **state})
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories are never returned)."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.match(p.name))
+             and (p / "state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
+    """Restores weights, optimiser, scheduler and RNG in place; returns the saved trainer state."""
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "weights.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise ValueError(f"{path}: checkpoint holds weights this model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    opt = load_file(str(path / "optimizer.safetensors"))
+    opt.pop("_empty", None)
+    _load_optimizer(optimizer, opt, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
+    return state

@@ -1,0 +1,175 @@
+"""The `robalign` command line. A user mistake prints one message on stderr and exits with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from robalign.errors import UserError
+
+# Short flags for the common knobs; every config key is also a flag of its own.
+COMMON_FLAGS = {
+    "--model": "model.name", "--data": "data.train", "--eval-data": "data.eval", "--method": "method.name",
+    "--beta": "method.beta", "--max-steps": "train.max_steps", "--batch-size": "train.batch_size",
+    "--grad-accum": "train.grad_accum", "--lr": "train.lr", "--max-length": "data.max_length",
+    "--lora-r": "model.lora_r", "--output-dir": "train.output_dir", "--seed": "train.seed",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _train_parser(sub):
+    from robalign.config import describe_fields
+
+    p = sub.add_parser("train", help="train a policy on preference data",
+                       description="Train with a YAML config and/or flags; flags override the file. Every "
+                                   "config key is a flag, as --section.key or, where unambiguous, --key.")
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--skip-invalid", dest="data.skip_invalid", nargs="?", const="true", default=None,
+                   help="skip and count invalid data rows instead of stopping")
+    taken = {"--resume", "--skip-invalid", *COMMON_FLAGS}
+    for flag, key in COMMON_FLAGS.items():
+        p.add_argument(flag, dest=key, default=None, metavar="V", help=f"sets {key}")
+    rows = describe_fields()
+    counts: dict[str, int] = {}
+    for key, _, _ in rows:
+        counts[key.split(".")[1]] = counts.get(key.split(".")[1], 0) + 1
+    for key, help_, default in rows:
+        bare = "--" + key.split(".")[1].replace("_", "-")
+        flags = [f"--{key}", f"--{key.replace('_', '-')}"]
+        if counts[key.split(".")[1]] == 1 and bare not in taken:
+            flags.append(bare)
+        flags = [f for f in dict.fromkeys(flags) if f not in taken]
+        taken.update(flags)
+        p.add_argument(*flags, dest=key, default=None, nargs="?", const="true", metavar="V",
+                       help=f"{help_} [default: {default}]")
+    return p
+
+
+def cmd_train(args) -> int:
+    from robalign.config import load_config
+    from robalign.trainer import Trainer
+
+    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    cfg = load_config(args.config, overrides)
+    trainer = Trainer(cfg)
+    summary = trainer.train(resume=args.resume)
+    if trainer.acc.is_main_process:
+        _print_summary(summary, cfg.train.output_dir)
+    return 0
+
+
+def _print_summary(summary: dict, out_dir: str):
+    start, final = summary.get("start", {}), summary.get("final", {})
+    print(f"\nsteps: {summary['steps']}   skipped batches: {summary['skipped_batches']}")
+    keys = [k for k in ("eval/accuracy_h", "eval/accuracy_M", "eval/margin_h", "eval/margin_M") if k in final]
+    if keys:
+        print(f"{'held-out metric':<20}{'before':>10}{'after':>10}")
+        for k in keys:
+            print(f"{k:<20}{start.get(k, float('nan')):>10.4f}{final[k]:>10.4f}")
+    print(f"run written to {out_dir}")
+
+
+def cmd_noise(args) -> int:
+    from robalign.data import inject_noise, load_pairs, write_pairs
+
+    if not 0 <= args.rate <= 1:
+        raise UserError(f"noise: --rate must be in [0, 1], got {args.rate}")
+    pairs = load_pairs(args.data, skip_invalid=args.skip_invalid).pairs
+    noisy = inject_noise(pairs, args.kind, args.rate, args.seed)
+    write_pairs(noisy, args.out)
+    flipped = sum(bool(p.is_flipped) for p in noisy)
+    print(f"wrote {len(noisy)} pairs to {args.out}: {flipped} flipped ({args.kind}, rate {args.rate}, seed {args.seed})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from robalign.config import build_config
+    from robalign.data import load_pairs
+    from robalign.data.tokenize import tokenize_pairs
+    from robalign.evaluate import PreferenceEvaluator
+    from robalign.models import load_model_and_tokenizer
+    from robalign.reference import FrozenCopyReference
+
+    dc = build_config({"data": {"max_length": args.max_length}}).data
+    model, tok = load_model_and_tokenizer(args.model)
+    ref = None
+    if args.reference:
+        ref_model, _ = load_model_and_tokenizer(args.reference)
+        ref = FrozenCopyReference(ref_model)
+    pairs = load_pairs(args.data, skip_invalid=args.skip_invalid).pairs[: args.limit or None]
+    data, skipped = tokenize_pairs(tok, pairs, max_length=dc.max_length, max_prompt_length=dc.prompt_budget,
+                                   skip_invalid=True)
+    result = PreferenceEvaluator(data, tok.pad_token_id, reference=ref, batch_size=args.batch_size).evaluate(model)
+    result["eval/skipped_too_long"] = skipped
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_config_keys(args) -> int:
+    from robalign.config import describe_fields
+
+    for key, help_, default in describe_fields():
+        print(f"--{key:<34} {help_} [default: {default}]")
+    return 0
+
+
+def build_parser():
+    parser = _Parser(prog="robalign", description="Robust preference alignment of language models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _train_parser(sub).set_defaults(func=cmd_train)
+    p = sub.add_parser("noise", help="inject flip/length/margin noise into a preference dataset")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--kind", choices=["flip", "length", "margin"], default="flip")
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-invalid", action="store_true")
+    p.set_defaults(func=cmd_noise)
+    p = sub.add_parser("eval", help="held-out preference accuracy and margins of a model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--reference", default="", help="reference model for the log-ratio margin h")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--skip-invalid", action="store_true")
+    p.set_defaults(func=cmd_eval)
+    sub.add_parser("config-keys", help="list every config key with its help").set_defaults(func=cmd_config_keys)
+    for register in _plugins():
+        register(sub)
+    return parser
+
+
+def _plugins():
+    """Subcommands defined next to their feature (demo, score, bench)."""
+    import importlib
+    import importlib.util
+
+    names = ("robalign.demo", "robalign.scoring", "robalign.bench")
+    return [importlib.import_module(n).register_cli for n in names if importlib.util.find_spec(n)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("ROBALIGN_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except UserError as err:
+        print(f"robalign: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robalign: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

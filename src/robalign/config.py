@@ -1,0 +1,322 @@
+"""Typed run configuration: dataclasses loaded from YAML and overridable from the command line.
+
+Every field is documented once, in its `metadata["help"]`; `robalign train --help` prints them.
+Unknown keys and invalid values raise `ConfigError` at load time, never at step 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from robalign.errors import ConfigError
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("smollm2-135m-instruct", "Model: a local directory, hub id, .gguf file, "
+                   "'smollm2-135m-instruct' (built-in GGUF) or 'tiny-llama' (random, for tests).")
+    lora_r: int = _f(16, "LoRA rank; 0 means full fine-tuning with a frozen reference copy.")
+    lora_alpha: float = _f(32.0, "LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = _f(0.0, "Dropout inside LoRA layers (0 keeps GAPO's passes identical).")
+    lora_target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                    "down_proj"], "Module names that receive LoRA adapters.")
+    reference: str = _f("auto", "Reference log-probs: 'auto' (adapters disabled under LoRA, frozen copy "
+                        "otherwise), 'copy', 'adapters_disabled', or 'cached' (precomputed on disk).")
+    trust_remote_code: bool = _f(False, "Allow model code from the hub to run (off unless you trust it).")
+    seed: int = _f(0, "Seed of the random weights of 'tiny-llama'.")
+
+    def validate(self):
+        _check(self.lora_r >= 0, "model.lora_r", "must be >= 0")
+        _check(self.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+        _check(0 <= self.lora_dropout < 1, "model.lora_dropout", "must be in [0, 1)")
+        _choice(self.reference, ("auto", "copy", "adapters_disabled", "cached"), "model.reference")
+        if self.reference == "adapters_disabled" and self.lora_r == 0:
+            raise ConfigError("model.reference: 'adapters_disabled' needs LoRA (lora_r > 0)")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("", "Training preference data: .jsonl[.gz] / .json / .parquet path or 'hf:NAME'.")
+    eval: str = _f("", "Held-out data (same formats); empty = split `eval_fraction` off the training set.")
+    eval_fraction: float = _f(0.1, "Share of the training data held out when `eval` is empty.")
+    max_length: int = _f(512, "Maximum tokens of prompt + completion (completion keeps its start).")
+    max_prompt_length: int = _f(-1, "Prompt tokens kept (its end is kept), < max_length; -1 = half of "
+                                "max_length; 0 = never truncate (a prompt that fills the budget is an error).")
+    skip_invalid: bool = _f(False, "Skip and count invalid rows instead of stopping with an error.")
+    limit: int = _f(0, "Use only the first N training pairs (0 = all).")
+    eval_limit: int = _f(0, "Use only the first N evaluation pairs (0 = all).")
+
+    @property
+    def prompt_budget(self) -> int:
+        """Prompt tokens kept; 0 = never truncate."""
+        return self.max_length // 2 if self.max_prompt_length == -1 else self.max_prompt_length
+
+    def validate(self):
+        _check(0 <= self.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
+        _check(self.max_length >= 8, "data.max_length", "must be >= 8")
+        _check(-1 <= self.max_prompt_length < self.max_length, "data.max_prompt_length",
+               "must be -1, 0 or in [1, max_length)")
+        _check(self.limit >= 0 and self.eval_limit >= 0, "data.limit", "must be >= 0")
+
+
+@dataclass
+class MethodConfig:
+    name: str = _f("dpo", "Training method: a loss of SPEC §2 (dpo ipo hinge cdpo rdpo simpo hypo sympo "
+                   "drdpo robust), gapo, sail or oracle_robust.")
+    beta: float | None = _f(None, "Inverse temperature β of the implicit reward (None = method default).")
+    epsilon: float | None = _f(None, "Assumed flip rate ε of cdpo / rdpo, in [0, 0.5).")
+    rho: float | None = _f(None, "Robustness radius ρ of `robust` / oracle_robust, in [0, 0.5).")
+    gamma: float | None = _f(None, "Target margin γ of simpo / gapo.")
+    beta_prime: float | None = _f(None, "Dr.DPO temperature β′ of the batch-level log-mean-exp.")
+    normalize_length: bool | None = _f(None, "IPO on length-averaged log-ratios instead of sums.")
+    kind: str | None = _f(None, "SymPO loss shape: 'ramp' or 'sigmoid'.")
+    sft_weight: float = _f(0.0, "Weight of the SFT (RPO) term NLL(chosen) added to the loss.")
+    sft_reduction: str = _f("mean", "SFT NLL over tokens: 'mean' or 'sum' (Liu et al.'s RPO).")
+
+    def loss_params(self) -> dict:
+        """The loss parameters the user set (None = leave the method default)."""
+        keys = ("beta", "epsilon", "rho", "gamma", "beta_prime", "normalize_length", "kind")
+        params = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        if self.sft_weight:
+            params.update(sft_weight=self.sft_weight, sft_reduction=self.sft_reduction)
+        return params
+
+    def validate(self):
+        from robalign.methods import validate_method
+
+        _check(self.sft_weight >= 0, "method.sft_weight", "must be >= 0")
+        _choice(self.sft_reduction, ("mean", "sum"), "method.sft_reduction")
+        try:
+            validate_method(self.name, self.loss_params())
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"method: {err}") from None
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _f("runs/robalign", "Run directory: metrics.jsonl, config.yaml, checkpoints/, final/.")
+    seed: int = _f(0, "Seed of data order, dropout and any sampling.")
+    batch_size: int = _f(4, "Preference pairs per micro-batch per process.")
+    grad_accum: int = _f(1, "Micro-batches accumulated per optimiser step.")
+    max_steps: int = _f(100, "Optimiser steps of the whole run (sets the learning-rate schedule).")
+    stop_after: int = _f(0, "Stop after this many steps with a checkpoint, schedule unchanged, so that "
+                         "--resume continues the same run (0 = run to max_steps).")
+    optimizer: str = _f("adamw", "'adamw' or 'sgd'.")
+    lr: float = _f(5e-5, "Peak learning rate.")
+    weight_decay: float = _f(0.0, "Decoupled weight decay (AdamW) / L2 (SGD).")
+    warmup_steps: int = _f(0, "Linear warm-up steps.")
+    schedule: str = _f("cosine", "Learning-rate schedule after warm-up: 'constant', 'linear' or 'cosine'.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = no clipping).")
+    eval_every: int = _f(0, "Evaluate every N steps (0 = only at the end).")
+    save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
+    keep_last: int = _f(2, "Checkpoints kept on disk (older ones are deleted).")
+    log_every: int = _f(1, "Write a metrics line every N steps.")
+    tensorboard: bool = _f(False, "Also write TensorBoard event files under output_dir/tb.")
+    on_nonfinite: str = _f("stop", "A NaN/Inf loss or gradient: 'stop' the run or 'skip' the batch.")
+    threads: int = _f(0, "torch CPU threads (0 = leave torch's default).")
+    progress: bool = _f(True, "Show a progress bar.")
+
+    def validate(self):
+        for key in ("batch_size", "grad_accum", "max_steps", "keep_last", "log_every"):
+            _check(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
+        for key in ("warmup_steps", "eval_every", "save_every", "threads", "weight_decay", "max_grad_norm",
+                    "stop_after"):
+            _check(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
+        _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", "must be a positive number")
+        _choice(self.optimizer, ("adamw", "sgd"), "train.optimizer")
+        _choice(self.schedule, ("constant", "linear", "cosine"), "train.schedule")
+        _choice(self.on_nonfinite, ("stop", "skip"), "train.on_nonfinite")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Method-specific sections (gapo, online) register themselves here via `register_section`.
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> RunConfig:
+        for section in self.sections().values():
+            section.validate()
+        return self
+
+    def sections(self) -> dict:
+        out = {name: getattr(self, name) for name in SECTIONS}
+        out.update(self.extra)
+        return out
+
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(sec) for name, sec in self.sections().items()}
+
+
+_EXTRA_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str):
+    """Class decorator: adds a method-specific config section (e.g. `gapo:`) to every RunConfig."""
+
+    def wrap(cls):
+        _EXTRA_SECTIONS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _all_section_types() -> dict[str, type]:
+    # Importing robalign.methods registers the method-specific sections.
+    import robalign.methods  # noqa: F401
+
+    return {**SECTIONS, **_EXTRA_SECTIONS}
+
+
+def _check(ok: bool, key: str, problem: str):
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
+def _choice(value, choices, key: str):
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _coerce(value, annotation, key: str):
+    """Converts a YAML or command-line value to the field's declared type, or raises ConfigError."""
+    tp = annotation
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        tp = args[0]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is list or typing.get_origin(tp) is list:
+        if isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _section_fields(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def build_config(tree: dict | None = None, overrides: dict | None = None, source: str = "config") -> RunConfig:
+    """Builds and validates a RunConfig from a nested dict plus flat or dotted overrides.
+
+    Args:
+        tree: `{section: {key: value}}`, e.g. parsed YAML.
+        overrides: `{"key": value}` or `{"section.key": value}`; a bare key must name exactly one field.
+        source: where `tree` came from, for error messages.
+    """
+    types_ = _all_section_types()
+    values: dict[str, dict] = {name: {} for name in types_}
+    tree = tree or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(types_)})")
+    for section, body in tree.items():
+        if section not in types_:
+            raise ConfigError(f"{source}: unknown section {section!r} (valid: {', '.join(types_)})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        for key, value in body.items():
+            _set(values, types_, section, key, value, source)
+    for key, value in (overrides or {}).items():
+        section, name = _resolve_key(key, types_)
+        _set(values, types_, section, name, value, "command line")
+    sections = {name: types_[name](**vals) for name, vals in values.items()}
+    cfg = RunConfig(**{k: sections.pop(k) for k in SECTIONS}, extra=sections)
+    return cfg.validate()
+
+
+def _set(values, types_, section, key, value, source):
+    fields_ = _section_fields(types_[section])
+    if key not in fields_:
+        raise ConfigError(f"{source}: unknown key {section}.{key} (valid: {', '.join(fields_)})")
+    values[section][key] = _coerce(value, fields_[key], f"{section}.{key}")
+
+
+def _resolve_key(key: str, types_) -> tuple[str, str]:
+    key = key.replace("-", "_")
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in types_:
+            raise ConfigError(f"unknown config section {section!r} in --{key}")
+        return section, name
+    owners = [s for s, cls in types_.items() if key in _section_fields(cls)]
+    if not owners:
+        raise ConfigError(f"unknown option --{key.replace('_', '-')} (see `robalign train --help`)")
+    if len(owners) > 1:
+        raise ConfigError(f"--{key} is ambiguous; write it as one of " + ", ".join(f"--{s}.{key}" for s in owners))
+    return owners[0], key
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Loads a YAML config file (optional) and applies command-line overrides."""
+    tree = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    return build_config(tree, overrides, source=str(path or "config"))
+
+
+def describe_fields() -> list[tuple[str, str, object]]:
+    """(dotted key, help, default) for every field, for --help output and docs."""
+    rows = []
+    for section, cls in _all_section_types().items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{section}.{f.name}", f.metadata.get("help", ""), default))
+    return rows

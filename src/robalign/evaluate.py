@@ -1,0 +1,61 @@
+"""Clean held-out preference evaluation of the implicit reward (SPEC §8).
+
+Reports both implicit rewards: the reference log-ratio margin h (when a reference exists) and the
+reference-free length-normalised margin M, so reference-based and reference-free methods compare.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from robalign.data.collate import collate
+from robalign.data.tokenize import TokenizedPair
+from robalign.logprobs import SequenceLogps, sequence_logps
+
+
+class PreferenceEvaluator:
+    """Evaluates a policy on fixed tokenised pairs; reference log-probs are computed once and kept."""
+
+    def __init__(self, pairs: list[TokenizedPair], pad_id: int, reference=None, batch_size: int = 8):
+        self.pairs, self.pad_id, self.reference, self.batch_size = pairs, pad_id, reference, batch_size
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
+        self.batches = [[pairs[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+        self._ref: list[SequenceLogps] | None = None
+
+    @torch.no_grad()
+    def _reference_logps(self) -> list[SequenceLogps] | None:
+        if self.reference is None:
+            return None
+        if self._ref is None:
+            self._ref = [self.reference.logps(collate(b, self.pad_id)) for b in self.batches]
+            if self._ref and self._ref[0] is None:
+                self._ref = []
+        return self._ref or None
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict[str, float]:
+        if not self.pairs:
+            return {}
+        was_training = model.training
+        model.eval()
+        refs = self._reference_logps()
+        h, m, flips = [], [], []
+        for k, group in enumerate(self.batches):
+            batch = collate(group, self.pad_id)
+            lp = sequence_logps(model, batch)
+            avg_c, avg_r = lp.mean()
+            m.append(avg_c - avg_r)
+            if refs is not None:
+                h.append((lp.chosen - refs[k].chosen) - (lp.rejected - refs[k].rejected))
+            flips.append(batch.is_flipped)
+        model.train(was_training)
+        return summarize(torch.cat(h) if h else None, torch.cat(m), torch.cat(flips))
+
+
+def summarize(h: torch.Tensor | None, m: torch.Tensor, flipped: torch.Tensor) -> dict[str, float]:
+    out = {"eval/pairs": float(len(m)), "eval/accuracy_M": (m > 0).float().mean().item(),
+           "eval/margin_M": m.mean().item()}
+    if h is not None:
+        out["eval/accuracy_h"] = (h > 0).float().mean().item()
+        out["eval/margin_h"] = h.mean().item()
+    return out

@@ -1,0 +1,83 @@
+"""The log-probability engine: one forward over chosen+rejected, the LM head only where it is needed.
+
+The model's body runs once over the 2B rows of a `PreferenceBatch`. Hidden states are then gathered at
+the positions that predict completion tokens, and only those go through the LM head and the
+log-softmax, so no [tokens x vocabulary] tensor is ever made for prompt or padding tokens (for a
+49k-token vocabulary that tensor is most of a naive step's memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from robalign.data.collate import PreferenceBatch
+
+
+@dataclass
+class SequenceLogps:
+    """Per-sequence completion log-probs of B pairs.
+
+    Attributes:
+        chosen, rejected: [B] sums of token log-probs over completion tokens.
+        chosen_lengths, rejected_lengths: [B] completion token counts (float).
+    """
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_lengths: torch.Tensor
+    rejected_lengths: torch.Tensor
+
+    def detach(self) -> SequenceLogps:
+        return SequenceLogps(self.chosen.detach(), self.rejected.detach(), self.chosen_lengths,
+                             self.rejected_lengths)
+
+    def mean(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-averaged log-probs (chosen, rejected), [B] each."""
+        return self.chosen / self.chosen_lengths, self.rejected / self.rejected_lengths
+
+
+def split_body_and_head(model):
+    """Returns (body, head) of a causal LM, looking through a PEFT wrapper.
+
+    `body(input_ids, attention_mask)` gives hidden states; `head` maps them to vocabulary logits.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, base.base_model_prefix)
+    return body, base.get_output_embeddings()
+
+
+def completion_hidden_states(model, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Runs the body once; returns (hidden [N, H], target ids [N], row of each token [N]).
+
+    N is the number of completion tokens in the batch; position t-1's state predicts token t.
+    """
+    body, _ = split_body_and_head(model)
+    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  use_cache=False).last_hidden_state
+    scored = batch.completion_mask[:, 1:]
+    rows = torch.arange(batch.input_ids.shape[0], device=hidden.device)[:, None].expand_as(scored)
+    return hidden[:, :-1][scored], batch.input_ids[:, 1:][scored], rows[scored]
+
+
+def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) for each gathered position, [N]; cross_entropy fuses the log-softmax."""
+    logits = head(hidden)
+    return -F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def sequence_logps(model, batch: PreferenceBatch) -> SequenceLogps:
+    """Completion log-prob sums of chosen and rejected rows in one forward."""
+    hidden, targets, rows = completion_hidden_states(model, batch)
+    _, head = split_body_and_head(model)
+    return reduce_to_sequences(token_logps(head, hidden, targets), rows, batch)
+
+
+def reduce_to_sequences(per_token: torch.Tensor, rows: torch.Tensor, batch: PreferenceBatch) -> SequenceLogps:
+    n_rows = batch.input_ids.shape[0]
+    sums = torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
+    lengths = batch.completion_mask.sum(dim=1).to(per_token.dtype)
+    b = n_rows // 2
+    return SequenceLogps(sums[:b], sums[b:], lengths[:b], lengths[b:])

@@ -1,0 +1,53 @@
+"""What a training method is: capabilities the trainer reads, and one `step` that returns a loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from robalign.logprobs import SequenceLogps
+
+
+@dataclass
+class StepResult:
+    """What one micro-batch produced.
+
+    Attributes:
+        loss: scalar to backpropagate (already the micro-batch mean).
+        metrics: detached scalar tensors, averaged over micro-batches and processes by the trainer.
+        per_pair: detached [B] tensors written per pair (e.g. GAPO gaps and weights), optional.
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    per_pair: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method:
+    """Base of every training method.
+
+    Class attributes are capabilities the trainer reads instead of checking names:
+        needs_reference: load a reference model (or cache) and pass its log-probs.
+        online: the method generates its own pairs (prompt-only data is enough).
+    """
+
+    name: str = ""
+    needs_reference: bool = True
+    online: bool = False
+
+    def step(self, policy, reference, batch) -> StepResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def reward_metrics(policy: SequenceLogps, chosen_rewards, rejected_rewards) -> dict[str, torch.Tensor]:
+    """The conventional per-step names (TRL's), as detached batch means."""
+    margins = chosen_rewards - rejected_rewards
+    return {
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margins": margins.mean(),
+        "rewards/accuracies": (margins > 0).float().mean(),
+        "logps/chosen": policy.chosen.detach().mean(),
+        "logps/rejected": policy.rejected.detach().mean(),
+    }

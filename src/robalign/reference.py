@@ -1,0 +1,106 @@
+"""Where reference log-probs come from: a frozen copy, the policy with adapters off, or a disk cache.
+
+All providers answer `logps(batch) -> SequenceLogps` without gradient. Reference-free methods get
+`NoReference`, a null object, so the training step never branches on the method's name.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from robalign.data.collate import PreferenceBatch, collate
+from robalign.logprobs import SequenceLogps, sequence_logps
+
+
+class NoReference:
+    """For reference-free methods: loads nothing, computes nothing."""
+
+    def logps(self, batch: PreferenceBatch) -> None:
+        return None
+
+
+class FrozenCopyReference:
+    """A frozen deep copy of the initial policy (full fine-tuning)."""
+
+    def __init__(self, model):
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+        return sequence_logps(self.model, batch)
+
+
+class AdapterDisabledReference:
+    """The LoRA policy with its adapters switched off: the base model, at no extra memory."""
+
+    def __init__(self, peft_model):
+        self.model = peft_model
+
+    @torch.no_grad()
+    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter():
+                return sequence_logps(self.model, batch)
+        finally:
+            self.model.train(was_training)
+
+
+class CachedReference:
+    """Precomputed reference log-probs, looked up by the pairs' dataset positions."""
+
+    def __init__(self, chosen: torch.Tensor, rejected: torch.Tensor):
+        self.chosen, self.rejected = chosen, rejected
+
+    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+        idx = batch.index.cpu()
+        lengths = batch.completion_mask.sum(dim=1).float()
+        b = batch.num_pairs
+        dev = batch.input_ids.device
+        return SequenceLogps(self.chosen[idx].to(dev), self.rejected[idx].to(dev), lengths[:b], lengths[b:])
+
+
+def cache_key(model_id: str, model, pairs, settings: dict) -> str:
+    """Hash of the model (name and weights), the tokenised data and the tokenisation settings."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": model_id, **settings}, sort_keys=True).encode())
+    with torch.no_grad():
+        for name, p in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().float().flatten()[:: max(1, p.numel() // 4096)].numpy().tobytes())
+    for p in pairs:
+        h.update(json.dumps([p.index, p.prompt_ids, p.chosen_ids, p.rejected_ids]).encode())
+    return h.hexdigest()[:24]
+
+
+def build_cached_reference(provider, pairs, *, path: Path, pad_id: int, batch_size: int = 8,
+                           progress=None) -> CachedReference:
+    """Computes (or reads) the reference log-probs of `pairs`, stored in `path` (safetensors)."""
+    if path.is_file():
+        table = load_file(path)
+        return CachedReference(table["chosen"], table["rejected"])
+    size = max(p.index for p in pairs) + 1
+    chosen = torch.full((size,), float("nan"))
+    rejected = torch.full((size,), float("nan"))
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
+    for start in range(0, len(order), batch_size):
+        group = [pairs[i] for i in order[start:start + batch_size]]
+        out = provider.logps(collate(group, pad_id))
+        idx = torch.tensor([p.index for p in group])
+        chosen[idx], rejected[idx] = out.chosen.float().cpu(), out.rejected.float().cpu()
+        if progress:
+            progress(len(group))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"chosen": chosen, "rejected": rejected}, str(tmp))
+    os.replace(tmp, path)
+    return CachedReference(chosen, rejected)

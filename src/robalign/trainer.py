@@ -1,0 +1,357 @@
+"""The training loop: setup, step, evaluate, save. No formulas live here; methods compute losses.
+
+Sync points are deliberate: metrics stay tensors during accumulation and are reduced across
+micro-batches and processes once per optimiser step; the only per-step host sync is the finiteness
+check of the loss and gradient norm, which decides whether the update is applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from robalign import checkpoint as ckpt
+from robalign.config import RunConfig
+from robalign.data.collate import BatchStream
+from robalign.data.tokenize import tokenize_pairs
+from robalign.errors import UserError
+from robalign.evaluate import PreferenceEvaluator
+from robalign.methods import build_method
+from robalign.metrics import MetricsWriter
+from robalign.models import apply_lora, disable_dropout, load_model_and_tokenizer
+from robalign.reference import (
+    AdapterDisabledReference,
+    FrozenCopyReference,
+    NoReference,
+    build_cached_reference,
+    cache_key,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(UserError):
+    """A NaN/Inf loss or gradient with `on_nonfinite: stop`."""
+
+
+def lr_lambda(cfg) -> callable:
+    """Multiplier of the peak lr at each step: linear warm-up, then constant / linear / cosine decay."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        if cfg.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains `cfg.method` on preference pairs.
+
+    Args:
+        cfg: the validated run configuration.
+        train_pairs / eval_pairs: already-loaded `PreferencePair` lists (else read from cfg.data).
+        model / tokenizer: an already-built policy (else loaded from cfg.model).
+    """
+
+    def __init__(self, cfg: RunConfig, *, train_pairs=None, eval_pairs=None, model=None, tokenizer=None,
+                 accelerator=None):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        tc = cfg.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        seed_everything(tc.seed)
+        self.out = Path(tc.output_dir)
+        self.method = build_method(cfg.method.name, cfg.method.loss_params(), cfg)
+        self._setup_model(model, tokenizer)
+        self._setup_data(train_pairs, eval_pairs)
+        self._setup_reference()
+        self._setup_optimizer()
+        self.step_num, self.position, self.skipped_batches = 0, 0, 0
+
+    # ----------------------------------------------------------------------------------- setup
+    def _setup_model(self, model, tokenizer):
+        mc = self.cfg.model
+        if model is None:
+            model, tokenizer = load_model_and_tokenizer(mc.name, seed=mc.seed, trust_remote_code=mc.trust_remote_code)
+        self.tokenizer = tokenizer
+        disable_dropout(model)
+        self.base_model = model
+        self.frozen_reference = None
+        if mc.lora_r > 0:
+            model = apply_lora(model, r=mc.lora_r, alpha=mc.lora_alpha, dropout=mc.lora_dropout,
+                               target_modules=mc.lora_target_modules)
+        elif self.method.needs_reference and mc.reference in ("auto", "copy", "cached"):
+            self.frozen_reference = FrozenCopyReference(model)
+        self.model = model.to(self.acc.device)
+        self.model.train()
+
+    def _setup_data(self, train_pairs, eval_pairs):
+        from robalign.data import load_pairs, train_eval_split
+
+        dc = self.cfg.data
+        if train_pairs is None:
+            if not dc.train:
+                raise UserError("data.train: no training data given (use --data PATH)")
+            train_pairs = load_pairs(dc.train, skip_invalid=dc.skip_invalid).pairs
+            if dc.eval:
+                eval_pairs = load_pairs(dc.eval, skip_invalid=dc.skip_invalid).pairs
+            else:
+                train_pairs, eval_pairs = train_eval_split(train_pairs, dc.eval_fraction, self.cfg.train.seed)
+        if dc.limit:
+            train_pairs = train_pairs[:dc.limit]
+        eval_pairs = (eval_pairs or [])[:dc.eval_limit or None]
+        kw = dict(max_length=dc.max_length, max_prompt_length=dc.prompt_budget, skip_invalid=dc.skip_invalid)
+        self.train_data, skipped = tokenize_pairs(self.tokenizer, train_pairs, **kw)
+        self.eval_data, eval_skipped = tokenize_pairs(self.tokenizer, eval_pairs, **kw)
+        if skipped or eval_skipped:
+            log.warning("skipped %d training and %d evaluation pairs that do not fit max_length",
+                        skipped, eval_skipped)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.stream = BatchStream(self.train_data, self.cfg.train.batch_size, seed=self.cfg.train.seed,
+                                  pad_id=self.pad_id, world_size=self.acc.num_processes,
+                                  rank=self.acc.process_index)
+
+    def _setup_reference(self):
+        mc = self.cfg.model
+        if not self.method.needs_reference:
+            self.reference = NoReference()
+        elif self.frozen_reference is not None:
+            self.reference = self.frozen_reference
+        else:
+            self.reference = AdapterDisabledReference(self.model)
+        if self.method.needs_reference and mc.reference == "cached":
+            settings = dataclasses.asdict(self.cfg.data)
+            key = cache_key(mc.name, self.base_model, self.train_data, settings)
+            path = Path(self.cfg.train.output_dir) / "ref_cache" / f"{key}.safetensors"
+            t0 = time.perf_counter()
+            self.reference = build_cached_reference(self.reference, self.train_data, path=path, pad_id=self.pad_id)
+            self.cache_build_s = time.perf_counter() - t0
+        live_reference = self.frozen_reference or (
+            AdapterDisabledReference(self.model) if self.cfg.model.lora_r > 0 else None)
+        self.evaluator = PreferenceEvaluator(self.eval_data, self.pad_id, reference=live_reference)
+
+    def _setup_optimizer(self):
+        tc = self.cfg.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if tc.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+        self.model, self.optimizer = self.acc.prepare(self.model, opt)
+
+    # ------------------------------------------------------------------------------------ step
+    def step(self) -> dict[str, torch.Tensor]:
+        """One optimiser step over `grad_accum` micro-batches; returns metrics as tensors."""
+        tc = self.cfg.train
+        t0 = time.perf_counter()
+        totals: dict[str, torch.Tensor] = {}
+        records = []
+        for micro in range(tc.grad_accum):
+            batch = self.stream.batch(self.position).to(self.acc.device)
+            self.position += 1
+            last = micro == tc.grad_accum - 1
+            sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
+            with sync:
+                result = self.method.step(self.model, self.reference, batch)
+                self.acc.backward(result.loss / tc.grad_accum)
+            for key, value in {"loss": result.loss.detach(), **result.metrics}.items():
+                totals[key] = totals.get(key, 0.0) + value.detach() / tc.grad_accum
+            totals["tokens"] = totals.get("tokens", 0.0) + batch.num_tokens.float()
+            records.append((batch, result.per_pair))
+        grad_norm = self._clip()
+        finite = bool(torch.isfinite(totals["loss"]) & torch.isfinite(grad_norm))  # the one host sync
+        if finite:
+            self.optimizer.step()
+        else:
+            self._nonfinite(records)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step_num += 1
+        totals["grad_norm"] = grad_norm
+        totals = {k: self.acc.reduce(v, reduction="mean") if k != "tokens" else self.acc.reduce(v, "sum")
+                  for k, v in totals.items()}
+        totals["step_time_s"] = torch.tensor(time.perf_counter() - t0)
+        self.last_records = records
+        return totals
+
+    def _clip(self) -> torch.Tensor:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.train.max_grad_norm or float("inf")
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def _nonfinite(self, records):
+        ids = [i for batch, _ in records for i in batch.ids]
+        last = ckpt.list_checkpoints(self.out / "checkpoints")
+        where = f"step {self.step_num + 1}, pairs {ids[:16]}"
+        if self.cfg.train.on_nonfinite == "skip":
+            self.skipped_batches += 1
+            log.warning("non-finite loss or gradient at %s: batch skipped", where)
+            return
+        raise NonFiniteError(f"non-finite loss or gradient at {where}; last good checkpoint: "
+                             f"{last[-1] if last else 'none'} (set train.on_nonfinite: skip to skip such batches)")
+
+    # ------------------------------------------------------------------------------- the loop
+    def train(self, resume: bool = False) -> dict:
+        """Runs to `max_steps`, evaluating, logging and checkpointing; returns the final summary."""
+        tc = self.cfg.train
+        if resume:
+            self._resume()
+        elif self.acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+        writer = self._writer(append=resume)
+        pair_log = open(self.out / "pairs.jsonl", "a" if resume else "w") if self.method_logs_pairs else None
+        bar = self._progress()
+        start_eval = self.evaluate() if self.step_num == 0 else {}
+        if start_eval and writer:
+            writer.write({"step": 0, **start_eval})
+        try:
+            end = min(tc.max_steps, tc.stop_after or tc.max_steps)
+            while self.step_num < end:
+                metrics = self.step()
+                self._log(writer, pair_log, metrics)
+                bar.update(1)
+                if tc.eval_every and self.step_num % tc.eval_every == 0 and self.step_num < tc.max_steps:
+                    ev = self.evaluate()
+                    if writer:
+                        writer.write({"step": self.step_num, **ev})
+                if tc.save_every and self.step_num % tc.save_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if self.step_num < tc.max_steps:  # stopped early on purpose: checkpoint only
+            self.save_checkpoint()
+            for fh in (writer, pair_log):
+                if fh:
+                    fh.close()
+            return {"start": start_eval, "final": {}, "steps": self.step_num,
+                    "skipped_batches": self.skipped_batches}
+        final_eval = self.evaluate()
+        if writer:
+            writer.write({"step": self.step_num, **final_eval})
+            writer.close()
+        if pair_log:
+            pair_log.close()
+        self.save_checkpoint()
+        self.save_final()
+        return {"start": start_eval, "final": final_eval, "steps": self.step_num,
+                "skipped_batches": self.skipped_batches}
+
+    @property
+    def method_logs_pairs(self) -> bool:
+        return getattr(self.method, "log_pairs", False)
+
+    def _progress(self):
+        from tqdm.auto import tqdm
+
+        disable = not (self.cfg.train.progress and self.acc.is_main_process)
+        return tqdm(total=self.cfg.train.max_steps, initial=self.step_num, desc=f"{self.method.name}",
+                    disable=disable, dynamic_ncols=True)
+
+    def _writer(self, append: bool):
+        if not self.acc.is_main_process:
+            return None
+        tb = self.out / "tb" if self.cfg.train.tensorboard else None
+        return MetricsWriter(self.out / "metrics.jsonl", tensorboard_dir=tb, append=append)
+
+    def _log(self, writer, pair_log, metrics: dict):
+        if writer is None or self.step_num % self.cfg.train.log_every:
+            return
+        record = {"step": self.step_num, "lr": self.scheduler.get_last_lr()[0]}
+        record.update({k: float(v) for k, v in metrics.items()})  # .item() only here, once per step
+        writer.write(record)
+        if pair_log is not None:
+            for batch, per_pair in self.last_records:
+                for i, pid in enumerate(batch.ids):
+                    row = {"step": self.step_num, "id": pid, **{k: float(v[i]) for k, v in per_pair.items()}}
+                    flipped = float(batch.is_flipped[i])
+                    if not math.isnan(flipped):
+                        row["is_flipped"] = bool(flipped)
+                    pair_log.write(json.dumps(row) + "\n")
+
+    def evaluate(self) -> dict:
+        return self.evaluator.evaluate(self.acc.unwrap_model(self.model)) if self.acc.is_main_process else {}
+
+    # ------------------------------------------------------------------------------ save / load
+    def _write_config(self):
+        with open(self.out / "config.yaml", "w") as fh:
+            yaml.safe_dump(self.cfg.to_dict(), fh, sort_keys=False)
+
+    def save_checkpoint(self):
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return
+        ckpt.save_checkpoint(self.out / "checkpoints", self.step_num, model=self.acc.unwrap_model(self.model),
+                             optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
+                             else self.optimizer, scheduler=self.scheduler,
+                             state={"position": self.position, "skipped_batches": self.skipped_batches},
+                             keep_last=self.cfg.train.keep_last)
+
+    def _resume(self):
+        found = ckpt.list_checkpoints(self.out / "checkpoints")
+        if not found:
+            raise UserError(f"--resume: no complete checkpoint in {self.out / 'checkpoints'}")
+        opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        state = ckpt.load_checkpoint(found[-1], model=self.acc.unwrap_model(self.model), optimizer=opt,
+                                     scheduler=self.scheduler)
+        self.step_num, self.position = state["step"], state["position"]
+        self.skipped_batches = state.get("skipped_batches", 0)
+        self._truncate_metrics()
+        log.info("resumed from %s at step %d", found[-1], self.step_num)
+
+    def _truncate_metrics(self):
+        """Drops metric lines logged after the checkpoint, so a resumed run's log has no duplicates."""
+        for name in ("metrics.jsonl", "pairs.jsonl"):
+            path = self.out / name
+            if not path.is_file() or not self.acc.is_main_process:
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= self.step_num:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by the crash ends the usable log
+            path.write_text("".join(k + "\n" for k in kept))
+
+    def save_final(self):
+        """`final/`: a plain transformers model (LoRA merged) plus the adapter in `final/adapter/`."""
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return
+        model = self.acc.unwrap_model(self.model)
+        final = self.out / "final"
+        if hasattr(model, "merge_and_unload"):
+            model.save_pretrained(final / "adapter")
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(final)
+        else:
+            model.save_pretrained(final)
+        self.tokenizer.save_pretrained(final)

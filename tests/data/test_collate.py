@@ -1,0 +1,45 @@
+import torch
+
+from robalign.data.collate import BatchStream, collate, epoch_batches
+from robalign.data.tokenize import TokenizedPair
+
+
+def _pair(i, p, c, r):
+    return TokenizedPair(list(range(10, 10 + p)), list(range(50, 50 + c)), list(range(80, 80 + r)), f"id{i}", i)
+
+
+def test_layout_of_the_docstring_example():
+    batch = collate([_pair(0, 2, 3, 1), _pair(1, 1, 2, 4)], pad_id=0)
+    assert batch.input_ids.shape == (4, 5)
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch.completion_mask.int().tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 0, 0],
+                                                    [0, 0, 1, 0, 0], [0, 1, 1, 1, 1]]
+    assert batch.input_ids[2, :3].tolist() == [10, 11, 80]
+    assert batch.index.tolist() == [0, 1] and batch.ids == ["id0", "id1"]
+
+
+def test_epoch_batches_cover_each_index_once_and_are_seeded():
+    lengths = [(i * 37) % 50 for i in range(103)]
+    a = epoch_batches(lengths, 4, seed=1, epoch=0)
+    assert a == epoch_batches(lengths, 4, seed=1, epoch=0)
+    assert a != epoch_batches(lengths, 4, seed=1, epoch=1)
+    flat = [i for b in a for i in b]
+    assert len(flat) == len(set(flat)) and len(flat) >= 100 and all(len(b) == 4 for b in a)
+
+
+def test_length_bucketing_reduces_padding():
+    lengths = [(i * 37) % 97 + 1 for i in range(256)]
+    bucketed = epoch_batches(lengths, 8, seed=0, epoch=0)
+    random_ = epoch_batches(lengths, 8, seed=0, epoch=0, bucket_batches=1)
+    pad = lambda bs: sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)  # noqa: E731
+    assert pad(bucketed) < 0.5 * pad(random_)
+
+
+def test_two_ranks_see_the_global_batch_of_one_process():
+    pairs = [_pair(i, 1 + i % 3, 1 + i % 5, 2) for i in range(40)]
+    one = BatchStream(pairs, 4, seed=3, pad_id=0)
+    ranks = [BatchStream(pairs, 2, seed=3, pad_id=0, world_size=2, rank=r) for r in range(2)]
+    for pos in range(12):
+        ids = one.batch(pos).ids
+        assert ranks[0].batch(pos).ids + ranks[1].batch(pos).ids == ids
+    assert torch.equal(one.batch(3).input_ids, one.batch(3).input_ids)

@@ -1,0 +1,43 @@
+import pytest
+
+from robalign.config import build_config, load_config
+from robalign.errors import ConfigError
+
+
+def test_defaults_validate_and_overrides_coerce():
+    cfg = build_config({"method": {"name": "rdpo"}}, {"epsilon": "0.2", "train.max_steps": "7", "lora_r": "0"})
+    assert cfg.method.epsilon == 0.2 and cfg.train.max_steps == 7 and cfg.model.lora_r == 0
+    assert cfg.method.loss_params() == {"epsilon": 0.2}
+
+
+@pytest.mark.parametrize("tree,overrides,match", [
+    ({"method": {"name": "rdpo", "epsilon": 0.5}}, {}, "epsilon"),
+    ({"method": {"name": "cdpo"}}, {"epsilon": "-0.1"}, "epsilon"),
+    ({"method": {"name": "robust", "rho": 0.7}}, {}, "rho"),
+    ({"method": {"name": "dpo", "beta": -1}}, {}, "beta"),
+    ({"method": {"name": "nope"}}, {}, "unknown method"),
+    ({"train": {"lr": "fast"}}, {}, "train.lr"),
+    ({"train": {"batch_size": 0}}, {}, "batch_size"),
+    ({"train": {"bogus": 1}}, {}, "unknown key train.bogus"),
+    ({"bogus": {}}, {}, "unknown section"),
+    ({}, {"not_a_key": "1"}, "unknown option"),
+    ({}, {"seed": "1"}, "ambiguous"),
+    ({"data": {"max_length": 100, "max_prompt_length": 100}}, {}, "max_prompt_length"),
+    ({"model": {"reference": "adapters_disabled", "lora_r": 0}}, {}, "adapters_disabled"),
+    ({"train": {"optimizer": "lion"}}, {}, "optimizer"),
+])
+def test_invalid_values_fail_at_load_time(tree, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config(tree, overrides)
+
+
+def test_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  name: simpo\n  gamma: 0.3\ntrain:\n  max_steps: 3\n")
+    cfg = load_config(path, {"max_steps": "4"})
+    assert cfg.method.gamma == 0.3 and cfg.train.max_steps == 4
+    (tmp_path / "bad.yaml").write_text("method: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_pairs
+from robalign.checkpoint import list_checkpoints
+from robalign.config import build_config
+from robalign.data.collate import collate
+from robalign.methods import build_method
+from robalign.trainer import NonFiniteError, Trainer
+
+
+def _cfg(tmp_path, name="run", **train):
+    tree = {"model": {"name": "tiny-llama", "lora_r": 0}, "method": {"name": "dpo"},
+            "data": {"max_length": 64},
+            "train": {"output_dir": str(tmp_path / name), "batch_size": 2, "max_steps": 6, "lr": 1e-2,
+                      "progress": False, "optimizer": "adamw", **train}}
+    return build_config(tree)
+
+
+def _final_weights(run_dir):
+    return load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "weights.safetensors"))
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path):
+    pairs = make_pairs(16)
+    Trainer(_cfg(tmp_path, "full"), train_pairs=pairs, eval_pairs=pairs[:4]).train()
+    Trainer(_cfg(tmp_path, "cut", stop_after=3), train_pairs=pairs, eval_pairs=pairs[:4]).train()
+    assert [p.name for p in list_checkpoints(tmp_path / "cut" / "checkpoints")] == ["step-00000003"]
+    Trainer(_cfg(tmp_path, "cut"), train_pairs=pairs, eval_pairs=pairs[:4]).train(resume=True)
+    a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [r["step"] for r in map(eval_json, (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def eval_json(line):
+    import json
+
+    return json.loads(line)
+
+
+def test_training_reduces_loss_and_final_loads_with_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    pairs = make_pairs(8)
+    cfg = _cfg(tmp_path, max_steps=12)
+    trainer = Trainer(cfg, train_pairs=pairs, eval_pairs=pairs)
+    summary = trainer.train()
+    assert summary["final"]["eval/accuracy_h"] > summary["start"]["eval/accuracy_h"]
+    lines = [eval_json(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in lines if "loss" in r]
+    assert abs(losses[0] - math.log(2)) < 1e-6  # reference = policy at step 0
+    assert losses[-1] < losses[0]
+    for key in ("rewards/chosen", "rewards/margins", "logps/chosen", "lr", "grad_norm", "step_time_s", "tokens"):
+        assert key in lines[1]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_gradient_accumulation_equals_larger_batch(tiny, tmp_path):
+    from robalign.data.tokenize import tokenize_pairs
+    from robalign.reference import FrozenCopyReference
+
+    model, tok = tiny
+    data, _ = tokenize_pairs(tok, make_pairs(4), max_length=64, max_prompt_length=32)
+    method = build_method("rdpo", {"epsilon": 0.2})
+    ref = FrozenCopyReference(model)
+    model.zero_grad()
+    method.step(model, ref, collate(data, tok.pad_token_id)).loss.backward()
+    big = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for half in (data[:2], data[2:]):
+        (method.step(model, ref, collate(half, tok.pad_token_id)).loss / 2).backward()
+    for a, p in zip(big, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-6)
+    model.zero_grad()
+
+
+def test_lora_reference_is_base_model_and_cache_equals_live(tmp_path):
+    pairs = make_pairs(8)
+    live = Trainer(build_config({"model": {"name": "tiny-llama", "lora_r": 4}, "data": {"max_length": 64},
+                                 "train": {"output_dir": str(tmp_path / "a"), "batch_size": 2, "progress": False}}),
+                   train_pairs=pairs, eval_pairs=[])
+    cached = Trainer(build_config({"model": {"name": "tiny-llama", "lora_r": 4, "reference": "cached"},
+                                   "data": {"max_length": 64},
+                                   "train": {"output_dir": str(tmp_path / "b"), "batch_size": 2, "progress": False}}),
+                     train_pairs=pairs, eval_pairs=[])
+    from robalign.models import load_model_and_tokenizer
+    from robalign.reference import FrozenCopyReference
+
+    base, _ = load_model_and_tokenizer("tiny-llama")
+    frozen = FrozenCopyReference(base)
+    batch = collate(live.train_data, live.pad_id)
+    a, b, c = live.reference.logps(batch), cached.reference.logps(batch), frozen.logps(batch)
+    assert torch.allclose(a.chosen, c.chosen, atol=1e-5) and torch.allclose(a.rejected, c.rejected, atol=1e-5)
+    assert torch.allclose(a.chosen, b.chosen, atol=1e-5) and torch.allclose(a.rejected, b.rejected, atol=1e-5)
+    assert list((tmp_path / "b" / "ref_cache").glob("*.safetensors"))
+
+
+def test_nonfinite_loss_stops_with_step_and_pair_ids(tmp_path, monkeypatch):
+    pairs = make_pairs(8)
+    trainer = Trainer(_cfg(tmp_path), train_pairs=pairs, eval_pairs=[])
+    real = trainer.method.step
+
+    def poisoned(*a, **k):
+        out = real(*a, **k)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.method, "step", poisoned)
+    with pytest.raises(NonFiniteError, match=r"step 1, pairs \['p"):
+        trainer.train()
+    skip = Trainer(_cfg(tmp_path, "skip", on_nonfinite="skip", max_steps=2), train_pairs=pairs, eval_pairs=[])
+    monkeypatch.setattr(skip.method, "step", poisoned)
+    before = [p.clone() for p in skip.model.parameters()]
+    assert skip.train()["skipped_batches"] == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, skip.model.parameters()))
