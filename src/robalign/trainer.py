@@ -227,7 +227,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_config()
         writer = self._writer(append=resume)
-        pair_log = open(self.out / "pairs.jsonl", "a" if resume else "w") if self.method_logs_pairs else None
+        pair_log = open(self.out / "pairs.jsonl", "a" if resume else "w") if self.method.log_pairs and self.acc.is_main_process else None
         bar = self._progress()
         start_eval = self.evaluate() if self.step_num == 0 else {}
         if start_eval and writer:
@@ -261,12 +261,10 @@ class Trainer:
             pair_log.close()
         self.save_checkpoint()
         self.save_final()
+        if self.acc.is_main_process:
+            self.method.finalize(self.out)
         return {"start": start_eval, "final": final_eval, "steps": self.step_num,
                 "skipped_batches": self.skipped_batches}
-
-    @property
-    def method_logs_pairs(self) -> bool:
-        return getattr(self.method, "log_pairs", False)
 
     def _progress(self):
         from tqdm.auto import tqdm

@@ -30,14 +30,19 @@ class Method:
     Class attributes are capabilities the trainer reads instead of checking names:
         needs_reference: load a reference model (or cache) and pass its log-probs.
         online: the method generates its own pairs (prompt-only data is enough).
+        log_pairs: the per-pair records of every step are written to pairs.jsonl.
     """
 
     name: str = ""
     needs_reference: bool = True
     online: bool = False
+    log_pairs: bool = False  # write StepResult.per_pair rows to pairs.jsonl
 
     def step(self, policy, reference, batch) -> StepResult:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def finalize(self, out_dir) -> None:
+        """Called once at the end of a run on the main process (e.g. to draw the method's plots)."""
 
 
 def reward_metrics(policy: SequenceLogps, chosen_rewards, rejected_rewards) -> dict[str, torch.Tensor]:
