@@ -1,0 +1,44 @@
+"""Exact log-linear engine: policies, robust losses, R-SCGD and stationarity measures (SPEC §5–6)."""
+
+from robalign.loglinear.instances import LogLinearInstance, random_instance
+from robalign.loglinear.policy import LogLinearPolicy, adversarial_oracle, antisymmetric
+from robalign.loglinear.rscgd import (
+    ProxRefineResult,
+    RSCGDBatch,
+    RSCGDResult,
+    project_ball,
+    proximal_refine,
+    rscgd,
+    sample_batch,
+    surrogate_loss,
+)
+from robalign.loglinear.stationarity import (
+    envelope_lambda,
+    moreau_envelope_grad_norm,
+    prox_point,
+    robust_weak_convexity_bound,
+    sail_weak_convexity_bound,
+    sensitivity_weak_convexity_bound,
+)
+
+__all__ = [
+    "LogLinearInstance",
+    "LogLinearPolicy",
+    "ProxRefineResult",
+    "RSCGDBatch",
+    "RSCGDResult",
+    "adversarial_oracle",
+    "antisymmetric",
+    "envelope_lambda",
+    "moreau_envelope_grad_norm",
+    "project_ball",
+    "prox_point",
+    "proximal_refine",
+    "random_instance",
+    "robust_weak_convexity_bound",
+    "rscgd",
+    "sail_weak_convexity_bound",
+    "sample_batch",
+    "sensitivity_weak_convexity_bound",
+    "surrogate_loss",
+]
