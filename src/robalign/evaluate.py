@@ -52,10 +52,14 @@ class PreferenceEvaluator:
         return summarize(torch.cat(h) if h else None, torch.cat(m), torch.cat(flips))
 
 
+def accuracy(margin: torch.Tensor) -> float:
+    """Share of pairs whose margin prefers the chosen answer; a tie counts half (h = 0 at step 0)."""
+    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
+
+
 def summarize(h: torch.Tensor | None, m: torch.Tensor, flipped: torch.Tensor) -> dict[str, float]:
-    out = {"eval/pairs": float(len(m)), "eval/accuracy_M": (m > 0).float().mean().item(),
-           "eval/margin_M": m.mean().item()}
+    out = {"eval/pairs": float(len(m)), "eval/accuracy_M": accuracy(m), "eval/margin_M": m.mean().item()}
     if h is not None:
-        out["eval/accuracy_h"] = (h > 0).float().mean().item()
+        out["eval/accuracy_h"] = accuracy(h)
         out["eval/margin_h"] = h.mean().item()
     return out
