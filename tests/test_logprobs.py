@@ -50,10 +50,43 @@ def test_concatenated_equals_separate_forwards_with_gradients(tiny):
     model.zero_grad()
 
 
+def test_shared_prompt_pack_equals_two_row_layout_with_gradients(tiny):
+    model, tok = tiny
+    data, _ = _batch(tok, n=5)
+    grads = []
+    outs = []
+    for shared in (True, False):
+        batch = collate(data, tok.pad_token_id, shared_prompt=shared)
+        assert (batch.packed is not None) == shared
+        model.zero_grad()
+        out = sequence_logps(model, batch)
+        (out.chosen.sum() - 0.3 * out.rejected.sum()).backward()
+        outs.append(out)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    a, b = outs
+    assert torch.allclose(a.chosen, b.chosen, atol=1e-4) and torch.allclose(a.rejected, b.rejected, atol=1e-4)
+    assert torch.equal(a.chosen_lengths, b.chosen_lengths)
+    for x, y in zip(*grads):
+        assert torch.allclose(x, y, atol=1e-4)
+    model.zero_grad()
+
+
+def test_shared_prompt_pack_hides_chosen_from_rejected():
+    from robalign.data.collate import pack_shared_prompt
+    from robalign.data.tokenize import TokenizedPair
+
+    pack = pack_shared_prompt([TokenizedPair([1, 2], [3, 4], [5], "a", 0)], pad_id=0)
+    assert pack.input_ids.tolist() == [[1, 2, 3, 4, 5]]
+    assert pack.position_ids.tolist() == [[0, 1, 2, 3, 2]]
+    assert pack.attention[0, 0, 4].tolist() == [True, True, False, False, True]
+    assert pack.source_pos.tolist() == [1, 2, 1] and pack.seq_row.tolist() == [0, 0, 1]
+
+
 def test_padding_does_not_change_logps(tiny):
     model, tok = tiny
-    data, batch = _batch(tok)
-    wider = collate(data, tok.pad_token_id)
+    data, _ = _batch(tok)
+    batch = collate(data, tok.pad_token_id, shared_prompt=False)
+    wider = collate(data, tok.pad_token_id, shared_prompt=False)
     pad = torch.full((wider.input_ids.shape[0], 7), tok.pad_token_id)
     wider.input_ids = torch.cat([wider.input_ids, pad], 1)
     wider.attention_mask = torch.cat([wider.attention_mask, torch.zeros_like(pad)], 1)

@@ -50,11 +50,17 @@ def split_body_and_head(model):
 
 
 def completion_hidden_states(model, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Runs the body once; returns (hidden [N, H], target ids [N], row of each token [N]).
+    """Runs the body once; returns (hidden [N, H], target ids [N], 2B-row index of each token [N]).
 
     N is the number of completion tokens in the batch; position t-1's state predicts token t.
+    With `batch.packed` the body runs over B shared-prompt rows instead of 2B rows.
     """
     body, _ = split_body_and_head(model)
+    pack = batch.packed
+    if pack is not None:
+        hidden = body(input_ids=pack.input_ids, attention_mask=pack.attention, position_ids=pack.position_ids,
+                      use_cache=False).last_hidden_state
+        return hidden[pack.source_row, pack.source_pos], pack.targets, pack.seq_row
     hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                   use_cache=False).last_hidden_state
     scored = batch.completion_mask[:, 1:]

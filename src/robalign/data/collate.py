@@ -12,6 +12,11 @@ prompt+rejected, so chosen and rejected go through the model in one forward. Two
 
 `completion_mask[i, t]` marks the tokens whose log-probs are scored (the model predicts token t from
 position t-1). Padding is kept small by sorting pairs of similar length into the same batch.
+
+The log-prob engine does not run those 2B rows as they are: `SharedPromptPack` packs each pair into a
+single row `prompt + chosen + rejected` (B rows), where rejected tokens take the positions right after
+the prompt and may not attend to the chosen tokens. The prompt is then encoded once instead of twice and
+no row is padded to another pair's completion, with the same log-probs as the 2B-row layout.
 """
 
 from __future__ import annotations
@@ -21,6 +26,58 @@ from dataclasses import dataclass
 import torch
 
 from robalign.data.tokenize import TokenizedPair
+
+
+@dataclass
+class SharedPromptPack:
+    """B rows `prompt_i + chosen_i + rejected_i`, right-padded to L, for one forward.
+
+    Attributes:
+        input_ids: [B, L] long.
+        position_ids: [B, L] long; rejected tokens restart right after the prompt.
+        attention: [B, 1, L, L] bool, True where query q may attend to key k (causal, rejected tokens
+            blind to chosen ones; a padding query sees only itself so no softmax row is empty).
+        source_row, source_pos: [N] where the hidden state predicting each completion token sits.
+        targets: [N] the completion token ids.
+        seq_row: [N] the 2B-row index (chosen i -> i, rejected i -> B + i) each token's log-prob adds to.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention: torch.Tensor
+    source_row: torch.Tensor
+    source_pos: torch.Tensor
+    targets: torch.Tensor
+    seq_row: torch.Tensor
+
+    def to(self, device) -> SharedPromptPack:
+        return SharedPromptPack(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def pack_shared_prompt(pairs: list[TokenizedPair], pad_id: int) -> SharedPromptPack:
+    b = len(pairs)
+    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((b, width), dtype=torch.long)
+    att = torch.eye(width, dtype=torch.bool).repeat(b, 1, 1, 1)
+    src_row, src_pos, targets, seq_row = [], [], [], []
+    for i, p in enumerate(pairs):
+        n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
+        end = n_p + n_c + n_r
+        ids[i, :end] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids)
+        pos[i, :n_p + n_c] = torch.arange(n_p + n_c)
+        pos[i, n_p + n_c:end] = torch.arange(n_p, n_p + n_r)
+        causal = torch.ones(end, end, dtype=torch.bool).tril()
+        causal[n_p + n_c:end, n_p:n_p + n_c] = False  # rejected tokens never see the chosen answer
+        att[i, 0, :end, :end] = causal
+        # The last prompt state predicts the first token of both answers.
+        src = [n_p - 1 + j for j in range(n_c)] + [n_p - 1] + [n_p + n_c + j for j in range(n_r - 1)]
+        src_pos += src
+        src_row += [i] * (n_c + n_r)
+        targets += p.chosen_ids + p.rejected_ids
+        seq_row += [i] * n_c + [b + i] * n_r
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return SharedPromptPack(ids, pos, att, as_long(src_row), as_long(src_pos), as_long(targets), as_long(seq_row))
 
 
 @dataclass
@@ -34,6 +91,8 @@ class PreferenceBatch:
         index: [B] long, dataset positions (reference-cache keys).
         is_flipped: [B] float, 1 flipped / 0 clean / NaN unknown.
         ids: B pair ids.
+        packed: the same pairs as a `SharedPromptPack` (what the log-prob engine runs), or None to
+            run the 2B rows directly.
     """
 
     input_ids: torch.Tensor
@@ -42,6 +101,7 @@ class PreferenceBatch:
     index: torch.Tensor
     is_flipped: torch.Tensor
     ids: list[str]
+    packed: SharedPromptPack | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -54,10 +114,12 @@ class PreferenceBatch:
     def to(self, device) -> PreferenceBatch:
         move = {k: getattr(self, k).to(device) for k in ("input_ids", "attention_mask", "completion_mask",
                                                           "index", "is_flipped")}
-        return PreferenceBatch(**move, ids=self.ids)
+        packed = None if self.packed is None else self.packed.to(device)
+        return PreferenceBatch(**move, ids=self.ids, packed=packed)
 
 
-def collate(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
+def collate(pairs: list[TokenizedPair], pad_id: int, *, shared_prompt: bool = True) -> PreferenceBatch:
+    """Builds the 2B-row batch (and, with `shared_prompt`, its packed form for the forward)."""
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
     width = max(len(a) + len(b) for a, b in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -69,8 +131,9 @@ def collate(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
         attention[i, :n] = 1
         completion[i, len(prompt):n] = True
     flipped = [float("nan") if p.is_flipped is None else float(p.is_flipped) for p in pairs]
+    packed = pack_shared_prompt(pairs, pad_id) if shared_prompt else None
     return PreferenceBatch(input_ids, attention, completion, torch.tensor([p.index for p in pairs]),
-                           torch.tensor(flipped), [p.id for p in pairs])
+                           torch.tensor(flipped), [p.id for p in pairs], packed)
 
 
 def epoch_batches(lengths: list[int], batch_size: int, *, seed: int, epoch: int,
