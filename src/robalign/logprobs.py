@@ -44,6 +44,9 @@ def split_body_and_head(model):
 
     `body(input_ids, attention_mask)` gives hidden states; `head` maps them to vocabulary logits.
     """
+    from robalign.policy import unwrap_policy
+
+    model = unwrap_policy(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(base, base.base_model_prefix)
     return body, base.get_output_embeddings()
@@ -53,8 +56,11 @@ def completion_hidden_states(model, batch: PreferenceBatch) -> tuple[torch.Tenso
     """Runs the body once; returns (hidden [N, H], target ids [N], 2B-row index of each token [N]).
 
     N is the number of completion tokens in the batch; position t-1's state predicts token t.
-    With `batch.packed` the body runs over B shared-prompt rows instead of 2B rows.
+    With `batch.packed` the body runs over B shared-prompt rows instead of 2B rows. A DDP-wrapped
+    `PolicyLM` is called through its forward, so DDP sees the pass and all-reduces the gradients.
     """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model(batch)
     body, _ = split_body_and_head(model)
     pack = batch.packed
     if pack is not None:

@@ -30,6 +30,7 @@ from robalign.evaluate import PreferenceEvaluator
 from robalign.methods import build_method
 from robalign.metrics import MetricsWriter
 from robalign.models import apply_lora, disable_dropout, load_model_and_tokenizer
+from robalign.policy import PolicyLM
 from robalign.reference import (
     AdapterDisabledReference,
     FrozenCopyReference,
@@ -113,19 +114,23 @@ class Trainer:
 
     def _setup_data(self, train_pairs, eval_pairs):
         from robalign.data import load_pairs, train_eval_split
+        from robalign.data.prompts import is_prompt_only, load_online_data
 
         dc = self.cfg.data
         if train_pairs is None:
             if not dc.train:
                 raise UserError("data.train: no training data given (use --data PATH)")
-            train_pairs = load_pairs(dc.train, skip_invalid=dc.skip_invalid).pairs
+            load_train = load_online_data if self.method.online else load_pairs  # online: prompt-only rows too
+            train_pairs = load_train(dc.train, skip_invalid=dc.skip_invalid).pairs
             if dc.eval:
                 eval_pairs = load_pairs(dc.eval, skip_invalid=dc.skip_invalid).pairs
             else:
                 train_pairs, eval_pairs = train_eval_split(train_pairs, dc.eval_fraction, self.cfg.train.seed)
         if dc.limit:
             train_pairs = train_pairs[:dc.limit]
-        eval_pairs = (eval_pairs or [])[:dc.eval_limit or None]
+        eval_pairs = [p for p in (eval_pairs or []) if not is_prompt_only(p)][:dc.eval_limit or None]
+        if self.method.online:  # online methods decode their generations (robalign.methods.online)
+            self.method.bind(self.tokenizer)
         kw = dict(max_length=dc.max_length, max_prompt_length=dc.prompt_budget, skip_invalid=dc.skip_invalid)
         self.train_data, skipped = tokenize_pairs(self.tokenizer, train_pairs, **kw)
         self.eval_data, eval_skipped = tokenize_pairs(self.tokenizer, eval_pairs, **kw)
@@ -164,7 +169,10 @@ class Trainer:
         else:
             opt = torch.optim.SGD(params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
-        self.model, self.optimizer = self.acc.prepare(self.model, opt)
+        # `self.model` stays the plain model; `self.policy` is what methods call (DDP-wrapped when
+        # several processes run, through PolicyLM so DDP's forward is the log-prob engine's pass).
+        wrapped = PolicyLM(self.model) if self.acc.num_processes > 1 else self.model
+        self.policy, self.optimizer = self.acc.prepare(wrapped, opt)
 
     # ------------------------------------------------------------------------------------ step
     def step(self) -> dict[str, torch.Tensor]:
@@ -177,9 +185,9 @@ class Trainer:
             batch = self.stream.batch(self.position).to(self.acc.device)
             self.position += 1
             last = micro == tc.grad_accum - 1
-            sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
+            sync = contextlib.nullcontext() if last else self.acc.no_sync(self.policy)
             with sync:
-                result = self.method.step(self.model, self.reference, batch)
+                result = self.method.step(self.policy, self.reference, batch)
                 self.acc.backward(result.loss / tc.grad_accum)
             for key, value in {"loss": result.loss.detach(), **result.metrics}.items():
                 totals[key] = totals.get(key, 0.0) + value.detach() / tc.grad_accum
@@ -295,7 +303,7 @@ class Trainer:
                     pair_log.write(json.dumps(row) + "\n")
 
     def evaluate(self) -> dict:
-        return self.evaluator.evaluate(self.acc.unwrap_model(self.model)) if self.acc.is_main_process else {}
+        return self.evaluator.evaluate(self.model) if self.acc.is_main_process else {}
 
     # ------------------------------------------------------------------------------ save / load
     def _write_config(self):
@@ -306,7 +314,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return
-        ckpt.save_checkpoint(self.out / "checkpoints", self.step_num, model=self.acc.unwrap_model(self.model),
+        ckpt.save_checkpoint(self.out / "checkpoints", self.step_num, model=self.model,
                              optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
                              else self.optimizer, scheduler=self.scheduler,
                              state={"position": self.position, "skipped_batches": self.skipped_batches},
@@ -317,7 +325,7 @@ class Trainer:
         if not found:
             raise UserError(f"--resume: no complete checkpoint in {self.out / 'checkpoints'}")
         opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
-        state = ckpt.load_checkpoint(found[-1], model=self.acc.unwrap_model(self.model), optimizer=opt,
+        state = ckpt.load_checkpoint(found[-1], model=self.model, optimizer=opt,
                                      scheduler=self.scheduler)
         self.step_num, self.position = state["step"], state["position"]
         self.skipped_batches = state.get("skipped_batches", 0)
@@ -344,7 +352,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return
-        model = self.acc.unwrap_model(self.model)
+        model = self.model
         final = self.out / "final"
         if hasattr(model, "merge_and_unload"):
             model.save_pretrained(final / "adapter")

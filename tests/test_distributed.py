@@ -1,0 +1,42 @@
+"""Two CPU processes (gloo, launched by torchrun) give the run of one process at the same global batch."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import make_pairs
+
+
+def _train(tmp_path, name, nproc, batch_size, method="dpo", lora_r="0"):
+    data = tmp_path / "pairs.jsonl"
+    if not data.exists():
+        data.write_text("".join(json.dumps(p.to_row()) + "\n" for p in make_pairs(16)))
+    args = ["train", "--model", "tiny-llama", "--data", str(data), "--eval-fraction", "0", "--lora-r", lora_r,
+            "--max-steps", "3", "--lr", "1e-3", "--progress", "false", "--max-length", "64", "--method", method,
+            "--batch-size", str(batch_size), "--output-dir", str(tmp_path / name)]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "robalign.cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(29500 + os.getpid() % 1000), "-m", "robalign.cli", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = [x["loss"] for x in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
+              if "loss" in x]
+    weights = load_file(glob.glob(str(tmp_path / name / "checkpoints" / "*" / "weights.safetensors"))[0])
+    return losses, weights
+
+
+@pytest.mark.parametrize("method,lora_r", [("dpo", "0"), ("simpo", "4")])
+def test_two_processes_match_one(tmp_path, method, lora_r):
+    one_loss, one_w = _train(tmp_path, "one", 1, 4, method, lora_r)
+    two_loss, two_w = _train(tmp_path, "two", 2, 2, method, lora_r)
+    assert one_loss == pytest.approx(two_loss, abs=1e-5)
+    assert one_w.keys() == two_w.keys()
+    for k in one_w:
+        assert (one_w[k] - two_w[k]).abs().max().item() < 1e-5, k
