@@ -122,6 +122,13 @@ def save_checkpoint(root: Path, step: int, *, model, optimizer, scheduler, state
     return final
 
 
+def remove_partial(root: Path):
+    """Deletes temporary directories left by a checkpoint write that was killed."""
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary directories are never returned)."""
     if not root.is_dir():

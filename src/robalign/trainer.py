@@ -13,7 +13,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -234,8 +236,9 @@ class Trainer:
         elif self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_config()
-        writer = self._writer(append=resume)
-        pair_log = open(self.out / "pairs.jsonl", "a" if resume else "w") if self.method.log_pairs and self.acc.is_main_process else None
+        resumed = resume and self.step_num > 0
+        writer = self._writer(append=resumed)
+        pair_log = open(self.out / "pairs.jsonl", "a" if resumed else "w") if self.method.log_pairs and self.acc.is_main_process else None
         bar = self._progress()
         start_eval = self.evaluate() if self.step_num == 0 else {}
         if start_eval and writer:
@@ -321,9 +324,14 @@ class Trainer:
                              keep_last=self.cfg.train.keep_last)
 
     def _resume(self):
+        ckpt.remove_partial(self.out / "checkpoints")
         found = ckpt.list_checkpoints(self.out / "checkpoints")
-        if not found:
-            raise UserError(f"--resume: no complete checkpoint in {self.out / 'checkpoints'}")
+        if not found:  # killed before the first checkpoint: nothing to lose, start over
+            log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.out / "checkpoints")
+            if self.acc.is_main_process:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self._write_config()
+            return
         opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
         state = ckpt.load_checkpoint(found[-1], model=self.model, optimizer=opt,
                                      scheduler=self.scheduler)
@@ -353,11 +361,14 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         model = self.model
-        final = self.out / "final"
+        final, tmp = self.out / "final", self.out / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
         if hasattr(model, "merge_and_unload"):
-            model.save_pretrained(final / "adapter")
+            model.save_pretrained(tmp / "adapter")
             merged = copy.deepcopy(model).merge_and_unload()
-            merged.save_pretrained(final)
+            merged.save_pretrained(tmp)
         else:
-            model.save_pretrained(final)
-        self.tokenizer.save_pretrained(final)
+            model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
