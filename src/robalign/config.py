@@ -123,6 +123,7 @@ class TrainConfig:
     eval_every: int = _f(0, "Evaluate every N steps (0 = only at the end).")
     save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
     keep_last: int = _f(2, "Checkpoints kept on disk (older ones are deleted).")
+    save_final: bool = _f(True, "Write final/ (a plain transformers model, LoRA merged) at the end.")
     log_every: int = _f(1, "Write a metrics line every N steps.")
     tensorboard: bool = _f(False, "Also write TensorBoard event files under output_dir/tb.")
     on_nonfinite: str = _f("stop", "A NaN/Inf loss or gradient: 'stop' the run or 'skip' the batch.")

@@ -271,7 +271,8 @@ class Trainer:
         if pair_log:
             pair_log.close()
         self.save_checkpoint()
-        self.save_final()
+        if tc.save_final:
+            self.save_final()
         if self.acc.is_main_process:
             self.method.finalize(self.out)
         return {"start": start_eval, "final": final_eval, "steps": self.step_num,

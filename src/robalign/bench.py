@@ -1,0 +1,247 @@
+"""`robalign bench robustness`: methods x noise kinds x rates x seeds, each cell cached, with a report.
+
+A cell trains one method on noisy training pairs and evaluates on clean held-out pairs. Its result is
+written to `<out>/cells/<method>-<kind>-<rate>-s<seed>/result.json` when it finishes, so an interrupted
+sweep resumes where it stopped and re-running one cell with its seed gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import itertools
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from robalign.errors import UserError
+
+METHOD_DEFAULTS = {"cdpo": {"epsilon": 0.2}, "rdpo": {"epsilon": 0.2}, "robust": {"rho": 0.2}}
+
+
+@dataclass
+class SweepSpec:
+    data: str  # a preference file, or "verifiable" for the built-in task
+    methods: list[str]
+    kinds: list[str]
+    rates: list[float]
+    seeds: list[int]
+    model: str
+    steps: int
+    batch_size: int
+    lr: float
+    train_pairs: int
+    eval_pairs: int
+    max_length: int
+    lora_r: int
+    out: Path
+
+    def cells(self):
+        for kind, rate, seed, method in itertools.product(self.kinds, self.rates, self.seeds, self.methods):
+            if rate == 0 and kind != self.kinds[0]:
+                continue  # rate 0 is the same clean run for every noise kind
+            yield method, kind, rate, seed
+
+
+def cell_dir(spec: SweepSpec, method, kind, rate, seed) -> Path:
+    return spec.out / "cells" / f"{method}-{kind}-{rate:g}-s{seed}"
+
+
+def _data_split(spec: SweepSpec, seed: int):
+    """(train, eval) pairs of one seed; the eval split is clean and disjoint from training."""
+    from robalign.data import load_pairs, train_eval_split
+
+    if spec.data == "verifiable":
+        from robalign.tasks.verifiable import make_preference_pairs
+
+        return (make_preference_pairs(spec.train_pairs, seed),
+                make_preference_pairs(spec.eval_pairs, 10_000 + seed))
+    pairs = load_pairs(spec.data, skip_invalid=True).pairs
+    train, held = train_eval_split(pairs, 0.2, seed)
+    return train[:spec.train_pairs], held[:spec.eval_pairs]
+
+
+def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base=None) -> dict:
+    from robalign.config import build_config
+    from robalign.data import inject_noise
+    from robalign.trainer import Trainer
+
+    out = cell_dir(spec, method, kind, rate, seed)
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    train, held = _data_split(spec, seed)
+    noisy = inject_noise(train, kind, rate, seed)
+    cfg = build_config({
+        "model": {"name": spec.model, "lora_r": spec.lora_r},
+        "method": {"name": method, **METHOD_DEFAULTS.get(method, {})},
+        "data": {"max_length": spec.max_length},
+        "train": {"output_dir": str(out), "batch_size": spec.batch_size, "max_steps": spec.steps, "lr": spec.lr,
+                  "seed": seed, "progress": False, "warmup_steps": max(1, spec.steps // 10),
+                  "save_final": False}})
+    t0 = time.perf_counter()
+    model, tok = base if base is not None else (None, None)
+    trainer = Trainer(cfg, train_pairs=noisy, eval_pairs=held, model=copy.deepcopy(model) if model else None,
+                      tokenizer=tok)
+    summary = trainer.train()
+    result = {"method": method, "kind": kind, "rate": rate, "seed": seed, "seconds": time.perf_counter() - t0,
+              "flipped": sum(bool(p.is_flipped) for p in noisy), **{k.split("/")[-1]: v for k, v in
+                                                                      summary["final"].items()}}
+    gapo = out / "gapo_summary.json"
+    if gapo.is_file():
+        result.update({f"gapo_{k}": v for k, v in json.loads(gapo.read_text()).items()
+                       if isinstance(v, (int, float))})
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(done)
+    return result
+
+
+def run_sweep(spec: SweepSpec) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    from robalign.models import load_model_and_tokenizer
+
+    cells = list(spec.cells())
+    base = load_model_and_tokenizer(spec.model)
+    results = []
+    for cell in tqdm(cells, desc="robustness sweep", unit="cell"):
+        results.append(run_cell(spec, *cell, base=base))
+    return results
+
+
+def aggregate(results: list[dict], metric: str) -> list[dict]:
+    """Mean and spread (sample std) over seeds for each (method, kind, rate)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in results:
+        if r.get(metric) is not None:
+            groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r[metric])
+    rows = []
+    for (method, kind, rate), vals in sorted(groups.items()):
+        spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        rows.append({"method": method, "kind": kind, "rate": rate, "mean": statistics.fmean(vals),
+                     "std": spread, "n": len(vals)})
+    return rows
+
+
+def _with_clean(rows: list[dict], kinds: list[str]) -> list[dict]:
+    """Copies rate-0 rows to every noise kind, so each panel starts from the clean run."""
+    out = list(rows)
+    for r in rows:
+        if r["rate"] == 0:
+            out += [{**r, "kind": k} for k in kinds if k != r["kind"]]
+    return out
+
+
+def plot_accuracy(rows: list[dict], kinds: list[str], path: Path, metric: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _with_clean(rows, kinds)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for method in sorted({r["method"] for r in rows}):
+            pts = sorted((r["rate"], r["mean"], r["std"]) for r in rows if r["kind"] == kind and r["method"] == method)
+            if pts:
+                x, y, e = zip(*pts)
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
+        ax.set_title(f"noise: {kind}")
+        ax.set_xlabel("noise rate")
+        ax.set_ylabel(f"clean held-out {metric}")
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
+    spec.out.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for r in results for k in r})
+    with open(spec.out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(results)
+    lines = [f"# Robustness sweep\n\nData `{spec.data}`, model `{spec.model}` (LoRA r={spec.lora_r}), "
+             f"{spec.steps} steps x {spec.batch_size} pairs, lr {spec.lr}, {spec.train_pairs} training pairs, "
+             f"{spec.eval_pairs} clean held-out pairs, seeds {spec.seeds}.\n"]
+    for metric in ("accuracy_h", "accuracy_M"):
+        rows = aggregate(results, metric)
+        if not rows:
+            continue
+        plot_accuracy(rows, spec.kinds, spec.out / f"{metric}_vs_noise.png", metric)
+        lines += [f"\n## {metric} (mean ± std over seeds)\n", _table(rows, spec.kinds),
+                  f"\n![{metric}]({metric}_vs_noise.png)\n"]
+    report = spec.out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def _table(rows: list[dict], kinds: list[str]) -> str:
+    rows = _with_clean(rows, kinds)
+    rates = sorted({r["rate"] for r in rows})
+    head = "| method | kind | " + " | ".join(f"{r:g}" for r in rates) + " |"
+    out = [head, "|" + "---|" * (2 + len(rates))]
+    for method, kind in sorted({(r["method"], r["kind"]) for r in rows}, key=lambda x: (x[1], x[0])):
+        cell = {r["rate"]: r for r in rows if r["method"] == method and r["kind"] == kind}
+        vals = [f"{cell[x]['mean']:.3f} ± {cell[x]['std']:.3f}" if x in cell else "-" for x in rates]
+        out.append(f"| {method} | {kind} | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"bench: expected comma-separated numbers, got {text!r}") from None
+    if any(not (0 <= v < 1) or math.isnan(v) for v in vals):
+        raise UserError(f"bench: noise rates must be in [0, 1), got {text!r}")
+    return vals
+
+
+def cmd_bench(args) -> int:
+    from robalign.data import NOISE_KINDS
+    from robalign.methods import METHODS
+
+    methods = [m for m in args.methods.split(",") if m]
+    kinds = [k for k in args.kinds.split(",") if k]
+    bad = [m for m in methods if m not in METHODS] + [k for k in kinds if k not in NOISE_KINDS]
+    if bad:
+        raise UserError(f"bench: unknown method or noise kind {bad}")
+    if args.data != "verifiable" and not Path(args.data).exists():
+        raise UserError(f"bench: --data {args.data} not found (a preference file or 'verifiable')")
+    spec = SweepSpec(data=args.data, methods=methods, kinds=kinds, rates=_floats(args.rates),
+                     seeds=[int(s) for s in args.seeds.split(",")], model=args.model, steps=args.steps,
+                     batch_size=args.batch_size, lr=args.lr, train_pairs=args.train_pairs,
+                     eval_pairs=args.eval_pairs, max_length=args.max_length, lora_r=args.lora_r, out=Path(args.out))
+    results = run_sweep(spec)
+    report = write_outputs(spec, results)
+    print(report.read_text())
+    return 0
+
+
+def register_cli(sub):
+    from robalign.models import DEFAULT_MODEL
+
+    p = sub.add_parser("bench", help="benchmarks: `robalign bench robustness` sweeps methods under noise")
+    p.add_argument("which", choices=["robustness"])
+    p.add_argument("--data", default="verifiable", help="preference file, or 'verifiable' (built-in task)")
+    p.add_argument("--methods", default="dpo,cdpo,rdpo,ipo,simpo,hypo,sympo,drdpo,robust,gapo")
+    p.add_argument("--kinds", default="flip,length,margin")
+    p.add_argument("--rates", default="0,0.1,0.2,0.3,0.4")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--train-pairs", type=int, default=256)
+    p.add_argument("--eval-pairs", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--out", default="outputs/robustness")
+    p.set_defaults(func=cmd_bench)
