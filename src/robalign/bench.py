@@ -81,7 +81,7 @@ def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, ba
         "data": {"max_length": spec.max_length},
         "train": {"output_dir": str(out), "batch_size": spec.batch_size, "max_steps": spec.steps, "lr": spec.lr,
                   "seed": seed, "progress": False, "warmup_steps": max(1, spec.steps // 10),
-                  "save_final": False}})
+                  "save_final": False, "eval_at_start": False}})
     t0 = time.perf_counter()
     model, tok = base if base is not None else (None, None)
     trainer = Trainer(cfg, train_pairs=noisy, eval_pairs=held, model=copy.deepcopy(model) if model else None,

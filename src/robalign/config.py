@@ -121,6 +121,7 @@ class TrainConfig:
     schedule: str = _f("cosine", "Learning-rate schedule after warm-up: 'constant', 'linear' or 'cosine'.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = no clipping).")
     eval_every: int = _f(0, "Evaluate every N steps (0 = only at the end).")
+    eval_at_start: bool = _f(True, "Also evaluate before the first step (the 'before' column).")
     save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
     keep_last: int = _f(2, "Checkpoints kept on disk (older ones are deleted).")
     save_final: bool = _f(True, "Write final/ (a plain transformers model, LoRA merged) at the end.")

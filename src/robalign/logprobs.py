@@ -56,11 +56,8 @@ def completion_hidden_states(model, batch: PreferenceBatch) -> tuple[torch.Tenso
     """Runs the body once; returns (hidden [N, H], target ids [N], 2B-row index of each token [N]).
 
     N is the number of completion tokens in the batch; position t-1's state predicts token t.
-    With `batch.packed` the body runs over B shared-prompt rows instead of 2B rows. A DDP-wrapped
-    `PolicyLM` is called through its forward, so DDP sees the pass and all-reduces the gradients.
+    With `batch.packed` the body runs over B shared-prompt rows instead of 2B rows.
     """
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return model(batch)
     body, _ = split_body_and_head(model)
     pack = batch.packed
     if pack is not None:
@@ -80,11 +77,26 @@ def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return -F.cross_entropy(logits.float(), targets, reduction="none")
 
 
-def sequence_logps(model, batch: PreferenceBatch) -> SequenceLogps:
-    """Completion log-prob sums of chosen and rejected rows in one forward."""
+def completion_token_logps(model, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each completion token [N], its 2B-row index [N]) from one body pass."""
     hidden, targets, rows = completion_hidden_states(model, batch)
     _, head = split_body_and_head(model)
-    return reduce_to_sequences(token_logps(head, hidden, targets), rows, batch)
+    return token_logps(head, hidden, targets), rows
+
+
+def sequence_logps(model, batch: PreferenceBatch) -> SequenceLogps:
+    """Completion log-prob sums of chosen and rejected rows in one forward.
+
+    A data-parallel policy (DDP around `PolicyLM`, or a sharded `PolicyLM`) is called through its
+    forward, so the wrapper sees the whole pass, LM head included, and syncs or gathers accordingly.
+    """
+    from robalign.policy import PolicyLM
+
+    if isinstance(model, (torch.nn.parallel.DistributedDataParallel, PolicyLM)):
+        per_token, rows = model(batch)
+    else:
+        per_token, rows = completion_token_logps(model, batch)
+    return reduce_to_sequences(per_token, rows, batch)
 
 
 def reduce_to_sequences(per_token: torch.Tensor, rows: torch.Tensor, batch: PreferenceBatch) -> SequenceLogps:

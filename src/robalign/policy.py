@@ -1,9 +1,10 @@
 """The policy as one module whose forward is the log-prob engine's body pass.
 
-Under data parallelism the policy must be called through DistributedDataParallel's forward so that
-DDP prepares its gradient all-reduce; the Hugging Face model's own forward would build full-vocabulary
-logits for every position. `PolicyLM` gives DDP a forward that returns only the completion-position
-hidden states; the trainer wraps the model in it when more than one process runs.
+Under data parallelism the policy must be called through the wrapper's forward (DDP prepares its
+gradient all-reduce there; FSDP gathers sharded weights there), but the Hugging Face model's own forward
+would build full-vocabulary logits for every position. `PolicyLM`'s forward is the log-prob engine's
+pass instead, LM head included, returning per-token log-probs of completion tokens only; the trainer
+wraps the model in it when more than one process runs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ class PolicyLM(torch.nn.Module):
         self.lm = lm
 
     def forward(self, batch):
-        from robalign.logprobs import completion_hidden_states
+        from robalign.logprobs import completion_token_logps
 
-        return completion_hidden_states(self.lm, batch)
+        return completion_token_logps(self.lm, batch)
 
 
 def unwrap_policy(model):

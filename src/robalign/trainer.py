@@ -131,8 +131,7 @@ class Trainer:
         if dc.limit:
             train_pairs = train_pairs[:dc.limit]
         eval_pairs = [p for p in (eval_pairs or []) if not is_prompt_only(p)][:dc.eval_limit or None]
-        if self.method.online:  # online methods decode their generations (robalign.methods.online)
-            self.method.bind(self.tokenizer)
+        self.method.bind(self.tokenizer)
         kw = dict(max_length=dc.max_length, max_prompt_length=dc.prompt_budget, skip_invalid=dc.skip_invalid)
         self.train_data, skipped = tokenize_pairs(self.tokenizer, train_pairs, **kw)
         self.eval_data, eval_skipped = tokenize_pairs(self.tokenizer, eval_pairs, **kw)
@@ -201,6 +200,7 @@ class Trainer:
             self.optimizer.step()
         else:
             self._nonfinite(records)
+        self.method.after_optimizer_step(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step_num += 1
@@ -237,10 +237,13 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_config()
         resumed = resume and self.step_num > 0
+        self.acc.wait_for_everyone()
+        self.method.begin(self.out, self.step_num, resumed=resumed)
         writer = self._writer(append=resumed)
-        pair_log = open(self.out / "pairs.jsonl", "a" if resumed else "w") if self.method.log_pairs and self.acc.is_main_process else None
+        logs_pairs = self.method.log_pairs and self.acc.is_main_process
+        pair_log = open(self.out / "pairs.jsonl", "a" if resumed else "w") if logs_pairs else None
         bar = self._progress()
-        start_eval = self.evaluate() if self.step_num == 0 else {}
+        start_eval = self.evaluate() if self.step_num == 0 and tc.eval_at_start else {}
         if start_eval and writer:
             writer.write({"step": 0, **start_eval})
         try:

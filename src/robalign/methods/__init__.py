@@ -20,6 +20,16 @@ def _register_losses():
 
 _register_losses()
 
+from robalign.methods.gapo import build_gapo, validate_gapo_params  # noqa: E402  (registers the gapo: section)
+
+METHODS["gapo"] = (validate_gapo_params, build_gapo)
+
+from robalign.methods import oracle_robust as _oracle_robust  # noqa: E402  (registers online:, oracle_robust:)
+from robalign.methods import sail as _sail  # noqa: E402  (registers the sail: section)
+
+METHODS["sail"] = (_sail.validate_params, _sail.build)
+METHODS["oracle_robust"] = (_oracle_robust.validate_params, _oracle_robust.build)
+
 
 def validate_method(name: str, params: dict) -> dict:
     if name not in METHODS:

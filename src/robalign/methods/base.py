@@ -41,6 +41,15 @@ class Method:
     def step(self, policy, reference, batch) -> StepResult:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def bind(self, tokenizer) -> None:
+        """Receives the tokenizer before training (methods that decode their own generations)."""
+
+    def begin(self, out_dir, step: int, resumed: bool) -> None:
+        """Called on every process when the loop starts at `step` (after a resume, at its checkpoint)."""
+
+    def after_optimizer_step(self, model) -> None:
+        """Called after every optimiser step, skipped ones included (e.g. a projection)."""
+
     def finalize(self, out_dir) -> None:
         """Called once at the end of a run on the main process (e.g. to draw the method's plots)."""
 

@@ -1,0 +1,170 @@
+"""Sampling two responses per prompt from the current policy (SAIL, oracle-robust online alignment).
+
+One batched `generate` call with the KV cache: prompts are left-padded (so every row's next token sits
+at the same position), each prompt is repeated twice (`repeat_interleave`), and the output rows
+are checked against their prompts before they are split into pairs, so a sample can never be paired
+with another example's prompt (the official SAIL code paired generations with shuffled prompts).
+
+Randomness: Hugging Face `generate` samples from the global torch RNG. `generate_pairs` draws one seed
+from the caller's `torch.Generator`, seeds the global RNG with it inside `torch.random.fork_rng` and
+restores it afterwards, so the samples depend only on that generator and the caller's global RNG
+stream is untouched. The online methods seed that generator from the global RNG, which the trainer
+checkpoints, so a resumed run draws the same samples as an uninterrupted one.
+
+Completions follow the rules of `robalign.data.tokenize`: a completion ends with exactly one EOS (the
+first stop token the model emitted; tokens after it are generate's padding and are dropped), and a
+sample that reached `max_new_tokens` without a stop token has no EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+
+class GeneratedPair(NamedTuple):
+    """Two samples for one prompt. Ids are plain lists; texts are decoded without special tokens."""
+
+    prompt_ids: list[int]
+    y1_ids: list[int]
+    y2_ids: list[int]
+    y1_text: str
+    y2_text: str
+
+
+def unwrap(model):
+    """The module under a DistributedDataParallel wrapper (which has no `generate`), else the model."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, P] input ids and attention mask of prompts padded on the left to the longest one."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty; generation needs at least one prompt token")
+        ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def cut_at_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
+    """The completion up to and including its first stop token; everything after it is padding."""
+    for k, t in enumerate(tokens):
+        if t in stop_ids:
+            return tokens[:k + 1]
+    return tokens  # reached max_new_tokens: no EOS, and pad-id tokens here are real samples
+
+
+def stop_token_ids(tokenizer, model=None) -> set[int]:
+    """The tokenizer's EOS plus any EOS ids of the model's generation config."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if extra is not None:
+        ids.update(int(i) for i in (extra if isinstance(extra, (list, tuple)) else [extra]))
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token: generation could never stop before max_new_tokens")
+    return ids
+
+
+def _generation_config(*, temperature: float, top_p: float, max_new_tokens: int, pad_id: int,
+                       stop_ids: set[int]):
+    from transformers import GenerationConfig
+
+    sample = temperature > 0
+    # Every sampling knob is set explicitly: unset ones would be filled from the model's own
+    # generation_config (e.g. a checkpoint's top_k or repetition penalty), and the samples would no
+    # longer come from π_θ at the stated temperature.
+    knobs = dict(top_k=0, top_p=top_p, temperature=temperature) if sample else {}
+    return GenerationConfig(do_sample=sample, max_new_tokens=max_new_tokens, num_return_sequences=1,
+                            num_beams=1, use_cache=True, pad_token_id=pad_id, eos_token_id=sorted(stop_ids),
+                            typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                            min_new_tokens=0, epsilon_cutoff=0.0, eta_cutoff=0.0, **knobs)
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+@torch.no_grad()
+def generate_pairs(model, tokenizer, prompts: Sequence[Sequence[int]], *, temperature: float = 0.9,
+                   top_p: float = 1.0, max_new_tokens: int = 64,
+                   generator: torch.Generator | None = None) -> list[GeneratedPair]:
+    """Two samples per prompt from `model`, in one batched, KV-cached `generate` call.
+
+    Args:
+        model: a causal LM (a PEFT or DDP wrapper is fine). Put in eval mode for the call, then back
+            in the mode it was in.
+        tokenizer: gives the pad and EOS ids and decodes the texts.
+        prompts: N prompt id lists (e.g. the prompt rows of a `PreferenceBatch`).
+        temperature: sampling temperature; 0 decodes greedily (both samples are then equal).
+        top_p: nucleus mass, 1.0 keeps the full distribution.
+        max_new_tokens: most tokens per sample.
+        generator: the source of randomness (see the module docstring); None uses the global RNG.
+
+    Returns:
+        N `GeneratedPair`s, the i-th for `prompts[i]`.
+    """
+    if not prompts:
+        return []
+    net = unwrap(model)
+    device = next(net.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_token_ids(tokenizer, net)
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    config = _generation_config(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                pad_id=pad_id, stop_ids=stops)
+    seed = None if generator is None else int(torch.randint(2**62, (1,), generator=generator))
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(device), enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            # Each prompt twice in a row: rows 2i and 2i+1 are prompt i's samples (what
+            # num_return_sequences=2 does, but valid for greedy decoding too).
+            out = net.generate(input_ids=ids.repeat_interleave(2, dim=0),
+                               attention_mask=mask.repeat_interleave(2, dim=0), generation_config=config)
+    finally:
+        net.train(was_training)
+    return split_pairs(out, ids, prompts, tokenizer, stops)
+
+
+def split_pairs(sequences: torch.Tensor, padded: torch.Tensor, prompts: Sequence[Sequence[int]], tokenizer,
+                stop_ids: set[int]) -> list[GeneratedPair]:
+    """Splits generate's [2N, P + new] output into N pairs, checking every row against its prompt.
+
+    Args:
+        sequences: [2N, P + new] rows 2i and 2i+1 are the two samples of prompt i.
+        padded: [N, P] the left-padded prompts that were passed to generate.
+        prompts: the N unpadded prompts.
+        tokenizer: decodes the texts.
+        stop_ids: the tokens that end a completion.
+
+    Raises:
+        ValueError: a row does not start with its own prompt, i.e. the rows were reordered and pairing
+            them would silently train on samples of other prompts.
+    """
+    n, width = padded.shape
+    expected = padded.repeat_interleave(2, dim=0).to(sequences.device)
+    if sequences.shape[0] != 2 * n or not torch.equal(sequences[:, :width], expected):
+        raise ValueError("generate returned rows that do not match their prompts (pairing would be scrambled)")
+    new = sequences[:, width:].cpu().tolist()
+    pairs = []
+    for i, prompt in enumerate(prompts):
+        y1, y2 = cut_at_stop(new[2 * i], stop_ids), cut_at_stop(new[2 * i + 1], stop_ids)
+        pairs.append(GeneratedPair(list(prompt), y1, y2, _decode(tokenizer, y1, stop_ids),
+                                   _decode(tokenizer, y2, stop_ids)))
+    return pairs
+
+
+def _decode(tokenizer, ids: list[int], stop_ids: set[int]) -> str:
+    body = ids[:-1] if ids and ids[-1] in stop_ids else ids
+    return tokenizer.decode(body, skip_special_tokens=True)

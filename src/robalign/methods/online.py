@@ -1,0 +1,281 @@
+"""What SAIL and oracle-robust online alignment share: sampling, labelling, batch assembly, the record.
+
+Both methods consume the ordinary `PreferenceBatch`: the prompt of pair i is row i of the batch up to
+its first completion token, and the dataset pair itself is there for SAIL's DPO / DP routes. Generated
+pairs replace dataset pairs row for row, and the policy scores the whole micro-batch in one
+concatenated forward (reference log-probs for the same batch come from the reference provider).
+
+Randomness comes only from the global torch RNG, which the trainer checkpoints: each micro-step draws
+its uniforms (routes, self-labels) and two seeds (generation, oracle) from it, always in the same
+order, so a resumed run replays an uninterrupted one exactly.
+
+Every generated pair is appended to `generations.jsonl` in the run directory (one JSON object per
+pair: step, id, route, prompt, y1, y2, y1_preferred, observed_prob, gold_prob, lengths); under data
+parallelism process k > 0 writes its own pairs to `generations-rank{k}.jsonl`.
+
+Trainer hooks:
+    bind(tokenizer)            before the first `step` (Trainer._setup_data): ids <-> text for the
+                               oracle and the record.
+    begin(out_dir, step, resumed)
+                               at the start of `Trainer.train`, after `_resume` (every process):
+                               numbers the records by optimiser step, trims records (and
+                               oracle_robust's iterates) past the checkpoint, and on resume restores
+                               oracle_robust's projection centre. Without it the first `step` acts as
+                               `begin(cfg.train.output_dir, 0, resumed=False)`: right for a fresh run,
+                               wrong for a resumed one (the record restarts at step 1).
+    after_optimizer_step(model)
+                               after each optimiser step, applied or skipped (oracle_robust's
+                               projection onto the ball around θ_ref).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from robalign.config import _check, _f, register_section
+from robalign.data.collate import PreferenceBatch, collate
+from robalign.data.tokenize import TokenizedPair
+from robalign.errors import ConfigError
+from robalign.generation import GeneratedPair, generate_pairs
+from robalign.logprobs import SequenceLogps
+from robalign.methods.base import Method, reward_metrics
+from robalign.oracles import build_oracle
+
+GENERATIONS = "generations.jsonl"
+
+
+@register_section("online")
+@dataclass
+class OnlineConfig:
+    oracle: str = _f("", "Preference oracle of generated pairs (SPEC §7 grammar, e.g. "
+                     "'bt:verifiable+flip:0.1'); empty = the method's default: 'bt:length' for sail "
+                     "(works on any prompt), 'bt:length+adversarial:0.1' for oracle_robust.")
+    temperature: float = _f(0.9, "Sampling temperature of online generations (0 = greedy).")
+    top_p: float = _f(1.0, "Nucleus mass of online generations (1.0 = the full distribution).")
+    max_new_tokens: int = _f(64, "Most tokens per generated response.")
+
+    def validate(self):
+        _check(self.temperature >= 0 and math.isfinite(self.temperature), "online.temperature", "must be >= 0")
+        _check(0 < self.top_p <= 1, "online.top_p", "must be in (0, 1]")
+        _check(self.max_new_tokens >= 1, "online.max_new_tokens", "must be >= 1")
+        if self.oracle:
+            build_oracle(self.oracle)  # raises ConfigError naming the valid choices
+
+
+def section(cfg, name: str, cls):
+    """The run's config section `name`, or its defaults when no run config is given (unit tests)."""
+    return cls() if cfg is None else cfg.extra[name]
+
+
+def take_params(method: str, params: dict, defaults: dict, checks: dict) -> dict:
+    """Validated method parameters from `MethodConfig.loss_params()`; unknown ones are errors."""
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(f"method {method!r} does not take parameter(s) {unknown}; it takes {sorted(defaults)}")
+    merged = {**defaults, **params}
+    for key, value in merged.items():
+        checks[key](key, value)
+    return merged
+
+
+@dataclass
+class Row:
+    """One pair of a micro-batch as plain ids (CPU)."""
+
+    prompt: list[int]
+    y1: list[int]
+    y2: list[int]
+    id: str
+    index: int
+    is_flipped: bool | None
+
+
+def batch_rows(batch: PreferenceBatch) -> list[Row]:
+    """The B pairs of `batch`: prompt = row i up to its first completion token, y1 = chosen, y2 = rejected."""
+    ids, comp = batch.input_ids.cpu(), batch.completion_mask.cpu()
+    b = batch.num_pairs
+    rows = []
+    for i in range(b):
+        start = int(comp[i].nonzero()[0])
+        flipped = float(batch.is_flipped[i])
+        rows.append(Row(ids[i, :start].tolist(), ids[i][comp[i]].tolist(), ids[b + i][comp[b + i]].tolist(),
+                        batch.ids[i], int(batch.index[i]), None if math.isnan(flipped) else bool(flipped)))
+    return rows
+
+
+def assemble(rows: list[Row], pad_id: int, device) -> PreferenceBatch:
+    """One `PreferenceBatch` of the rows (y1 in the chosen slot, y2 in the rejected slot)."""
+    pairs = [TokenizedPair(r.prompt, r.y1, r.y2, r.id, r.index, r.is_flipped) for r in rows]
+    return collate(pairs, pad_id).to(device)
+
+
+def labelled(lp: SequenceLogps, y1_preferred: torch.Tensor) -> SequenceLogps:
+    """Log-probs rearranged as (winner, loser) by the labels."""
+    return SequenceLogps(torch.where(y1_preferred, lp.chosen, lp.rejected),
+                         torch.where(y1_preferred, lp.rejected, lp.chosen),
+                         torch.where(y1_preferred, lp.chosen_lengths, lp.rejected_lengths),
+                         torch.where(y1_preferred, lp.rejected_lengths, lp.chosen_lengths))
+
+
+def labelled_reward_metrics(lp: SequenceLogps, ref: SequenceLogps, y1_preferred: torch.Tensor,
+                            beta: float) -> dict[str, torch.Tensor]:
+    """The conventional rewards/* and logps/* names for (y_w, y_l) after labelling."""
+    win, ref_win = labelled(lp.detach(), y1_preferred), labelled(ref, y1_preferred)
+    return reward_metrics(win, beta * (win.chosen - ref_win.chosen), beta * (win.rejected - ref_win.rejected))
+
+
+def margin(lp: SequenceLogps, ref: SequenceLogps) -> torch.Tensor:
+    """h(y1, y2) = [lp_θ(y1) − lp_ref(y1)] − [lp_θ(y2) − lp_ref(y2)], [B] (same expression as DPO's)."""
+    return (lp.chosen - ref.chosen) - (lp.rejected - ref.rejected)
+
+
+def gold_agreement(y1_preferred: torch.Tensor, gold_prob: torch.Tensor) -> torch.Tensor:
+    """1 where the observed label picks the gold-preferred response, 0 where not, ½ on gold ties, [N]."""
+    gold_y1 = gold_prob > 0.5
+    agree = (y1_preferred.cpu() == gold_y1).double()
+    return torch.where(gold_prob == 0.5, torch.full_like(agree, 0.5), agree)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _is_main() -> bool:
+    return _world()[0] == 0
+
+
+def local_uniforms(n: int) -> torch.Tensor:
+    """n uniforms from the global RNG: this process's slice of draws for the whole global micro-batch.
+
+    Every process draws the same world·n numbers (their RNGs are seeded alike) and keeps its own slice, so
+    the ranks' routes and labels are independent and N processes route a global batch as one would.
+    """
+    rank, world = _world()
+    return torch.rand(n * world)[rank * n:(rank + 1) * n]
+
+
+def seeded_generator() -> torch.Generator:
+    """A CPU generator seeded from the global torch RNG (which checkpoints save and restore), per rank."""
+    rank, world = _world()
+    return torch.Generator().manual_seed(int(torch.randint(2**62, (world,))[rank]))
+
+
+class OnlineMethod(Method):
+    """Base of the online methods: sampling from π_θ, oracle labels, the generation record.
+
+    Args:
+        params: validated method parameters (at least `beta`).
+        cfg: the run config (None in unit tests: section defaults, nothing written to disk).
+    """
+
+    needs_reference = True
+    online = True
+    default_oracle = "bt:length"
+
+    def __init__(self, params: dict, cfg=None):
+        self.params = dict(params)
+        self.beta = float(params["beta"])
+        self.gen = section(cfg, "online", OnlineConfig)
+        self.oracle_spec = self.gen.oracle or self.default_oracle
+        self.oracle = build_oracle(self.oracle_spec)
+        if cfg is not None and cfg.model.reference == "cached":
+            raise ConfigError(f"method {self.name}: model.reference 'cached' only holds the dataset pairs' "
+                              "log-probs, not those of fresh generations; use 'auto' or 'copy'")
+        self.cfg = cfg
+        self.grad_accum = cfg.train.grad_accum if cfg is not None else 1
+        self.out_dir = Path(cfg.train.output_dir) if cfg is not None else None
+        self.tokenizer = None
+        self.start_step, self.micro, self.begun = 0, 0, False
+        self.last_generations: list[dict] = []
+
+    # ----------------------------------------------------------------------------- trainer hooks
+    def bind(self, tokenizer) -> None:
+        """Gives the method the run's tokenizer (pad / EOS ids, decoding for the oracle)."""
+        self.tokenizer = tokenizer
+
+    def begin(self, out_dir, step: int = 0, resumed: bool = False) -> None:
+        """Start of training at optimiser step `step`: a fresh record, or the record cut back to `step`."""
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.start_step, self.micro, self.begun = step, 0, True
+        path = self._record_path()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resumed and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by a crash ends the usable record
+        path.write_text("".join(k + "\n" for k in kept))
+
+    def after_optimizer_step(self, model) -> None:
+        """Called by the trainer after every optimiser step; nothing to do by default."""
+
+    # ---------------------------------------------------------------------------------- helpers
+    def _record_path(self) -> Path | None:
+        if self.out_dir is None:
+            return None
+        rank = _world()[0]
+        return self.out_dir / (GENERATIONS if rank == 0 else f"generations-rank{rank}.jsonl")
+
+    def _tick(self) -> tuple[int, bool]:
+        """(t, first): t = optimiser updates applied before this micro-step; first micro-step of step t?"""
+        if not self.begun:
+            self.begin(self.out_dir, 0, resumed=False)
+        t = self.start_step + self.micro // self.grad_accum
+        first = self.micro % self.grad_accum == 0
+        self.micro += 1
+        return t, first
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise RuntimeError(f"method {self.name}: call bind(tokenizer) before step (the trainer does this)")
+        return self.tokenizer
+
+    def _sample(self, policy, prompts: list[list[int]], generator: torch.Generator) -> list[GeneratedPair]:
+        return generate_pairs(policy, self._require_tokenizer(), prompts, temperature=self.gen.temperature,
+                              top_p=self.gen.top_p, max_new_tokens=self.gen.max_new_tokens,
+                              generator=generator)
+
+    def _prompt_texts(self, prompts: list[list[int]]) -> list[str]:
+        # Special tokens are kept: the prompt text is what the model saw (chat template included).
+        return [self._require_tokenizer().decode(p, skip_special_tokens=False) for p in prompts]
+
+    def _write(self, t: int, records: list[dict]) -> None:
+        """Appends the micro-step's generated pairs to the record (numbered by optimiser step t + 1)."""
+        records = [{"step": t + 1, **rec} for rec in records]
+        self.last_generations = records
+        path = self._record_path()
+        if path is None or not records:
+            return
+        with open(path, "a") as fh:
+            fh.write("".join(json.dumps(rec) + "\n" for rec in records))
+
+
+def record(row: Row, pair: GeneratedPair, prompt_text: str, route: str, y1_preferred: bool,
+           observed_prob: float, gold_prob: float | None) -> dict:
+    """One line of generations.jsonl."""
+    return {"id": row.id, "route": route, "prompt": prompt_text, "y1": pair.y1_text, "y2": pair.y2_text,
+            "y1_preferred": bool(y1_preferred), "observed_prob": float(observed_prob),
+            "gold_prob": None if gold_prob is None else float(gold_prob),
+            "len_y1": len(pair.y1_ids), "len_y2": len(pair.y2_ids)}
+
+
+def mean_or_zero(values: torch.Tensor) -> torch.Tensor:
+    """Mean, or 0 for an empty tensor (metrics are averaged over micro-batches; NaN would poison them)."""
+    return values.float().mean() if values.numel() else torch.zeros((), device=values.device)
+
+
+__all__ = ["GENERATIONS", "OnlineConfig", "OnlineMethod", "Row", "assemble", "batch_rows", "local_uniforms",
+           "seeded_generator"]

@@ -1,0 +1,370 @@
+"""Oracle-robust online alignment: R-SCGD on a language model (SPEC §5, arXiv 2602.20457).
+
+Per micro-batch: the prompts of the batch (the dataset responses are not used), two samples each from
+π_θ, labels from the observed oracle, and the surrogate
+
+    mean_i[ℓ_i + sf_coef·(ℓ_i.detach() − b)·(lp_θ(y1) + lp_θ(y2))],
+    ℓ_i = softplus(−β h(y_w, y_l)) + ρβ|h(y1, y2)|,   b = mean_i ℓ_i,
+
+whose gradient is the estimate G of the robust objective L^W_ρ = L_SAIL + ρβ E|h| (sf_coef = 1: the
+paper's gradient; 0: the behaviour-policy approximation). β and ρ are `method.beta` (0.1) and
+`method.rho` (0.1).
+
+Around the step:
+- projection: after each optimiser step, the trainable parameters are projected onto the ball of radius
+  `oracle_robust.projection_radius` around θ_ref = θ_0 (the trainable parameters at step 0) by the
+  `after_optimizer_step` hook. θ_0 is also stored as `iterates/iterate-00000000.safetensors`, from which
+  a resumed run restores the centre.
+- output: 'last' (the final weights, `final/`) or 'random' (the theory's output): θ_t is saved every
+  `iterate_every` steps to `iterates/`, and `finalize` draws one of the saved θ_t with t < T uniformly
+  (seeded by `train.seed`), writes it as a loadable model to `output/` and records the choice in
+  `output_iterate.json`.
+- optional proximal refinement from the output (`prox_steps` > 0): K projected SGD steps on
+  L^W_ρ(θ) + ‖θ − θ_R‖²/(2 λ_env), stopping when the mini-batch residual falls below `prox_eps`;
+  written to `output/`.
+Plain SGD with a constant step is the theory's optimiser: pass `--optimizer sgd --schedule constant`
+(`train.optimizer` is global; AdamW works too). Projection assumes unsharded parameters (DDP, not FSDP).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from robalign.checkpoint import trainable_state
+from robalign.config import _check, _choice, _f, register_section
+from robalign.errors import UserError
+from robalign.generation import unwrap
+from robalign.logprobs import sequence_logps
+from robalign.losses.offline import _noise_rate, _positive
+from robalign.losses.online import OnlineLossOutput, oracle_robust_loss
+from robalign.methods.base import StepResult
+from robalign.methods.online import (
+    OnlineMethod,
+    Row,
+    _is_main,
+    assemble,
+    batch_rows,
+    gold_agreement,
+    labelled_reward_metrics,
+    margin,
+    record,
+    section,
+    seeded_generator,
+    take_params,
+)
+
+ITERATES = "iterates"
+_ITERATE = re.compile(r"^iterate-(\d+)\.safetensors$")
+
+
+@register_section("oracle_robust")
+@dataclass
+class OracleRobustConfig:
+    sf_coef: float = _f(1.0, "Weight of the score-function term: 1 = the paper's gradient, 0 = the "
+                        "behaviour-policy approximation.")
+    projection_radius: float | None = _f(None, "Radius D of the projection ball around θ_ref over the trainable "
+                              "parameters (None or 0 = no projection).")
+    output: str = _f("last", "Which iterate is the output: 'last' (final/) or 'random' (the theory's "
+                     "uniformly random saved iterate, written to output/ and named in output_iterate.json).")
+    iterate_every: int = _f(10, "With output 'random': save θ_t to iterates/ every N optimiser steps.")
+    prox_steps: int = _f(0, "Proximal refinement steps K from the output iterate (0 = none).")
+    prox_lambda: float = _f(1.0, "λ_env of the proximal term ‖θ − θ_R‖²/(2λ_env) (take λ_env < 1/κ).")
+    prox_eps: float = _f(1e-3, "Stop refining once the mini-batch residual is below ε_prox.")
+    prox_lr: float = _f(0.0, "Step size of the refinement (0 = train.lr).")
+
+    def validate(self):
+        _check(math.isfinite(self.sf_coef) and self.sf_coef >= 0, "oracle_robust.sf_coef", "must be >= 0")
+        _check(self.projection_radius is None or self.projection_radius >= 0, "oracle_robust.projection_radius",
+               "must be >= 0 or None")
+        _choice(self.output, ("last", "random"), "oracle_robust.output")
+        _check(self.iterate_every >= 1, "oracle_robust.iterate_every", "must be >= 1")
+        _check(self.prox_steps >= 0, "oracle_robust.prox_steps", "must be >= 0")
+        _check(self.prox_lambda > 0, "oracle_robust.prox_lambda", "must be > 0")
+        _check(self.prox_eps >= 0 and self.prox_lr >= 0, "oracle_robust.prox_eps / prox_lr", "must be >= 0")
+
+
+DEFAULTS = {"beta": 0.1, "rho": 0.1}
+
+
+def validate_params(params: dict) -> dict:
+    return take_params("oracle_robust", params, DEFAULTS, {"beta": _positive, "rho": _noise_rate})
+
+
+# ----------------------------------------------------------------------------------- projection
+def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def project_ball(params: Sequence[torch.Tensor], centre: Sequence[torch.Tensor],
+                 radius: float) -> tuple[bool, float]:
+    """In place: θ ← c + (θ − c)·min(1, D/‖θ − c‖), one global norm over all tensors (SPEC §5 Proj_Θ).
+
+    Returns:
+        (whether the projection moved θ, ‖θ − c‖ after it).
+    """
+    dist = math.sqrt(sum(float((p.double() - c.double()).pow(2).sum()) for p, c in zip(params, centre)))
+    if dist <= radius:
+        return False, dist
+    scale = radius / dist
+    for p, c in zip(params, centre):
+        p.copy_(c + (p - c) * scale)
+    return True, radius
+
+
+# ---------------------------------------------------------------------------- proximal refinement
+@dataclass
+class ProxResult:
+    """Steps taken, the last mini-batch residual, and whether it fell below ε_prox."""
+
+    steps: int
+    residual: float
+    converged: bool
+
+
+def proximal_refine(objective: Callable, model, batches: Sequence, *, steps: int, lam_env: float,
+                    eps_prox: float, lr: float, centre: Sequence[torch.Tensor] | None = None,
+                    radius: float | None = None) -> ProxResult:
+    """K projected steps on objective(θ) + ‖θ − θ_R‖²/(2 λ_env) from θ_R = the model's current weights.
+
+    Args:
+        objective: objective(model, batch) -> scalar whose gradient estimates ∇L^W_ρ (the R-SCGD surrogate).
+        model: refined in place (its trainable parameters).
+        batches: micro-batches cycled through, one per step.
+        steps: K.
+        lam_env: λ_env (< 1/κ makes the subproblem strongly convex).
+        eps_prox: stop once the residual ‖θ − Proj(θ − η∇F)‖/η (‖∇F‖ without projection) is below it.
+        lr: η.
+        centre, radius: the projection ball (None: no projection).
+    """
+    params = [p for _, p in trainable(model)]
+    anchor = [p.detach().clone() for p in params]
+    residual = float("inf")
+    for k in range(steps):
+        value = objective(model, batches[k % len(batches)])
+        value = value + sum((p - a).pow(2).sum() for p, a in zip(params, anchor)) / (2.0 * lam_env)
+        grads = torch.autograd.grad(value, params)
+        with torch.no_grad():
+            before = [p.detach().clone() for p in params]
+            for p, g in zip(params, grads):
+                p.sub_(lr * g)
+            if radius:
+                project_ball(params, centre, radius)
+            residual = math.sqrt(sum(float((b - p).pow(2).sum()) for b, p in zip(before, params))) / lr
+            if residual < eps_prox:  # the step is taken only when the point was not yet stationary
+                for p, b in zip(params, before):
+                    p.copy_(b)
+                return ProxResult(k, residual, True)
+    return ProxResult(steps, residual, False)
+
+
+# ------------------------------------------------------------------------------------- the method
+class OracleRobustMethod(OnlineMethod):
+    """R-SCGD: sample, label by the observed oracle, robust surrogate with the score-function term."""
+
+    name = "oracle_robust"
+    default_oracle = "bt:length+adversarial:0.1"
+
+    def __init__(self, params: dict, cfg=None):
+        super().__init__(validate_params(params), cfg)
+        self.rho = float(self.params["rho"])
+        self.rob = section(cfg, "oracle_robust", OracleRobustConfig)
+        self.seed = cfg.train.seed if cfg is not None else 0
+        self.centre: list[torch.Tensor] | None = None
+        self._pending_centre: dict | None = None  # θ_0 read back on resume
+        self.projected, self.distance = torch.zeros(()), torch.zeros(())
+        self.recent: deque = deque(maxlen=8)  # micro-batches kept for proximal refinement
+        self.model = self.reference = None
+
+    # ---------------------------------------------------------------------------------- hooks
+    def begin(self, out_dir, step: int = 0, resumed: bool = False) -> None:
+        super().begin(out_dir, step, resumed)
+        self.centre, self._pending_centre = None, None  # fresh: θ_0 at the first step; resumed: from disk
+        folder = self._iterate_dir()
+        if folder is None:
+            return
+        for t, path in list_iterates(folder):
+            if (not resumed or t > step) and _is_main():
+                path.unlink()  # a fresh run, or iterates past the checkpoint (recomputed identically)
+        first = folder / iterate_name(0)
+        if resumed and self.rob.projection_radius:
+            if not first.is_file():
+                raise UserError(f"oracle_robust: cannot restore the projection centre: {first} is missing")
+            self._pending_centre = load_file(str(first))
+
+    def after_optimizer_step(self, model) -> None:
+        """θ ← Proj_Θ(θ) after the optimiser step (SPEC §5); records whether it was active."""
+        if not self.rob.projection_radius:
+            return
+        params = [p for _, p in trainable(model)]
+        active, dist = project_ball(params, self._centre(model), self.rob.projection_radius)
+        device = params[0].device
+        self.projected = torch.tensor(float(active), device=device)
+        self.distance = torch.tensor(dist, device=device)
+
+    # ----------------------------------------------------------------------------------- step
+    def step(self, policy, reference, batch) -> StepResult:
+        t, first = self._tick()
+        self.model, self.reference = unwrap(policy), reference
+        if first:
+            self._at_step_start(policy, t)
+        if self.rob.prox_steps:
+            self.recent.append(batch)
+        out, ctx = self.objective(policy, reference, batch)
+        self._write(t, ctx["records"])
+        return StepResult(out.loss, self._metrics(out, ctx), {"loss": out.per_pair.detach(), "h": out.h_w})
+
+    def objective(self, policy, reference, batch) -> tuple[OnlineLossOutput, dict]:
+        """Samples, labels and scores one micro-batch; returns the surrogate and what it saw."""
+        tok = self._require_tokenizer()
+        rows = batch_rows(batch)
+        gen_rng, oracle_rng = seeded_generator(), seeded_generator()
+        prompts = [r.prompt for r in rows]
+        generated = self._sample(policy, prompts, gen_rng)
+        texts = self._prompt_texts(prompts)
+        labels = self.oracle.sample(texts, [g.y1_text for g in generated], [g.y2_text for g in generated],
+                                    oracle_rng)
+        scored = [Row(r.prompt, g.y1_ids, g.y2_ids, r.id, r.index, None) for r, g in zip(rows, generated)]
+        work = assemble(scored, tok.pad_token_id, batch.input_ids.device)
+        lp = sequence_logps(policy, work)  # one concatenated forward over y1 and y2 rows
+        ref = reference.logps(work)
+        h = margin(lp, ref)
+        y1_pref = labels.y1_preferred.to(h.device)
+        out = oracle_robust_loss(h, y1_pref, lp.chosen + lp.rejected, beta=self.beta, rho=self.rho,
+                                 sf_coef=self.rob.sf_coef)
+        recs = [record(r, g, x, "oracle", w, o, gp) for r, g, x, w, o, gp in
+                zip(rows, generated, texts, labels.y1_preferred.tolist(), labels.observed_prob.tolist(),
+                    labels.gold_prob.tolist())]
+        return out, {"lp": lp, "ref": ref, "labels": labels, "y1_pref": y1_pref, "records": recs}
+
+    def _metrics(self, out: OnlineLossOutput, ctx: dict) -> dict[str, torch.Tensor]:
+        lp, labels, device = ctx["lp"], ctx["labels"], out.loss.device
+        metrics = labelled_reward_metrics(lp, ctx["ref"], ctx["y1_pref"], self.beta)
+        agree = gold_agreement(labels.y1_preferred, labels.gold_prob)
+        metrics.update({
+            "online/oracle_agreement": agree.float().mean().to(device),
+            "online/observed_prob": labels.observed_prob.float().mean().to(device),
+            "online/abs_h": out.h_w.abs().mean(),
+            "online/penalty": out.extra.mean(),
+            "online/sf_term": out.score.mean(),
+            "online/baseline": out.baseline,
+            "online/len_y1": lp.chosen_lengths.mean(),
+            "online/len_y2": lp.rejected_lengths.mean(),
+            # Of the update that produced the current weights (the hook runs after this step's metrics).
+            "online/projection_active": self.projected.to(device),
+        })
+        if self.rob.projection_radius:
+            metrics["online/dist_to_ref"] = self.distance.to(device)
+        return metrics
+
+    # -------------------------------------------------------------------------------- iterates
+    def _iterate_dir(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / ITERATES
+
+    def _centre(self, model) -> list[torch.Tensor]:
+        if self.centre is None:
+            if self._pending_centre is None:
+                raise RuntimeError("oracle_robust: the projection centre θ_0 is set at the first step")
+            self.centre = [self._pending_centre[n].to(p.device, p.dtype) for n, p in trainable(model)]
+        return self.centre
+
+    def _at_step_start(self, policy, t: int) -> None:
+        """Before the first micro-step of step t: keep θ_0 as the centre, save θ_t when it is an iterate."""
+        if t == 0 and self.rob.projection_radius and self.centre is None:
+            self.centre = [p.detach().clone() for _, p in trainable(policy)]
+        radius = self.rob.projection_radius
+        save = (self.rob.output == "random" and t % self.rob.iterate_every == 0) or (t == 0 and radius)
+        folder = self._iterate_dir()
+        if save and folder is not None and _is_main():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".tmp-{iterate_name(t)}"
+            save_file(trainable_state(unwrap(policy)), str(tmp))
+            os.replace(tmp, folder / iterate_name(t))
+
+    def steps_done(self) -> int:
+        return self.start_step + self.micro // self.grad_accum
+
+    # -------------------------------------------------------------------------------- finalize
+    def finalize(self, out_dir) -> None:
+        """Chooses the output iterate, optionally refines it, writes output/ and output_iterate.json."""
+        out = Path(out_dir)
+        total = self.steps_done()
+        choice: dict = {"output": self.rob.output, "steps": total}
+        weights = None
+        if self.rob.output == "random":
+            candidates = [(t, p) for t, p in list_iterates(out / ITERATES) if t < total]
+            if candidates:
+                rng = torch.Generator().manual_seed(self.seed)  # independent of the training RNG
+                pick = int(torch.randint(len(candidates), (1,), generator=rng))
+                t, path = candidates[pick]
+                weights = load_file(str(path))
+                choice.update(step=t, iterate=str(path.relative_to(out)), candidates=[c for c, _ in candidates],
+                              seed=self.seed, rule="uniform over the saved iterates with t < T")
+            else:
+                choice.update(output="last", note="no saved iterate with t < T; the last iterate is the output")
+        if choice["output"] == "last":
+            choice.update(step=total, model_dir="final")
+        refine = bool(self.rob.prox_steps and self.recent)
+        if self.model is not None and (weights is not None or refine):
+            model = self._output_model(weights)
+            if refine:
+                choice["prox"] = self._refine(model).__dict__
+            self._save_model(model, out / "output")
+            choice["model_dir"] = "output"
+        (out / "output_iterate.json").write_text(json.dumps(choice, indent=2) + "\n")
+
+    def _output_model(self, weights: dict | None):
+        model = copy.deepcopy(self.model)
+        if weights is not None:
+            params = dict(trainable(model))
+            with torch.no_grad():
+                for name, value in weights.items():
+                    params[name].copy_(value)
+        return model
+
+    def _refine(self, model) -> ProxResult:
+        lr = self.rob.prox_lr or (self.cfg.train.lr if self.cfg is not None else 1e-3)
+        centre = self._centre(model) if self.rob.projection_radius else None
+        return proximal_refine(lambda m, b: self.objective(m, self.reference, b)[0].loss, model,
+                               list(self.recent), steps=self.rob.prox_steps, lam_env=self.rob.prox_lambda,
+                               eps_prox=self.rob.prox_eps, lr=lr, centre=centre,
+                               radius=self.rob.projection_radius)
+
+    def _save_model(self, model, target: Path) -> None:
+        if hasattr(model, "merge_and_unload"):
+            model.save_pretrained(target / "adapter")
+            model = model.merge_and_unload()
+        model.save_pretrained(target)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(target)
+
+
+def iterate_name(t: int) -> str:
+    return f"iterate-{t:08d}.safetensors"
+
+
+def list_iterates(folder: Path) -> list[tuple[int, Path]]:
+    """Saved iterates (t, path), oldest first."""
+    if folder is None or not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _ITERATE.match(p.name))]
+    return sorted(found)
+
+
+def build(params: dict, cfg) -> OracleRobustMethod:
+    return OracleRobustMethod(params, cfg)
+
+
+__all__ = ["OracleRobustConfig", "OracleRobustMethod", "ProxResult", "build", "list_iterates", "project_ball",
+           "proximal_refine", "validate_params"]

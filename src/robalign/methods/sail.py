@@ -1,0 +1,168 @@
+"""SAIL: self-improving online alignment (SPEC §4; Ding et al., arXiv 2406.15567).
+
+Each example of the micro-batch is routed at random (global torch RNG):
+    DPO (1 − r − p − g)  the dataset pair, its label;
+    DP  (r)              the dataset pair, relabelled by the policy's own Bradley–Terry draw
+                         (swap with probability 1 − σ(βh)), + −½·coef_dp·(log σ(βh_w))²;
+    PP  (p)              two samples from π_θ for this example's prompt, labelled by the policy's draw,
+                         + −½·coef_pp·(log σ(βh_w))² + the response score-function term;
+    PR  (g)              two samples from π_θ, labelled by the preference oracle (`online.oracle`),
+                         + the response score-function term.
+The score-function term coef·(ℓ_i.detach() − b)·(lp_θ(y1) + lp_θ(y2)) uses ℓ_i = softplus(−βh_w) and b
+the mean of ℓ over the sampled (PP and PR) examples of the micro-batch; every term is a per-pair term
+averaged over the B pairs like the main loss. Unlike the official code, samples are never paired with
+shuffled prompts and nothing is added to gradients by hooks.
+
+The defaults r = 0.4, p = 0.3, g = 0.3 are the paper's per-variant settings and sum to 1 (no plain DPO
+rows); a single variant is e.g. `--p 0 --g 0` (SAIL-DP with r = 0.4). With prompt-only data every
+example must be sampled: p + g = 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from robalign.config import _check, _f, register_section
+from robalign.data.prompts import is_prompt_only_ids
+from robalign.errors import UserError
+from robalign.logprobs import sequence_logps
+from robalign.losses.offline import _positive
+from robalign.losses.online import DP, DPO, PP, PR, ROUTE_NAMES, draw_routes, sail_loss, self_label
+from robalign.methods.base import StepResult
+from robalign.methods.online import (
+    OnlineMethod,
+    Row,
+    assemble,
+    batch_rows,
+    labelled_reward_metrics,
+    local_uniforms,
+    margin,
+    mean_or_zero,
+    record,
+    section,
+    seeded_generator,
+    take_params,
+)
+
+
+@register_section("sail")
+@dataclass
+class SailConfig:
+    r: float = _f(0.4, "SAIL-DP share: dataset pair relabelled by the policy's own Bradley–Terry draw.")
+    p: float = _f(0.3, "SAIL-PP share: two policy samples labelled by the policy's own draw.")
+    g: float = _f(0.3, "SAIL-PR share: two policy samples labelled by the preference oracle.")
+    coef_dp: float = _f(0.2, "Weight of −½(log σ(βh))² on DP rows.")
+    coef_pp: float = _f(0.2, "Weight of −½(log σ(βh))² and of the score-function term on PP rows.")
+    coef_pr: float = _f(0.3, "Weight of the score-function term on PR rows.")
+
+    def validate(self):
+        for key in ("r", "p", "g"):
+            _check(0 <= getattr(self, key) <= 1, f"sail.{key}", "must be in [0, 1]")
+        _check(self.r + self.p + self.g <= 1 + 1e-9, "sail.r + sail.p + sail.g",
+               f"must be <= 1 (the rest is plain DPO), got {self.r + self.p + self.g:g}")
+        for key in ("coef_dp", "coef_pp", "coef_pr"):
+            _check(getattr(self, key) >= 0, f"sail.{key}", "must be >= 0")
+
+
+DEFAULTS = {"beta": 0.1}
+
+
+def validate_params(params: dict) -> dict:
+    return take_params("sail", params, DEFAULTS, {"beta": _positive})
+
+
+class SailMethod(OnlineMethod):
+    """SAIL on one micro-batch: route, sample the PP / PR prompts, label, one forward, `sail_loss`."""
+
+    name = "sail"
+    default_oracle = "bt:length"
+
+    def __init__(self, params: dict, cfg=None):
+        super().__init__(validate_params(params), cfg)
+        self.sail = section(cfg, "sail", SailConfig)
+
+    def step(self, policy, reference, batch) -> StepResult:
+        tok = self._require_tokenizer()
+        t, _ = self._tick()
+        rows = batch_rows(batch)
+        s = self.sail
+        routes = draw_routes(local_uniforms(len(rows)), s.r, s.p, s.g)  # global RNG: restored on resume
+        u_self = local_uniforms(len(rows))
+        gen_rng, oracle_rng = seeded_generator(), seeded_generator()
+        self._check_pairs(rows, routes)
+        sampled = [i for i, route in enumerate(routes.tolist()) if route in (PP, PR)]
+        prompts = [rows[i].prompt for i in sampled]
+        generated = dict(zip(sampled, self._sample(policy, prompts, gen_rng)))
+        texts = dict(zip(sampled, self._prompt_texts(prompts)))
+        scored = [Row(r.prompt, generated[i].y1_ids, generated[i].y2_ids, r.id, r.index, None)
+                  if i in generated else r for i, r in enumerate(rows)]
+        work = batch if not sampled else assemble(scored, tok.pad_token_id, batch.input_ids.device)
+
+        lp = sequence_logps(policy, work)  # one concatenated forward over all B pairs
+        ref = reference.logps(work)
+        h = margin(lp, ref)
+        device = h.device
+        routes, u_self = routes.to(device), u_self.to(device)
+        y1_pref = torch.ones_like(routes, dtype=torch.bool)
+        own = (routes == DP) | (routes == PP)
+        y1_pref = torch.where(own, self_label(h, self.beta, u_self), y1_pref)
+        oracle_rows = [i for i in sampled if int(routes[i]) == PR]
+        labels = None
+        if oracle_rows:
+            labels = self.oracle.sample([texts[i] for i in oracle_rows], [generated[i].y1_text for i in oracle_rows],
+                                        [generated[i].y2_text for i in oracle_rows], oracle_rng)
+            idx = torch.tensor(oracle_rows, device=device)
+            y1_pref = y1_pref.index_put((idx,), labels.y1_preferred.to(device))
+        out = sail_loss(h, y1_pref, lp.chosen + lp.rejected, routes, beta=self.beta, coef_dp=s.coef_dp,
+                        coef_pp=s.coef_pp, coef_pr=s.coef_pr)
+        self._record(t, rows, routes, sampled, generated, texts, h, y1_pref, oracle_rows, labels)
+        metrics = self._metrics(out, lp, ref, routes, y1_pref, sampled)
+        per_pair = {"loss": out.per_pair.detach(), "h": out.h_w, "route": routes.float(),
+                    "swapped": (~y1_pref).float()}
+        return StepResult(out.loss, metrics, per_pair)
+
+    @staticmethod
+    def _check_pairs(rows: list[Row], routes: torch.Tensor) -> None:
+        for row, route in zip(rows, routes.tolist()):
+            if route in (DPO, DP) and is_prompt_only_ids(row.y1, row.y2):
+                raise UserError(f"sail: pair {row.id!r} has no responses (a prompt-only row) but was routed "
+                                f"to {ROUTE_NAMES[route].upper()}, which trains on the dataset pair; with "
+                                "prompt-only data set sail.r = 0 and sail.p + sail.g = 1")
+
+    def _record(self, t, rows, routes, sampled, generated, texts, h, y1_pref, oracle_rows, labels):
+        probs = torch.sigmoid(self.beta * h.detach()).cpu()
+        pref = y1_pref.cpu()
+        oracle_at = {i: k for k, i in enumerate(oracle_rows)}
+        recs = []
+        for i in sampled:
+            if i in oracle_at:
+                k = oracle_at[i]
+                observed, gold = float(labels.observed_prob[k]), float(labels.gold_prob[k])
+            else:
+                observed, gold = float(probs[i]), None
+            recs.append(record(rows[i], generated[i], texts[i], ROUTE_NAMES[int(routes[i])], bool(pref[i]),
+                               observed, gold))
+        self._write(t, recs)
+
+    def _metrics(self, out, lp, ref, routes, y1_pref, sampled) -> dict[str, torch.Tensor]:
+        metrics = labelled_reward_metrics(lp, ref, y1_pref, self.beta)
+        for code, name in enumerate(ROUTE_NAMES):
+            metrics[f"sail/frac_{name}"] = (routes == code).float().mean()
+        own = (routes == DP) | (routes == PP)
+        metrics["sail/self_swap_rate"] = mean_or_zero((~y1_pref)[own])
+        metrics["sail/self_label_term"] = out.extra.mean()
+        metrics["sail/score_term"] = out.score.mean()
+        metrics["sail/baseline"] = out.baseline
+        idx = torch.tensor(sampled, dtype=torch.long, device=routes.device)
+        metrics["online/len_y1"] = mean_or_zero(lp.chosen_lengths[idx])
+        metrics["online/len_y2"] = mean_or_zero(lp.rejected_lengths[idx])
+        return metrics
+
+
+def build(params: dict, cfg) -> SailMethod:
+    return SailMethod(params, cfg)
+
+
+__all__ = ["SailConfig", "SailMethod", "build", "validate_params"]

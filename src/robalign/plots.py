@@ -1,0 +1,50 @@
+"""Plotting helpers (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def weight_histograms(weights: torch.Tensor, flipped: torch.Tensor, path: str | Path, *, title: str = "",
+                      bins: int = 40) -> Path:
+    """Histogram of per-pair weights: flipped vs clean overlaid when any flag is known, else all pairs.
+
+    Args:
+        weights: [n] weights in [0, 1].
+        flipped: [n] float, 1 flipped / 0 clean / NaN unknown.
+        path: the .png to write.
+    """
+    plt = _pyplot()
+    w, f = weights.double().cpu(), flipped.double().cpu()
+    low, high = float(w.min()), float(w.max())
+    edges = [low + (high - low) * i / bins for i in range(bins + 1)] if high > low else bins
+    fig, ax = plt.subplots(figsize=(6, 4))
+    has_flags = bool((~torch.isnan(f)).any())
+    if has_flags:
+        for label, mask, color in (("clean", f == 0, "tab:blue"), ("flipped", f == 1, "tab:red")):
+            if mask.any():
+                ax.hist(w[mask].numpy(), bins=edges, alpha=0.6, color=color, density=True,
+                        label=f"{label} (n={int(mask.sum())}, mean {float(w[mask].mean()):.3f})")
+        ax.legend()
+    else:
+        ax.hist(w.numpy(), bins=edges, color="tab:gray", label=f"all (n={len(w)})")
+        ax.legend()
+    ax.set_xlabel("weight")
+    ax.set_ylabel("density" if has_flags else "pairs")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
