@@ -32,7 +32,7 @@ def _train(tmp_path, name, nproc, batch_size, method="dpo", lora_r="0"):
     return losses, weights
 
 
-@pytest.mark.parametrize("method,lora_r", [("dpo", "0"), ("simpo", "4")])
+@pytest.mark.parametrize("method,lora_r", [("dpo", "0"), ("simpo", "4"), ("gapo", "0")])
 def test_two_processes_match_one(tmp_path, method, lora_r):
     one_loss, one_w = _train(tmp_path, "one", 1, 4, method, lora_r)
     two_loss, two_w = _train(tmp_path, "two", 2, 2, method, lora_r)

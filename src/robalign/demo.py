@@ -65,7 +65,8 @@ def _row(summary: dict, run_dir: Path) -> dict:
     gapo = run_dir / "gapo_summary.json"
     if gapo.is_file():
         info = json.loads(gapo.read_text())
-        row.update({k: info.get(k) for k in ("weight_flipped", "weight_clean", "flip_auroc")})
+        row.update({"weight_flipped": info.get("weight_flipped_mean"), "weight_clean": info.get("weight_clean_mean"),
+                    "flip_auroc": info.get("flip_auroc")})
     return row
 
 

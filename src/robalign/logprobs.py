@@ -74,7 +74,9 @@ def completion_hidden_states(model, batch: PreferenceBatch) -> tuple[torch.Tenso
 def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) for each gathered position, [N]; cross_entropy fuses the log-softmax."""
     logits = head(hidden)
-    return -F.cross_entropy(logits.float(), targets, reduction="none")
+    # Low-precision logits are upcast for the log-softmax; fp64 (tests) stays fp64.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return -F.cross_entropy(logits, targets, reduction="none")
 
 
 def completion_token_logps(model, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:

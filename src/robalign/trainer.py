@@ -180,7 +180,9 @@ class Trainer:
         """One optimiser step over `grad_accum` micro-batches; returns metrics as tensors."""
         tc = self.cfg.train
         t0 = time.perf_counter()
-        totals: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, torch.Tensor] = {}
+        tokens = raw_loss = torch.zeros(())
         records = []
         for micro in range(tc.grad_accum):
             batch = self.stream.batch(self.position).to(self.acc.device)
@@ -191,11 +193,15 @@ class Trainer:
                 result = self.method.step(self.policy, self.reference, batch)
                 self.acc.backward(result.loss / tc.grad_accum)
             for key, value in {"loss": result.loss.detach(), **result.metrics}.items():
-                totals[key] = totals.get(key, 0.0) + value.detach() / tc.grad_accum
-            totals["tokens"] = totals.get("tokens", 0.0) + batch.num_tokens.float()
+                # NaN-aware: a micro-batch without, e.g., flipped pairs has no value for that metric.
+                value = value.detach().float()
+                sums[key] = sums.get(key, 0.0) + torch.nan_to_num(value, nan=0.0)
+                counts[key] = counts.get(key, 0.0) + (~value.isnan()).float()
+            tokens = tokens + batch.num_tokens.float()
+            raw_loss = raw_loss + result.loss.detach()  # un-masked: a NaN/Inf loss must stop the step
             records.append((batch, result.per_pair))
         grad_norm = self._clip()
-        finite = bool(torch.isfinite(totals["loss"]) & torch.isfinite(grad_norm))  # the one host sync
+        finite = bool(torch.isfinite(raw_loss) & torch.isfinite(grad_norm))  # the one host sync
         if finite:
             self.optimizer.step()
         else:
@@ -204,9 +210,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step_num += 1
+        totals = {k: self.acc.reduce(sums[k], "sum") / self.acc.reduce(counts[k], "sum") for k in sums}
         totals["grad_norm"] = grad_norm
-        totals = {k: self.acc.reduce(v, reduction="mean") if k != "tokens" else self.acc.reduce(v, "sum")
-                  for k, v in totals.items()}
+        totals["tokens"] = self.acc.reduce(tokens.to(grad_norm.device), "sum")
         totals["step_time_s"] = torch.tensor(time.perf_counter() - t0)
         self.last_records = records
         return totals

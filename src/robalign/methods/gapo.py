@@ -22,6 +22,13 @@ would), and with `reuse_graph` the trainer's backward computes and discards them
 AccumulateGrad nodes skip tensors that no longer require grad); memory grows by two scope-sized buffers
 (δ and the saved originals).
 
+Data parallelism costs one extra all-reduce of a scope-sized gradient per micro-batch (the probe's, also
+inside `no_sync` accumulation steps: each micro-batch needs its own global anchor).
+
+`anchor: first_order` never writes weights: one forward-mode pass (attention on SDPA's math kernel, the
+fused ones have no forward derivative) gives ⟨∇m_i, δ⟩, so Γ_i ≈ −⟨∇m_i, δ⟩; it agrees with the exact
+anchor to O(ρ²) and is about as costly.
+
 Dropout must be off: all passes of a step must see the same network. The trainer disables the model's
 dropout; LoRA dropout is refused at build time and any live dropout module at the first step.
 """
