@@ -1,34 +1,29 @@
-"""Training methods by name. One dict maps names to builders; each builder validates its parameters."""
+"""Training methods by name. One dict maps names to (validate, build); the trainer reads capabilities.
+
+Importing a method module also registers its config section (`gapo:`, `online:`, `sail:`,
+`oracle_robust:`) with `robalign.config`.
+"""
 
 from __future__ import annotations
 
 from robalign.losses import LOSSES, validate_loss_params
+from robalign.methods import gapo, oracle_robust, sail
 from robalign.methods.base import Method, StepResult
 from robalign.methods.offline import PreferenceLossMethod
 
-# name -> (validate(params) -> params, build(params, run_config) -> Method). Extended by gapo / online.
-METHODS: dict = {}
+
+def _loss_entry(name: str):
+    return (lambda params: validate_loss_params(name, params),
+            lambda params, cfg: PreferenceLossMethod(name, validate_loss_params(name, params)))
 
 
-def _register_losses():
-    for name in LOSSES:
-        METHODS[name] = (
-            lambda params, _n=name: validate_loss_params(_n, params),
-            lambda params, cfg, _n=name: PreferenceLossMethod(_n, validate_loss_params(_n, params)),
-        )
-
-
-_register_losses()
-
-from robalign.methods.gapo import build_gapo, validate_gapo_params  # noqa: E402  (registers the gapo: section)
-
-METHODS["gapo"] = (validate_gapo_params, build_gapo)
-
-from robalign.methods import oracle_robust as _oracle_robust  # noqa: E402  (registers online:, oracle_robust:)
-from robalign.methods import sail as _sail  # noqa: E402  (registers the sail: section)
-
-METHODS["sail"] = (_sail.validate_params, _sail.build)
-METHODS["oracle_robust"] = (_oracle_robust.validate_params, _oracle_robust.build)
+# name -> (validate(params) -> params, build(params, run_config) -> Method)
+METHODS: dict = {
+    **{name: _loss_entry(name) for name in LOSSES},
+    "gapo": (gapo.validate_gapo_params, gapo.build_gapo),
+    "sail": (sail.validate_params, sail.build),
+    "oracle_robust": (oracle_robust.validate_params, oracle_robust.build),
+}
 
 
 def validate_method(name: str, params: dict) -> dict:
