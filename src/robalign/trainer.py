@@ -64,6 +64,13 @@ def lr_lambda(cfg) -> callable:
     return factor
 
 
+def _report_skipped(result) -> list:
+    if result.skipped:
+        log.warning("%s: skipped %d invalid rows (--skip-invalid); first: %s", result.source, result.skipped,
+                    result.skip_reasons[:1])
+    return result.pairs
+
+
 def seed_everything(seed: int):
     random.seed(seed)
     np.random.seed(seed)
@@ -91,6 +98,7 @@ class Trainer:
         seed_everything(tc.seed)
         self.out = Path(tc.output_dir)
         self.method = build_method(cfg.method.name, cfg.method.loss_params(), cfg)
+        train_pairs, eval_pairs = self._read_data(train_pairs, eval_pairs)  # bad data fails before a model loads
         self._setup_model(model, tokenizer)
         self._setup_data(train_pairs, eval_pairs)
         self._setup_reference()
@@ -114,7 +122,7 @@ class Trainer:
         self.model = model.to(self.acc.device)
         self.model.train()
 
-    def _setup_data(self, train_pairs, eval_pairs):
+    def _read_data(self, train_pairs, eval_pairs):
         from robalign.data import load_pairs, train_eval_split
         from robalign.data.prompts import is_prompt_only, load_online_data
 
@@ -123,14 +131,18 @@ class Trainer:
             if not dc.train:
                 raise UserError("data.train: no training data given (use --data PATH)")
             load_train = load_online_data if self.method.online else load_pairs  # online: prompt-only rows too
-            train_pairs = load_train(dc.train, skip_invalid=dc.skip_invalid).pairs
+            train_pairs = _report_skipped(load_train(dc.train, skip_invalid=dc.skip_invalid))
             if dc.eval:
-                eval_pairs = load_pairs(dc.eval, skip_invalid=dc.skip_invalid).pairs
+                eval_pairs = _report_skipped(load_pairs(dc.eval, skip_invalid=dc.skip_invalid))
             else:
                 train_pairs, eval_pairs = train_eval_split(train_pairs, dc.eval_fraction, self.cfg.train.seed)
         if dc.limit:
             train_pairs = train_pairs[:dc.limit]
         eval_pairs = [p for p in (eval_pairs or []) if not is_prompt_only(p)][:dc.eval_limit or None]
+        return train_pairs, eval_pairs
+
+    def _setup_data(self, train_pairs, eval_pairs):
+        dc = self.cfg.data
         self.method.bind(self.tokenizer)
         kw = dict(max_length=dc.max_length, max_prompt_length=dc.prompt_budget, skip_invalid=dc.skip_invalid)
         self.train_data, skipped = tokenize_pairs(self.tokenizer, train_pairs, **kw)
