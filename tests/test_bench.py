@@ -23,3 +23,17 @@ def test_robustness_sweep_caches_cells_and_reports(tmp_path, capsys):
 def test_bench_rejects_bad_rates(tmp_path, capsys):
     assert main(["bench", "robustness", "--rates", "0,1.5", "--out", str(tmp_path)]) == 2
     assert "rates" in capsys.readouterr().err
+
+
+def test_bench_refuses_to_mix_settings_in_one_directory(tmp_path, capsys):
+    from robalign.bench import SweepSpec, _check_settings
+
+    spec = SweepSpec("verifiable", ["dpo"], ["flip"], [0.0], [0], "tiny-llama", 2, 2, 1e-3, 8, 4, 64, 0, tmp_path)
+    _check_settings(spec)
+    spec.steps = 3
+    import pytest
+
+    from robalign.errors import UserError
+
+    with pytest.raises(UserError, match="other settings"):
+        _check_settings(spec)

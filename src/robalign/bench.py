@@ -105,12 +105,23 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
 
     from robalign.models import load_model_and_tokenizer
 
+    _check_settings(spec)
     cells = list(spec.cells())
     base = load_model_and_tokenizer(spec.model)
     results = []
     for cell in tqdm(cells, desc="robustness sweep", unit="cell"):
         results.append(run_cell(spec, *cell, base=base))
     return results
+
+
+def _check_settings(spec: SweepSpec):
+    """Cells are cached by (method, kind, rate, seed) only, so one output directory holds one setting."""
+    keep = {k: v for k, v in vars(spec).items() if k not in ("methods", "kinds", "rates", "seeds", "out")}
+    path = spec.out / "settings.json"
+    if path.is_file() and json.loads(path.read_text()) != keep:
+        raise UserError(f"bench: {spec.out} holds cells of other settings ({path}); use another --out")
+    spec.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(keep, indent=2))
 
 
 def aggregate(results: list[dict], metric: str) -> list[dict]:
