@@ -43,17 +43,21 @@ def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoP
     train = inject_noise(make_preference_pairs(preset.train_pairs, seed), "flip", noise_rate, seed)
     held_out = make_preference_pairs(preset.eval_pairs, seed + 10_000)  # clean: noise never touches eval
     base, tokenizer = load_model_and_tokenizer(model)
-    rows = []
+    rows, before = [], None
     for name in methods:
         t0 = time.perf_counter()
         method = {"name": name, **METHOD_PARAMS.get(name, {})}
+        # Every method starts from the same LoRA-initialised model, so "before" is evaluated once.
         cfg = build_config({"model": {"name": model, "lora_r": 16}, "method": method,
                             "data": {"max_length": 256},
                             "train": {"output_dir": str(out / name), "batch_size": preset.batch_size,
-                                      "max_steps": preset.steps, "lr": lr, "warmup_steps": 2, "seed": seed}})
+                                      "max_steps": preset.steps, "lr": lr, "warmup_steps": 2, "seed": seed,
+                                      "eval_at_start": before is None}})
         trainer = Trainer(cfg, train_pairs=train, eval_pairs=held_out, model=copy.deepcopy(base),
                           tokenizer=tokenizer)
         summary = trainer.train()
+        before = before or summary["start"]
+        summary["start"] = before
         rows.append({"method": name, "seconds": round(time.perf_counter() - t0, 1), **_row(summary, out / name)})
     return rows
 
