@@ -100,17 +100,47 @@ def cmd_eval(args) -> int:
 
     dc = build_config({"data": {"max_length": args.max_length}}).data
     model, tok = load_model_and_tokenizer(args.model)
-    ref = None
+    ref = ref_model = None
     if args.reference:
         ref_model, _ = load_model_and_tokenizer(args.reference)
         ref = FrozenCopyReference(ref_model)
-    pairs = load_pairs(args.data, skip_invalid=args.skip_invalid).pairs[: args.limit or None]
+    if args.data == "verifiable":  # the built-in task's held-out pairs (seed 10_000, as the sweeps use)
+        from robalign.tasks.verifiable import make_preference_pairs
+
+        pairs = make_preference_pairs(args.limit or args.prompts, 10_000)
+    else:
+        pairs = load_pairs(args.data, skip_invalid=args.skip_invalid).pairs[: args.limit or None]
     data, skipped = tokenize_pairs(tok, pairs, max_length=dc.max_length, max_prompt_length=dc.prompt_budget,
                                    skip_invalid=True)
     result = PreferenceEvaluator(data, tok.pad_token_id, reference=ref, batch_size=args.batch_size).evaluate(model)
     result["eval/skipped_too_long"] = skipped
+    if args.gold:
+        result.update(_generation_metrics(args, model, tok, ref_model, pairs, dc.prompt_budget))
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _generation_metrics(args, model, tok, ref_model, pairs, max_prompt_length: int) -> dict:
+    """`eval --gold`: gold reward, win rate and KL of generations on the data's first --prompts prompts."""
+    from robalign.evaluate_generation import generation_eval
+    from robalign.oracles import REWARDS
+
+    if ref_model is None:
+        raise UserError("eval: --gold needs --reference (the model the win rate and KL compare against)")
+    if args.data == "verifiable":
+        from robalign.tasks.verifiable import make_prompts
+
+        prompts = [[{"role": "user", "content": p.text}] for p in make_prompts(args.prompts, seed=10_000)]
+    else:
+        unique = {json.dumps(p.prompt): p.prompt for p in pairs}
+        prompts = list(unique.values())[:args.prompts]
+    try:
+        out = generation_eval(model, ref_model, tok, prompts, REWARDS[args.gold](), batch_size=args.batch_size,
+                              max_new_tokens=args.max_new_tokens, max_prompt_length=max_prompt_length)
+    except ValueError as err:  # e.g. the verifiable checker on prompts without an instruction
+        raise UserError(f"eval --gold {args.gold}: {err}") from None
+    out.pop("generations")  # texts are for callers that store them; stdout gets the metrics
+    return out
 
 
 def cmd_config_keys(args) -> int:
@@ -141,6 +171,11 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--skip-invalid", action="store_true")
+    p.add_argument("--gold", choices=["verifiable", "length", "sentiment"], default=None,
+                   help="also evaluate generations against --reference under this gold reward "
+                        "(--data verifiable: the built-in task's held-out prompts)")
+    p.add_argument("--prompts", type=int, default=32, help="held-out prompts for --gold")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per generation for --gold")
     p.set_defaults(func=cmd_eval)
     sub.add_parser("config-keys", help="list every config key with its help").set_defaults(func=cmd_config_keys)
     for register in _plugins():
