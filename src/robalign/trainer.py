@@ -176,7 +176,7 @@ class Trainer:
 
     def _setup_optimizer(self):
         tc = self.cfg.train
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if tc.optimizer == "adamw":
             opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         else:
@@ -203,7 +203,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last else self.acc.no_sync(self.policy)
             with sync:
                 result = self.method.step(self.policy, self.reference, batch)
-                self.acc.backward(result.loss / tc.grad_accum)
+                self.acc.backward(result.loss / tc.grad_accum, **self._backward_kwargs)
             for key, value in {"loss": result.loss.detach(), **result.metrics}.items():
                 # NaN-aware: a micro-batch without, e.g., flipped pairs has no value for that metric.
                 value = value.detach().float()
@@ -229,10 +229,17 @@ class Trainer:
         self.last_records = records
         return totals
 
+    @property
+    def _backward_kwargs(self) -> dict:
+        """Gradients only for trainable tensors: a graph recorded while frozen weights required grad
+        (GAPO's probe) would otherwise also compute, then drop, their weight gradients."""
+        from accelerate.utils import DistributedType
+
+        return {} if self.acc.distributed_type == DistributedType.DEEPSPEED else {"inputs": self.trainable}
+
     def _clip(self) -> torch.Tensor:
-        params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.cfg.train.max_grad_norm or float("inf")
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
 
     def _nonfinite(self, records):
         ids = [i for batch, _ in records for i in batch.ids]
