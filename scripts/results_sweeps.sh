@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Regenerates the sweeps behind docs/results.md (SmolLM2-135M-Instruct, LoRA r=16, CPU, fp32). Each cell
-# is cached under outputs/results/, so an interrupted run resumes where it stopped. The two sweeps run
-# side by side with one thread each (2-core machine).
+# is cached under outputs/results/, so an interrupted run resumes where it stopped; cells are requested in
+# priority order (noisy cells first), and the last call of each sweep writes the full report. The two
+# sweeps run side by side with one thread each (2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=.venv/bin/robalign
-COMMON="--methods dpo,rdpo,gapo --kinds flip --seeds 0,1,2 --steps 16 --batch-size 4 --lr 5e-4 --train-pairs 256 --eval-pairs 64 --max-length 192"
+COMMON="--kinds flip --seeds 0,1,2 --steps 16 --batch-size 4 --lr 5e-4 --train-pairs 256 --eval-pairs 64 --max-length 192"
 export OMP_NUM_THREADS=1
-$R bench robustness --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz --rates 0,0.2 $COMMON \
-    --out outputs/results/hh > outputs/results/hh.log 2>&1 &
-$R bench robustness --data verifiable --rates 0,0.3 $COMMON --out outputs/results/verifiable \
+hh() { $R bench robustness --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --out outputs/results/hh "$@"; }
+vf() { $R bench robustness --data verifiable $COMMON --out outputs/results/verifiable "$@"; }
+( hh --methods gapo --rates 0.2 && hh --methods dpo,rdpo --rates 0.2 && hh --methods dpo,rdpo,gapo --rates 0,0.2 ) \
+    > outputs/results/hh.log 2>&1 &
+( vf --methods dpo,rdpo,gapo --rates 0.3 && vf --methods dpo,rdpo,gapo --rates 0,0.3 ) \
     > outputs/results/verifiable.log 2>&1 &
 wait
