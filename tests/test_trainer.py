@@ -121,3 +121,36 @@ def test_nonfinite_loss_stops_with_step_and_pair_ids(tmp_path, monkeypatch):
     before = [p.clone() for p in skip.model.parameters()]
     assert skip.train()["skipped_batches"] == 2
     assert all(torch.equal(a, b) for a, b in zip(before, skip.model.parameters()))
+
+
+def test_clipping_matches_torch_and_skips_when_below_limit(tmp_path):
+    trainer = Trainer(_cfg(tmp_path, max_grad_norm=0.5), train_pairs=make_pairs(8), eval_pairs=[])
+    gen = torch.Generator().manual_seed(0)
+    for p in trainer.trainable:
+        p.grad = torch.randn(p.shape, generator=gen)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in trainer.trainable]
+    for c, p in zip(copies, trainer.trainable):
+        c.grad = p.grad.clone()
+    ref_norm = torch.nn.utils.clip_grad_norm_(copies, 0.5)
+    norm = trainer._grad_norm()
+    assert torch.allclose(norm, ref_norm, rtol=1e-5)
+    trainer._clip(norm)
+    for c, p in zip(copies, trainer.trainable):
+        assert torch.allclose(c.grad, p.grad, rtol=1e-5, atol=1e-8)
+    before = [p.grad.clone() for p in trainer.trainable]
+    trainer.cfg.train.max_grad_norm = 1e9
+    trainer._clip(trainer._grad_norm())
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, trainer.trainable))
+
+
+def test_cached_reference_frees_the_copy_and_evaluates_like_live(tmp_path):
+    pairs = make_pairs(8)
+    live = Trainer(_cfg(tmp_path, "live"), train_pairs=pairs, eval_pairs=pairs[:4])
+    cfg = _cfg(tmp_path, "cached")
+    cfg.model.reference = "cached"
+    cached = Trainer(cfg, train_pairs=pairs, eval_pairs=pairs[:4])
+    assert cached.frozen_reference is None and cached.evaluator.reference is None
+    for t in (live, cached):
+        t.step()
+    a, b = live.evaluate(), cached.evaluate()
+    assert a["eval/margin_h"] == pytest.approx(b["eval/margin_h"], abs=1e-4)

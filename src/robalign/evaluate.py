@@ -24,13 +24,18 @@ class PreferenceEvaluator:
 
     @torch.no_grad()
     def _reference_logps(self) -> list[SequenceLogps] | None:
-        if self.reference is None:
+        if self._ref is None and self.reference is None:
             return None
         if self._ref is None:
             self._ref = [self.reference.logps(collate(b, self.pad_id)) for b in self.batches]
             if self._ref and self._ref[0] is None:
                 self._ref = []
         return self._ref or None
+
+    def detach_reference(self):
+        """Computes the reference log-probs now and drops the reference (e.g. a frozen copy)."""
+        self._reference_logps()
+        self.reference = None
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:

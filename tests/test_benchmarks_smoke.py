@@ -1,0 +1,64 @@
+"""The benchmark harness runs end to end on tiny-llama and writes the JSON its docs describe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARY_KEYS = {"measured_steps", "median_step_s", "pairs_per_s", "real_tokens_per_s", "peak_rss_mb",
+                "useful_gflops_per_s", "share_of_matmul_ceiling", "measured_time_s"}
+
+
+def run_speed(tmp_path, frameworks: str, timeout: int):
+    out = tmp_path / "speed.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--configs", "tiny", "--frameworks", frameworks,
+           "--warmup", "1", "--steps", "1", "--ceiling-n", "256", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def check_run(run: dict, framework: str):
+    assert run["framework"] == framework
+    assert len(run["step_times_s"]) == 2
+    assert SUMMARY_KEYS <= set(run["summary"])
+    assert run["summary"]["measured_steps"] == 1
+    assert run["inputs"]["mismatched_pairs"] == 0
+    assert run["first_step"]["loss"] == pytest.approx(0.6931471805599453, rel=1e-6)  # policy = reference at step 0
+
+
+def test_speed_harness_robalign_side(tmp_path):
+    report, stdout = run_speed(tmp_path, "robalign", timeout=120)
+    assert {"machine", "versions", "matmul_ceiling", "dims", "per_step_tokens", "runs", "peers", "markdown"} <= set(report)
+    assert report["matmul_ceiling"]["gflops"] > 0
+    assert len(report["per_step_tokens"]["tiny-llama"]) == 2
+    run = report["runs"]["tiny/robalign"]
+    check_run(run, "robalign")
+    assert run["inputs"]["batch_order_matches"]
+    assert "| tiny | robalign |" in stdout
+
+
+@pytest.mark.slow
+def test_speed_harness_against_trl(tmp_path):
+    pytest.importorskip("trl")
+    report, stdout = run_speed(tmp_path, "robalign,trl", timeout=300)
+    check_run(report["runs"]["tiny/robalign"], "robalign")
+    check_run(report["runs"]["tiny/trl"], "trl")
+    peer = report["peers"]["tiny"]
+    assert peer["first_loss"]["agree"]
+    assert {"speedup_total", "speedup_median", "rss_ratio"} <= set(peer)
+    assert "first-step loss robalign" in stdout
+
+
+@pytest.mark.slow
+def test_trl_first_step_agrees_on_tiny_llama():
+    pytest.importorskip("trl")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "trl_first_step.py"), "--models", "tiny-llama"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PASS" in proc.stdout
