@@ -23,8 +23,8 @@ class DemoPreset:
     eval_pairs: int
 
 
-PRESETS = {"full": DemoPreset(steps=24, batch_size=4, train_pairs=256, eval_pairs=64),
-           "quick": DemoPreset(steps=8, batch_size=4, train_pairs=64, eval_pairs=32)}
+PRESETS = {"full": DemoPreset(steps=16, batch_size=4, train_pairs=256, eval_pairs=48),
+           "quick": DemoPreset(steps=6, batch_size=4, train_pairs=64, eval_pairs=24)}
 METHOD_PARAMS = {"dpo": {}, "rdpo": {"epsilon": 0.3}, "gapo": {}, "cdpo": {"epsilon": 0.3},
                  "simpo": {}, "robust": {"rho": 0.2}, "ipo": {}, "hinge": {}, "hypo": {}, "sympo": {},
                  "drdpo": {}}
