@@ -553,13 +553,7 @@ def _check_message_completion(messages: Messages, name: str, path: str, line: in
             "and not a conversation starting with the prompt messages",
             "give only the assistant turn(s), or the full conversation starting with the prompt",
         )
-    if not "".join(m["content"] for m in messages).strip():
-        raise DataError(
-            path,
-            line,
-            f"'{name}' is empty or whitespace-only",
-            f"every row needs non-empty completions; {_SKIP}",
-        )
+    _check_text_completion("".join(m["content"] for m in messages), name, path, line)
 
 
 def _row_id(value: Any, default: str, path: str, line: int | None) -> str:
