@@ -118,7 +118,10 @@ def save_checkpoint(root: Path, step: int, *, model, optimizer, scheduler, state
     os.replace(tmp, final)
     _fsync_dir(root)
     for old in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        # Renamed first, so a kill mid-delete leaves a `.tmp-*` leftover, never a half-empty `step-*`.
+        doomed = root / f".tmp-del-{old.name}"
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 
