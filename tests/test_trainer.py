@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -34,15 +35,9 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    steps = [r["step"] for r in map(eval_json, (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines())
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines())
              if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]
-
-
-def eval_json(line):
-    import json
-
-    return json.loads(line)
 
 
 def test_training_reduces_loss_and_final_loads_with_transformers(tmp_path):
@@ -53,7 +48,7 @@ def test_training_reduces_loss_and_final_loads_with_transformers(tmp_path):
     trainer = Trainer(cfg, train_pairs=pairs, eval_pairs=pairs)
     summary = trainer.train()
     assert summary["final"]["eval/accuracy_h"] > summary["start"]["eval/accuracy_h"]
-    lines = [eval_json(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in lines if "loss" in r]
     assert abs(losses[0] - math.log(2)) < 1e-6  # reference = policy at step 0
     assert losses[-1] < losses[0]

@@ -19,7 +19,9 @@ class PreferenceEvaluator:
     def __init__(self, pairs: list[TokenizedPair], pad_id: int, reference=None, batch_size: int = 8):
         self.pairs, self.pad_id, self.reference, self.batch_size = pairs, pad_id, reference, batch_size
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
-        self.batches = [[pairs[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+        # Collated once: every evaluation (and the one reference pass) reuses the same tensors.
+        self.batches = [collate([pairs[i] for i in order[s:s + batch_size]], pad_id)
+                        for s in range(0, len(order), batch_size)]
         self._ref: list[SequenceLogps] | None = None
 
     @torch.no_grad()
@@ -27,7 +29,7 @@ class PreferenceEvaluator:
         if self._ref is None and self.reference is None:
             return None
         if self._ref is None:
-            self._ref = [self.reference.logps(collate(b, self.pad_id)) for b in self.batches]
+            self._ref = [self.reference.logps(b) for b in self.batches]
             if self._ref and self._ref[0] is None:
                 self._ref = []
         return self._ref or None
@@ -44,17 +46,15 @@ class PreferenceEvaluator:
         was_training = model.training
         model.eval()
         refs = self._reference_logps()
-        h, m, flips = [], [], []
-        for k, group in enumerate(self.batches):
-            batch = collate(group, self.pad_id)
+        h, m = [], []
+        for k, batch in enumerate(self.batches):
             lp = sequence_logps(model, batch)
             avg_c, avg_r = lp.mean()
             m.append(avg_c - avg_r)
             if refs is not None:
                 h.append((lp.chosen - refs[k].chosen) - (lp.rejected - refs[k].rejected))
-            flips.append(batch.is_flipped)
         model.train(was_training)
-        return summarize(torch.cat(h) if h else None, torch.cat(m), torch.cat(flips))
+        return summarize(torch.cat(h) if h else None, torch.cat(m))
 
 
 def accuracy(margin: torch.Tensor) -> float:
@@ -62,7 +62,7 @@ def accuracy(margin: torch.Tensor) -> float:
     return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
 
 
-def summarize(h: torch.Tensor | None, m: torch.Tensor, flipped: torch.Tensor) -> dict[str, float]:
+def summarize(h: torch.Tensor | None, m: torch.Tensor) -> dict[str, float]:
     out = {"eval/pairs": float(len(m)), "eval/accuracy_M": accuracy(m), "eval/margin_M": m.mean().item()}
     if h is not None:
         out["eval/accuracy_h"] = accuracy(h)
