@@ -25,6 +25,9 @@ def test_defaults_validate_and_overrides_coerce():
     ({"data": {"max_length": 100, "max_prompt_length": 100}}, {}, "max_prompt_length"),
     ({"model": {"reference": "adapters_disabled", "lora_r": 0}}, {}, "adapters_disabled"),
     ({"train": {"optimizer": "lion"}}, {}, "optimizer"),
+    ({"train": {"max_steps": 1.5}}, {}, "expected int"),
+    ({"train": {"max_steps": True}}, {}, "expected int"),
+    ({"train": {"lr": False}}, {}, "expected float"),
 ])
 def test_invalid_values_fail_at_load_time(tree, overrides, match):
     with pytest.raises(ConfigError, match=match):
