@@ -11,6 +11,9 @@ from safetensors.torch import load_file
 
 from conftest import make_pairs
 
+ONLINE = {"oracle_robust": ["--max-new-tokens", "4"],
+          "sail": ["--max-new-tokens", "4", "--sail.r", "0.25", "--sail.p", "0.25", "--sail.g", "0.25"]}
+
 
 def _train(tmp_path, name, nproc, batch_size, method="dpo", lora_r="0"):
     data = tmp_path / "pairs.jsonl"
@@ -18,7 +21,7 @@ def _train(tmp_path, name, nproc, batch_size, method="dpo", lora_r="0"):
         data.write_text("".join(json.dumps(p.to_row()) + "\n" for p in make_pairs(16)))
     args = ["train", "--model", "tiny-llama", "--data", str(data), "--eval-fraction", "0", "--lora-r", lora_r,
             "--max-steps", "3", "--lr", "1e-3", "--progress", "false", "--max-length", "64", "--method", method,
-            "--batch-size", str(batch_size), "--output-dir", str(tmp_path / name)]
+            "--batch-size", str(batch_size), "--output-dir", str(tmp_path / name), *ONLINE.get(method, [])]
     if nproc == 1:
         cmd = [sys.executable, "-m", "robalign.cli", *args]
     else:
@@ -32,7 +35,8 @@ def _train(tmp_path, name, nproc, batch_size, method="dpo", lora_r="0"):
     return losses, weights
 
 
-@pytest.mark.parametrize("method,lora_r", [("dpo", "0"), ("simpo", "4"), ("gapo", "0")])
+@pytest.mark.parametrize("method,lora_r", [("dpo", "0"), ("simpo", "4"), ("gapo", "0"), ("oracle_robust", "0"),
+                                           ("sail", "0")])
 def test_two_processes_match_one(tmp_path, method, lora_r):
     one_loss, one_w = _train(tmp_path, "one", 1, 4, method, lora_r)
     two_loss, two_w = _train(tmp_path, "two", 2, 2, method, lora_r)
@@ -40,3 +44,40 @@ def test_two_processes_match_one(tmp_path, method, lora_r):
     assert one_w.keys() == two_w.keys()
     for k in one_w:
         assert (one_w[k] - two_w[k]).abs().max().item() < 1e-5, k
+
+
+def _generations(out):
+    rows = []
+    for path in sorted(out.glob("generations*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines()]
+    return sorted((r["step"], r["id"], r["route"], r["y1"], r["y2"], r["y1_preferred"]) for r in rows)
+
+
+@pytest.mark.parametrize("method", ["oracle_robust", "sail"])
+def test_two_processes_sample_and_label_what_one_process_does(tmp_path, method):
+    # Per-pair seeds and uniforms: the two ranks' generation records together are the one-process record.
+    _train(tmp_path, "one", 1, 4, method)
+    _train(tmp_path, "two", 2, 2, method)
+    one, two = _generations(tmp_path / "one"), _generations(tmp_path / "two")
+    assert (tmp_path / "two" / "generations-rank1.jsonl").is_file()
+    assert len(one) > 0 and one == two
+
+
+def test_accelerate_launch_cpu_runs_the_requested_processes(tmp_path):
+    # accelerate's --cpu launcher starts one process; robalign fans out to the N asked for, and the run
+    # equals the one-process run at the same global batch.
+    one_loss, one_w = _train(tmp_path, "one", 1, 4)
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "acc"
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [accelerate, "launch", "--num_processes", "2", "--cpu", "--main_process_port",
+           str(30500 + os.getpid() % 1000), "-m", "robalign.cli", "train", "--model", "tiny-llama", "--data",
+           str(data), "--eval-fraction", "0", "--lora-r", "0", "--max-steps", "3", "--lr", "1e-3", "--progress",
+           "false", "--max-length", "64", "--batch-size", "2", "--output-dir", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "processes: 2" in r.stdout
+    losses = [x["loss"] for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in x]
+    assert one_loss == pytest.approx(losses, abs=1e-5)
+    weights = load_file(glob.glob(str(out / "checkpoints" / "*" / "weights.safetensors"))[0])
+    for k in one_w:
+        assert (one_w[k] - weights[k]).abs().max().item() < 1e-5, k

@@ -1,13 +1,14 @@
 """Batched two-sample generation: pairing, determinism, EOS handling, the KV cache."""
 
 import copy
+import math
 
 import pytest
 import torch
 
 from conftest import make_pairs
 from robalign.data.tokenize import tokenize_pairs
-from robalign.generation import cut_at_stop, generate_pairs, left_pad, split_pairs
+from robalign.generation import RowSampler, cut_at_stop, generate_pairs, left_pad, split_pairs
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +128,37 @@ def test_policy_mode_is_restored(tiny, prompts):
     model.eval()
     generate_pairs(model, tok, prompts[:1], max_new_tokens=2, generator=torch.Generator())
     assert not model.training
+
+
+def test_a_prompts_samples_depend_only_on_its_seed_not_on_the_batch(tiny, prompts):
+    # What makes N processes sample a global batch as one process does: prompt i sampled with seed s_i
+    # alone, or in any batch and position, gives the same two completions.
+    model, tok = tiny
+    seeds = [11, 22, 33]
+    together = generate_pairs(model, tok, prompts, temperature=1.0, max_new_tokens=6, seeds=seeds)
+    reordered = generate_pairs(model, tok, prompts[::-1], temperature=1.0, max_new_tokens=6, seeds=seeds[::-1])
+    for i in range(3):
+        alone = generate_pairs(model, tok, [prompts[i]], temperature=1.0, max_new_tokens=6, seeds=[seeds[i]])[0]
+        assert (together[i].y1_ids, together[i].y2_ids) == (alone.y1_ids, alone.y2_ids)
+        assert (reordered[2 - i].y1_ids, reordered[2 - i].y2_ids) == (alone.y1_ids, alone.y2_ids)
+    other = generate_pairs(model, tok, prompts[:1], temperature=1.0, max_new_tokens=6, seeds=[12])[0]
+    assert (other.y1_ids, other.y2_ids) != (together[0].y1_ids, together[0].y2_ids)
+
+
+def test_row_sampler_draws_from_the_tempered_nucleus_distribution():
+    # Gumbel-max frequencies against softmax(logits / T) restricted to the top-p nucleus, by brute force.
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    temperature, top_p, n = 0.7, 0.9, 20000
+    sampler = RowSampler(list(range(n)), temperature, top_p, rows_per_seed=1)
+    picks = sampler(torch.zeros((n, 1), dtype=torch.long), logits.expand(n, -1).clone())
+    assert torch.all(torch.isinf(picks).sum(-1) == logits.shape[1] - 1)  # one token per row survives
+    counts = torch.bincount(picks.argmax(-1), minlength=6).double() / n
+    p = torch.softmax(logits[0].double() / temperature, -1)
+    order = torch.argsort(p, descending=True)
+    mass_before = torch.cumsum(p[order], 0) - p[order]
+    keep = torch.zeros(6, dtype=torch.bool)
+    keep[order[mass_before < top_p]] = True  # smallest prefix whose mass reaches top_p
+    expected = torch.where(keep, p, torch.zeros_like(p))
+    expected /= expected.sum()
+    assert counts[~keep].sum() == 0
+    assert torch.allclose(counts, expected, atol=4 * math.sqrt(0.25 / n))

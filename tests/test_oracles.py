@@ -285,3 +285,17 @@ def test_build_oracle_strings_and_dicts():
 def test_build_oracle_errors(spec, match):
     with pytest.raises(ConfigError, match=match):
         build_oracle(spec)
+
+
+def test_given_uniforms_decide_each_label_independently_of_the_batch():
+    reward, x, y1, y2 = random_batch(40, seed=6)
+    oracle = all_oracles(reward)["chain"]
+    u = torch.rand(40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    whole = oracle.sample(x, y1, y2, uniforms=u)
+    assert torch.equal(whole.y1_preferred, u < oracle.prob(x, y1, y2))
+    half = oracle.sample(x[20:], y1[20:], y2[20:], uniforms=u[20:])
+    assert torch.equal(half.y1_preferred, whole.y1_preferred[20:])
+    with pytest.raises(ValueError, match="uniforms"):
+        oracle.sample(x, y1, y2, uniforms=u[:3])
+    with pytest.raises(ValueError, match="generator or the uniforms"):
+        oracle.sample(x, y1, y2)

@@ -68,7 +68,8 @@ def cmd_train(args) -> int:
 
 def _print_summary(summary: dict, out_dir: str):
     start, final = summary.get("start", {}), summary.get("final", {})
-    print(f"\nsteps: {summary['steps']}   skipped batches: {summary['skipped_batches']}")
+    print(f"\nsteps: {summary['steps']}   skipped batches: {summary['skipped_batches']}   "
+          f"processes: {summary.get('processes', 1)}")
     keys = [k for k in ("eval/accuracy_h", "eval/accuracy_M", "eval/margin_h", "eval/margin_M") if k in final]
     if keys:
         print(f"{'held-out metric':<20}{'before':>10}{'after':>10}")
@@ -197,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        if argv is None and args.command == "train":
+            from robalign.launch import relaunch_if_needed
+
+            code = relaunch_if_needed(sys.argv[1:])  # accelerate launch --cpu --num_processes N
+            if code is not None:
+                return code
         return args.func(args)
     except UserError as err:
         print(f"robalign: error: {err}", file=sys.stderr)

@@ -14,7 +14,7 @@ completions double as KL samples; otherwise one extra sampling pass of π is mad
 `max_new_tokens` is scored as the prefix it is, so the estimate is the KL between the two models'
 distributions over the first `max_new_tokens` tokens. An empty completion contributes 0.
 
-Randomness: sampling is seeded per batch from `seed` (as in `robalign.generation`), and π and π_ref get
+Randomness: sampling is seeded per prompt from `seed` (as in `robalign.generation`), and π and π_ref get
 the same seeds (common random numbers): a policy equal to its reference draws the same samples, ties
 everywhere, and the sampled win rate is exactly ½, not ½ ± noise. The caller's global RNG is untouched.
 
@@ -39,9 +39,9 @@ from robalign.data.tokenize import TokenizedPair, render
 # Package-internal helpers of the training sampler: evaluation samples follow exactly the same
 # generation config (every sampling knob pinned), EOS rules and RNG handling as training samples.
 from robalign.generation import (
+    RowSampler,
     _decode,
     _generation_config,
-    _rng_devices,
     cut_at_stop,
     left_pad,
     stop_token_ids,
@@ -92,27 +92,27 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], *, n:
 
     Args:
         temperature: 0 decodes greedily (then all n completions are equal: pass n=1).
-        generator: one seed per batch is drawn from it; None uses the global RNG.
+        generator: one seed per prompt is drawn from it (None: from the global RNG); a prompt's
+            samples depend only on its seed (`robalign.generation.RowSampler`).
     """
     net = unwrap(model)
     device = next(net.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = stop_token_ids(tokenizer, net)
-    config = _generation_config(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                pad_id=pad_id, stop_ids=stops)
+    config = _generation_config(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, pad_id=pad_id,
+                                stop_ids=stops)
     out = Completions([], [])
     was_training = net.training
     net.eval()
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            seed = None if generator is None else int(torch.randint(2**62, (1,), generator=generator))
+            seeds = torch.randint(2**62, (len(chunk),), generator=generator).tolist()
             ids, mask = left_pad(chunk, pad_id)
             ids, mask = ids.repeat_interleave(n, dim=0).to(device), mask.repeat_interleave(n, dim=0).to(device)
-            with torch.random.fork_rng(devices=_rng_devices(device), enabled=seed is not None):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                rows = net.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            processors = [RowSampler(seeds, temperature, top_p, rows_per_seed=n)] if temperature > 0 else []
+            rows = net.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                logits_processor=processors)
             if rows.shape[0] != ids.shape[0] or not torch.equal(rows[:, :ids.shape[1]], ids):
                 raise ValueError("generate returned rows that do not match their prompts")
             new = rows[:, ids.shape[1]:].cpu().tolist()

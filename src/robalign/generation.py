@@ -5,11 +5,13 @@ at the same position), each prompt is repeated twice (`repeat_interleave`), and 
 are checked against their prompts before they are split into pairs, so a sample can never be paired
 with another example's prompt (the official SAIL code paired generations with shuffled prompts).
 
-Randomness: Hugging Face `generate` samples from the global torch RNG. `generate_pairs` draws one seed
-from the caller's `torch.Generator`, seeds the global RNG with it inside `torch.random.fork_rng` and
-restores it afterwards, so the samples depend only on that generator and the caller's global RNG
-stream is untouched. The online methods seed that generator from the global RNG, which the trainer
-checkpoints, so a resumed run draws the same samples as an uninterrupted one.
+Randomness: every prompt has its own seed, and its two samples are drawn by Gumbel-max from a CPU
+generator seeded with it (`RowSampler`, a logits processor on top of greedy decoding): argmax of
+log-softmax(logits / T) restricted to the top-p nucleus, plus Gumbel noise, is an exact sample of the
+same distribution HF's multinomial sampling draws from. A prompt's samples therefore depend only on its
+seed and its own logits, never on which other prompts share the batch, so N processes that each
+generate a slice of a global batch draw what one process generating the whole batch draws (the
+multi-process equivalence of the online methods rests on this). The global torch RNG is never touched.
 
 Completions follow the rules of `robalign.data.tokenize`: a completion ends with exactly one EOS (the
 first stop token the model emitted; tokens after it are generate's padding and are dropped), and a
@@ -18,10 +20,13 @@ sample that reached `max_new_tokens` without a stop token has no EOS.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+
+from robalign.policy import unwrap_policy
 
 
 class GeneratedPair(NamedTuple):
@@ -35,8 +40,8 @@ class GeneratedPair(NamedTuple):
 
 
 def unwrap(model):
-    """The module under a DistributedDataParallel wrapper (which has no `generate`), else the model."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    """The Hugging Face (or PEFT) model under DDP / `PolicyLM` wrappers (which have no `generate`)."""
+    return unwrap_policy(model)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,14 +93,38 @@ def _generation_config(*, temperature: float, top_p: float, max_new_tokens: int,
                             min_new_tokens=0, epsilon_cutoff=0.0, eta_cutoff=0.0, **knobs)
 
 
-def _rng_devices(device: torch.device) -> list:
-    return [device.index or 0] if device.type == "cuda" else []
+class RowSampler:
+    """A logits processor that makes greedy decoding sample each prompt's rows from the prompt's own seed.
+
+    Rows 2i and 2i+1 (prompt i's two samples) take their Gumbel noise from generator i, which draws a
+    [2, V] block per decoding step whatever the batch holds. Temperature and top-p are applied by
+    transformers' own warpers first, so the distribution is the one `do_sample=True` would use.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, rows_per_seed: int = 2):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.rows_per_seed = rows_per_seed
+        self.warpers = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float()
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        logp = torch.log_softmax(scores, dim=-1)
+        u = torch.cat([torch.rand((self.rows_per_seed, scores.shape[-1]), generator=g)
+                       for g in self.generators]).to(scores.device)
+        pick = (logp - torch.log(-torch.log(u))).argmax(dim=-1, keepdim=True)  # Gumbel-max
+        return torch.full_like(scores, -math.inf).scatter_(1, pick, 0.0)
 
 
 @torch.no_grad()
 def generate_pairs(model, tokenizer, prompts: Sequence[Sequence[int]], *, temperature: float = 0.9,
-                   top_p: float = 1.0, max_new_tokens: int = 64,
-                   generator: torch.Generator | None = None) -> list[GeneratedPair]:
+                   top_p: float = 1.0, max_new_tokens: int = 64, generator: torch.Generator | None = None,
+                   seeds: Sequence[int] | None = None) -> list[GeneratedPair]:
     """Two samples per prompt from `model`, in one batched, KV-cached `generate` call.
 
     Args:
@@ -106,32 +135,35 @@ def generate_pairs(model, tokenizer, prompts: Sequence[Sequence[int]], *, temper
         temperature: sampling temperature; 0 decodes greedily (both samples are then equal).
         top_p: nucleus mass, 1.0 keeps the full distribution.
         max_new_tokens: most tokens per sample.
-        generator: the source of randomness (see the module docstring); None uses the global RNG.
+        generator: draws the N per-prompt seeds when `seeds` is None; None draws them from the global RNG.
+        seeds: one seed per prompt (see the module docstring).
 
     Returns:
         N `GeneratedPair`s, the i-th for `prompts[i]`.
     """
     if not prompts:
         return []
+    if seeds is None:
+        seeds = torch.randint(2**62, (len(prompts),), generator=generator).tolist()
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     net = unwrap(model)
     device = next(net.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = stop_token_ids(tokenizer, net)
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    config = _generation_config(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                pad_id=pad_id, stop_ids=stops)
-    seed = None if generator is None else int(torch.randint(2**62, (1,), generator=generator))
+    # Greedy decoding over RowSampler's one-hot scores is per-seed sampling; temperature 0 is plain greedy.
+    config = _generation_config(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, pad_id=pad_id,
+                                stop_ids=stops)
+    processors = [RowSampler(seeds, temperature, top_p)] if temperature > 0 else []
     was_training = net.training
     net.eval()
     try:
-        with torch.random.fork_rng(devices=_rng_devices(device), enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            # Each prompt twice in a row: rows 2i and 2i+1 are prompt i's samples (what
-            # num_return_sequences=2 does, but valid for greedy decoding too).
-            out = net.generate(input_ids=ids.repeat_interleave(2, dim=0),
-                               attention_mask=mask.repeat_interleave(2, dim=0), generation_config=config)
+        # Each prompt twice in a row: rows 2i and 2i+1 are prompt i's samples (what
+        # num_return_sequences=2 does, but valid for greedy decoding too).
+        out = net.generate(input_ids=ids.repeat_interleave(2, dim=0), attention_mask=mask.repeat_interleave(2, dim=0),
+                           generation_config=config, logits_processor=processors)
     finally:
         net.train(was_training)
     return split_pairs(out, ids, prompts, tokenizer, stops)

@@ -306,7 +306,7 @@ class Trainer:
                 if fh:
                     fh.close()
             return {"start": start_eval, "final": {}, "steps": self.step_num,
-                    "skipped_batches": self.skipped_batches}
+                    "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes}
         final_eval = self.evaluate()
         if writer:
             writer.write({"step": self.step_num, **final_eval})
@@ -319,7 +319,7 @@ class Trainer:
         if self.acc.is_main_process:
             self.method.finalize(self.out)
         return {"start": start_eval, "final": final_eval, "steps": self.step_num,
-                "skipped_batches": self.skipped_batches}
+                "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes}
 
     def _progress(self):
         from tqdm.auto import tqdm

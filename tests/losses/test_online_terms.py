@@ -138,3 +138,18 @@ def test_oracle_robust_limits_and_gradient():
     assert torch.allclose(glp, (ell - ell.mean()) / 6)  # sf·(ℓ − b)·∇lp, averaged over B
     dell = torch.where(y1, -0.1 * torch.sigmoid(-0.1 * hw), 0.1 * torch.sigmoid(-0.1 * hw)) + 0.02 * h.sign()
     assert torch.allclose(gh, dell.detach() / 6)
+
+
+def test_baseline_summed_over_processes_is_the_global_batch_mean():
+    # Two "processes" hold halves of a global batch; all_sum adds the other half's (sum, count), as
+    # torch.distributed.all_reduce would. Each half then gets the baseline of the whole batch.
+    loss = torch.tensor([0.2, 0.9, 0.4, 1.7], dtype=torch.float64)
+    mask = torch.tensor([True, False, True, True])
+    _, whole = score_function_term(loss, torch.zeros(4, dtype=torch.float64), 1.0, mask)
+    halves = [(loss[:2], mask[:2]), (loss[2:], mask[2:])]
+    local = [torch.stack([(v * m).sum(), m.double().sum()]) for v, m in halves]
+    for k, (v, m) in enumerate(halves):
+        _, b = score_function_term(v, torch.zeros(2, dtype=torch.float64), 1.0, m,
+                                   all_sum=lambda s, k=k: s + local[1 - k])
+        assert abs(b.item() - whole.item()) < 1e-15
+    assert abs(whole.item() - (0.2 + 0.4 + 1.7) / 3) < 1e-15

@@ -11,6 +11,7 @@ accumulation (`loss / grad_accum` per micro-batch) scales the extra terms exactl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,8 @@ from torch import Tensor
 # Route codes of SAIL (SPEC §4): which responses a pair uses and who labels them.
 DPO, DP, PP, PR = 0, 1, 2, 3
 ROUTE_NAMES = ("dpo", "dp", "pp", "pr")
+
+AllSum = Callable[[Tensor], Tensor]  # sums a tensor over the processes of a data-parallel run
 
 
 def draw_routes(u: Tensor, r: float, p: float, g: float) -> Tensor:
@@ -60,17 +63,22 @@ def self_label_term(h_w: Tensor, beta: float, coef: Tensor | float) -> Tensor:
     return -0.5 * coef * F.logsigmoid(beta * h_w).pow(2)  # SPEC §4, SAIL-DP/PP extra term
 
 
-def batch_baseline(per_sample: Tensor, mask: Tensor | None = None) -> Tensor:
-    """b = mean of the detached per-sample losses over the masked (sampled) examples; 0 when none."""
+def batch_baseline(per_sample: Tensor, mask: Tensor | None = None, all_sum: AllSum | None = None) -> Tensor:
+    """b = mean of the detached per-sample losses over the masked (sampled) examples; 0 when none.
+
+    `all_sum` sums a tensor over the processes of a data-parallel run, so that b is the mean over the
+    global micro-batch (as one process would compute it); None = this process's batch only.
+    """
     values = per_sample.detach()
-    if mask is None:
-        return values.mean()
-    weights = mask.to(values.dtype)
-    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+    weights = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+    sums = torch.stack([(values * weights).sum(), weights.sum()])
+    if all_sum is not None:
+        sums = all_sum(sums)
+    return sums[0] / sums[1].clamp_min(1.0)
 
 
 def score_function_term(per_sample: Tensor, logp_sum: Tensor, coef: Tensor | float,
-                        mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                        mask: Tensor | None = None, all_sum: AllSum | None = None) -> tuple[Tensor, Tensor]:
     """coef·(ℓ_i.detach() − b)·(lp_θ(y1) + lp_θ(y2)) for responses drawn from π_θ, [B].
 
     Its gradient is coef·(ℓ_i − b)·∇(lp_θ(y1) + lp_θ(y2)): the derivative of the sampling distribution
@@ -83,11 +91,12 @@ def score_function_term(per_sample: Tensor, logp_sum: Tensor, coef: Tensor | flo
         coef: scalar or [B] weight.
         mask: [B] bool, the examples whose responses were sampled; b averages over them only and the
             term is 0 elsewhere. None: all examples.
+        all_sum: see `batch_baseline`.
 
     Returns:
         ([B] term, scalar baseline b).
     """
-    b = batch_baseline(per_sample, mask)
+    b = batch_baseline(per_sample, mask, all_sum)
     term = coef * (per_sample.detach() - b) * logp_sum  # SPEC §4 / §5 score-function term
     if mask is not None:
         term = torch.where(mask, term, torch.zeros_like(term))
@@ -123,7 +132,7 @@ class OnlineLossOutput:
 
 
 def sail_loss(h: Tensor, y1_preferred: Tensor, logp_sum: Tensor, routes: Tensor, *, beta: float,
-              coef_dp: float, coef_pp: float, coef_pr: float) -> OnlineLossOutput:
+              coef_dp: float, coef_pp: float, coef_pr: float, all_sum: AllSum | None = None) -> OnlineLossOutput:
     """SAIL per pair (SPEC §4), by route: DPO softplus(−βh_w); DP + self-label term; PP + self-label
     term + score-function term; PR + score-function term. The baseline b averages ℓ_i over PP ∪ PR.
 
@@ -133,6 +142,7 @@ def sail_loss(h: Tensor, y1_preferred: Tensor, logp_sum: Tensor, routes: Tensor,
         logp_sum: [B] lp_θ(y1) + lp_θ(y2) (used on PP / PR rows only).
         routes: [B] codes DPO / DP / PP / PR.
         beta, coef_dp, coef_pp, coef_pr: SPEC §4 parameters.
+        all_sum: sums over data-parallel processes for the baseline (see `batch_baseline`).
     """
     h_w = signed_margin(h, y1_preferred)
     base = dpo_term(h_w, beta)
@@ -140,14 +150,14 @@ def sail_loss(h: Tensor, y1_preferred: Tensor, logp_sum: Tensor, routes: Tensor,
     coef_sf = torch.where(routes == PP, coef_pp, torch.where(routes == PR, coef_pr, 0.0)).to(base.dtype)
     sampled = (routes == PP) | (routes == PR)
     extra = self_label_term(h_w, beta, coef_self)  # exactly 0 where the coefficient is 0
-    score, b = score_function_term(base, logp_sum, coef_sf, sampled)
+    score, b = score_function_term(base, logp_sum, coef_sf, sampled, all_sum)
     per_pair = base + extra + score
     return OnlineLossOutput(per_pair.mean(), per_pair, h_w.detach(), base.detach(), extra.detach(),
                             score.detach(), b)
 
 
 def oracle_robust_loss(h: Tensor, y1_preferred: Tensor, logp_sum: Tensor, *, beta: float, rho: float,
-                       sf_coef: float) -> OnlineLossOutput:
+                       sf_coef: float, all_sum: AllSum | None = None) -> OnlineLossOutput:
     """R-SCGD surrogate (SPEC §5): mean_i[ℓ_i + sf_coef·(ℓ_i.detach() − b)(lp_θ(y1) + lp_θ(y2))],
     ℓ_i = softplus(−β h(y_w, y_l)) + ρβ|h(y1, y2)|, b = mean_i ℓ_i.
 
@@ -157,12 +167,13 @@ def oracle_robust_loss(h: Tensor, y1_preferred: Tensor, logp_sum: Tensor, *, bet
         logp_sum: [B] lp_θ(y1) + lp_θ(y2).
         beta, rho, sf_coef: β, ρ and the score-function weight (1: the paper's gradient, 0: the
             behaviour-policy approximation).
+        all_sum: sums over data-parallel processes for the baseline (see `batch_baseline`).
     """
     h_w = signed_margin(h, y1_preferred)
     base = dpo_term(h_w, beta)
     penalty = sensitivity_penalty(h, beta, rho)  # |h(y1, y2)| = |h(y_w, y_l)|
     per_sample = base + penalty  # SPEC §5, ℓ_i
-    score, b = score_function_term(per_sample, logp_sum, sf_coef)
+    score, b = score_function_term(per_sample, logp_sum, sf_coef, all_sum=all_sum)
     per_pair = per_sample + score
     return OnlineLossOutput(per_pair.mean(), per_pair, h_w.detach(), base.detach(), penalty.detach(),
                             score.detach(), b)

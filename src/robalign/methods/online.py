@@ -6,8 +6,11 @@ pairs replace dataset pairs row for row, and the policy scores the whole micro-b
 concatenated forward (reference log-probs for the same batch come from the reference provider).
 
 Randomness comes only from the global torch RNG, which the trainer checkpoints: each micro-step draws
-its uniforms (routes, self-labels) and two seeds (generation, oracle) from it, always in the same
-order, so a resumed run replays an uninterrupted one exactly.
+four numbers per pair of the global micro-batch (route and self-label uniforms, an oracle uniform, a
+generation seed; `Draws`), always in the same order and amount, so a resumed run replays an
+uninterrupted one exactly, and N processes (each keeping its slice of the draws, each pair sampled from
+its own seed) replay one process at the same global batch. Batch statistics (the score-function
+baseline) are summed over processes for the same reason.
 
 Every generated pair is appended to `generations.jsonl` in the run directory (one JSON object per
 pair: step, id, route, prompt, y1, y2, y1_preferred, observed_prob, gold_prob, lengths); under data
@@ -152,20 +155,47 @@ def _is_main() -> bool:
     return _world()[0] == 0
 
 
-def local_uniforms(n: int) -> torch.Tensor:
+def local_uniforms(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """n uniforms from the global RNG: this process's slice of draws for the whole global micro-batch.
 
     Every process draws the same world·n numbers (their RNGs are seeded alike) and keeps its own slice, so
-    the ranks' routes and labels are independent and N processes route a global batch as one would.
+    the ranks' routes and labels are independent, and N processes draw for a global batch exactly what
+    one process draws for it (the global stream advances by the same amount either way).
     """
     rank, world = _world()
-    return torch.rand(n * world)[rank * n:(rank + 1) * n]
+    return torch.rand(n * world, dtype=dtype)[rank * n:(rank + 1) * n]
 
 
-def seeded_generator() -> torch.Generator:
-    """A CPU generator seeded from the global torch RNG (which checkpoints save and restore), per rank."""
+def local_seeds(n: int) -> list[int]:
+    """n per-pair seeds (generation) from the global RNG, sliced per process like `local_uniforms`."""
     rank, world = _world()
-    return torch.Generator().manual_seed(int(torch.randint(2**62, (world,))[rank]))
+    return torch.randint(2**62, (n * world,))[rank * n:(rank + 1) * n].tolist()
+
+
+def process_sum(x: torch.Tensor) -> torch.Tensor:
+    """x summed over the processes of the run (x itself with one process); used for batch statistics
+    such as the score-function baseline, so that N processes compute the one-process global value."""
+    if _world()[1] == 1:
+        return x
+    x = x.detach().clone()
+    torch.distributed.all_reduce(x)
+    return x
+
+
+@dataclass
+class Draws:
+    """The randomness of one online micro-step, per pair, fixed before anything is sampled."""
+
+    routes: torch.Tensor  # float32 [B], SAIL's route uniforms
+    self_label: torch.Tensor  # float32 [B], SAIL's self-labelling uniforms
+    oracle: torch.Tensor  # float64 [B], oracle label uniforms
+    seeds: list[int]  # [B] generation seeds
+
+    @staticmethod
+    def take(n: int) -> Draws:
+        """Always the same draws in the same order (4 per pair), whatever the route or process count, so
+        a resumed run and an N-process run replay the 1-process stream."""
+        return Draws(local_uniforms(n), local_uniforms(n), local_uniforms(n, torch.float64), local_seeds(n))
 
 
 class OnlineMethod(Method):
@@ -243,10 +273,9 @@ class OnlineMethod(Method):
             raise RuntimeError(f"method {self.name}: call bind(tokenizer) before step (the trainer does this)")
         return self.tokenizer
 
-    def _sample(self, policy, prompts: list[list[int]], generator: torch.Generator) -> list[GeneratedPair]:
+    def _sample(self, policy, prompts: list[list[int]], seeds: list[int]) -> list[GeneratedPair]:
         return generate_pairs(policy, self._require_tokenizer(), prompts, temperature=self.gen.temperature,
-                              top_p=self.gen.top_p, max_new_tokens=self.gen.max_new_tokens,
-                              generator=generator)
+                              top_p=self.gen.top_p, max_new_tokens=self.gen.max_new_tokens, seeds=seeds)
 
     def _prompt_texts(self, prompts: list[list[int]]) -> list[str]:
         # Special tokens are kept: the prompt text is what the model saw (chat template included).
@@ -277,5 +306,5 @@ def mean_or_zero(values: torch.Tensor) -> torch.Tensor:
     return values.float().mean() if values.numel() else torch.zeros((), device=values.device)
 
 
-__all__ = ["GENERATIONS", "OnlineConfig", "OnlineMethod", "Row", "assemble", "batch_rows", "local_uniforms",
-           "seeded_generator"]
+__all__ = ["GENERATIONS", "Draws", "OnlineConfig", "OnlineMethod", "Row", "assemble", "batch_rows",
+           "local_seeds", "local_uniforms", "process_sum"]

@@ -50,6 +50,7 @@ from robalign.losses.offline import _noise_rate, _positive
 from robalign.losses.online import OnlineLossOutput, oracle_robust_loss
 from robalign.methods.base import StepResult
 from robalign.methods.online import (
+    Draws,
     OnlineMethod,
     Row,
     _is_main,
@@ -58,9 +59,9 @@ from robalign.methods.online import (
     gold_agreement,
     labelled_reward_metrics,
     margin,
+    process_sum,
     record,
     section,
-    seeded_generator,
     take_params,
 )
 
@@ -229,12 +230,12 @@ class OracleRobustMethod(OnlineMethod):
         """Samples, labels and scores one micro-batch; returns the surrogate and what it saw."""
         tok = self._require_tokenizer()
         rows = batch_rows(batch)
-        gen_rng, oracle_rng = seeded_generator(), seeded_generator()
+        draws = Draws.take(len(rows))  # global RNG: restored on resume, sliced per process
         prompts = [r.prompt for r in rows]
-        generated = self._sample(policy, prompts, gen_rng)
+        generated = self._sample(policy, prompts, draws.seeds)
         texts = self._prompt_texts(prompts)
         labels = self.oracle.sample(texts, [g.y1_text for g in generated], [g.y2_text for g in generated],
-                                    oracle_rng)
+                                    uniforms=draws.oracle)
         scored = [Row(r.prompt, g.y1_ids, g.y2_ids, r.id, r.index, None) for r, g in zip(rows, generated)]
         work = assemble(scored, tok.pad_token_id, batch.input_ids.device)
         lp = sequence_logps(policy, work)  # one concatenated forward over y1 and y2 rows
@@ -242,7 +243,7 @@ class OracleRobustMethod(OnlineMethod):
         h = margin(lp, ref)
         y1_pref = labels.y1_preferred.to(h.device)
         out = oracle_robust_loss(h, y1_pref, lp.chosen + lp.rejected, beta=self.beta, rho=self.rho,
-                                 sf_coef=self.rob.sf_coef)
+                                 sf_coef=self.rob.sf_coef, all_sum=process_sum)
         recs = [record(r, g, x, "oracle", w, o, gp) for r, g, x, w, o, gp in
                 zip(rows, generated, texts, labels.y1_preferred.tolist(), labels.observed_prob.tolist(),
                     labels.gold_prob.tolist())]

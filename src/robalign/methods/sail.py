@@ -32,17 +32,17 @@ from robalign.losses.offline import _positive
 from robalign.losses.online import DP, DPO, PP, PR, ROUTE_NAMES, draw_routes, sail_loss, self_label
 from robalign.methods.base import StepResult
 from robalign.methods.online import (
+    Draws,
     OnlineMethod,
     Row,
     assemble,
     batch_rows,
     labelled_reward_metrics,
-    local_uniforms,
     margin,
     mean_or_zero,
+    process_sum,
     record,
     section,
-    seeded_generator,
     take_params,
 )
 
@@ -88,13 +88,13 @@ class SailMethod(OnlineMethod):
         t, _ = self._tick()
         rows = batch_rows(batch)
         s = self.sail
-        routes = draw_routes(local_uniforms(len(rows)), s.r, s.p, s.g)  # global RNG: restored on resume
-        u_self = local_uniforms(len(rows))
-        gen_rng, oracle_rng = seeded_generator(), seeded_generator()
+        draws = Draws.take(len(rows))  # global RNG: restored on resume, sliced per process
+        routes = draw_routes(draws.routes, s.r, s.p, s.g)
+        u_self = draws.self_label
         self._check_pairs(rows, routes)
         sampled = [i for i, route in enumerate(routes.tolist()) if route in (PP, PR)]
         prompts = [rows[i].prompt for i in sampled]
-        generated = dict(zip(sampled, self._sample(policy, prompts, gen_rng)))
+        generated = dict(zip(sampled, self._sample(policy, prompts, [draws.seeds[i] for i in sampled])))
         texts = dict(zip(sampled, self._prompt_texts(prompts)))
         scored = [Row(r.prompt, generated[i].y1_ids, generated[i].y2_ids, r.id, r.index, None)
                   if i in generated else r for i, r in enumerate(rows)]
@@ -112,11 +112,12 @@ class SailMethod(OnlineMethod):
         labels = None
         if oracle_rows:
             labels = self.oracle.sample([texts[i] for i in oracle_rows], [generated[i].y1_text for i in oracle_rows],
-                                        [generated[i].y2_text for i in oracle_rows], oracle_rng)
+                                        [generated[i].y2_text for i in oracle_rows],
+                                        uniforms=draws.oracle[oracle_rows])
             idx = torch.tensor(oracle_rows, device=device)
             y1_pref = y1_pref.index_put((idx,), labels.y1_preferred.to(device))
         out = sail_loss(h, y1_pref, lp.chosen + lp.rejected, routes, beta=self.beta, coef_dp=s.coef_dp,
-                        coef_pp=s.coef_pp, coef_pr=s.coef_pr)
+                        coef_pp=s.coef_pp, coef_pr=s.coef_pr, all_sum=process_sum)
         self._record(t, rows, routes, sampled, generated, texts, h, y1_pref, oracle_rows, labels)
         metrics = self._metrics(out, lp, ref, routes, y1_pref, sampled)
         per_pair = {"loss": out.per_pair.detach(), "h": out.h_w, "route": routes.float(),

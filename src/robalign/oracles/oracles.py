@@ -88,11 +88,22 @@ class PreferenceOracle(ABC):
         return self.evaluate(prompts, y1, y2).gold
 
     def sample(
-        self, prompts: list[str], y1: list[str], y2: list[str], generator: torch.Generator
+        self, prompts: list[str], y1: list[str], y2: list[str], generator: torch.Generator | None = None,
+        *, uniforms: Tensor | None = None,
     ) -> OracleLabels:
-        """Draw y1 ≻ y2 with probability `prob`, using only `generator` (CPU) for randomness."""
+        """Draw y1 ≻ y2 with probability `prob`: label i is `uniforms[i] < prob_i`.
+
+        The uniforms are given (one per triple: the online methods draw them per pair, so a label does not
+        depend on which other pairs share the batch) or drawn from `generator` (CPU).
+        """
         probs = self.evaluate(prompts, y1, y2)
-        u = torch.rand(probs.observed.shape, generator=generator, dtype=torch.float64)
+        if uniforms is None:
+            if generator is None:
+                raise ValueError("oracle.sample needs a generator or the uniforms")
+            uniforms = torch.rand(probs.observed.shape, generator=generator, dtype=torch.float64)
+        u = uniforms.detach().to("cpu", torch.float64)
+        if u.shape != probs.observed.shape:
+            raise ValueError(f"{u.numel()} uniforms for {probs.observed.numel()} triples")
         return OracleLabels(u < probs.observed, probs.observed, probs.gold)
 
 
