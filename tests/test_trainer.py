@@ -149,3 +149,25 @@ def test_cached_reference_frees_the_copy_and_evaluates_like_live(tmp_path):
         t.step()
     a, b = live.evaluate(), cached.evaluate()
     assert a["eval/margin_h"] == pytest.approx(b["eval/margin_h"], abs=1e-4)
+
+
+def test_sharded_runs_refuse_whole_weight_methods_at_start_up():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from robalign.errors import UserError
+    from robalign.trainer import refuse_sharded_weights
+
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace())
+    zero = lambda stage: SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,  # noqa: E731
+                                         state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage)))
+    gapo = build_config({"method": {"name": "gapo"}})
+    for acc in (fsdp, zero(3)):
+        with pytest.raises(UserError, match="ZeRO-2"):
+            refuse_sharded_weights(acc, gapo)
+    refuse_sharded_weights(zero(2), gapo)  # ZeRO-2 keeps whole weights: allowed
+    refuse_sharded_weights(fsdp, build_config({"method": {"name": "dpo"}}))
+    projected = build_config({"method": {"name": "oracle_robust"}, "oracle_robust": {"projection_radius": 1.0}})
+    with pytest.raises(UserError, match="projection_radius"):
+        refuse_sharded_weights(fsdp, projected)

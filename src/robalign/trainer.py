@@ -77,6 +77,28 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
+def weights_are_sharded(acc) -> bool:
+    """FSDP, or DeepSpeed ZeRO stage 3: no process holds the whole parameters between forwards."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    return acc.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
+
+
+def refuse_sharded_weights(acc, cfg) -> None:
+    """Methods that read or write whole weights between steps refuse sharded runs at start-up, not at step 1."""
+    if not weights_are_sharded(acc):
+        return
+    if cfg.method.name == "gapo":
+        raise UserError("method gapo needs whole weights on every process (the anchor perturbs them and takes one "
+                        "global norm); FSDP / ZeRO-3 shard them. Use DDP or DeepSpeed ZeRO-2 (docs/scaling.md)")
+    if cfg.method.name == "oracle_robust" and cfg.extra["oracle_robust"].projection_radius:
+        raise UserError("oracle_robust.projection_radius projects whole weights; FSDP / ZeRO-3 shard them. Use DDP "
+                        "or ZeRO-2, or set oracle_robust.projection_radius: 0 (docs/scaling.md)")
+
+
 class Trainer:
     """Trains `cfg.method` on preference pairs.
 
@@ -98,6 +120,7 @@ class Trainer:
         seed_everything(tc.seed)
         self.out = Path(tc.output_dir)
         self.method = build_method(cfg.method.name, cfg.method.loss_params(), cfg)
+        refuse_sharded_weights(self.acc, cfg)
         train_pairs, eval_pairs = self._read_data(train_pairs, eval_pairs)  # bad data fails before a model loads
         self._setup_model(model, tokenizer)
         self._setup_data(train_pairs, eval_pairs)
