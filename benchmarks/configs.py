@@ -55,6 +55,12 @@ CONFIGS: dict[str, dict] = {
         "robalign": {"method": "gapo", "overrides": {"gapo.anchor": "first_order"}},
         "what": "GAPO, first-order anchor (forward-mode JVP); ratio to robalign simpo",
     },
+    "gapo_last2": {
+        "model": SMOLLM, "lora": None, "flops": ("full", "none"), "baseline": "simpo",
+        "robalign": {"method": "gapo", "overrides": {"gapo.anchor": "exact", "gapo.scope": "last_k_layers",
+                                                     "gapo.last_k": 2}},
+        "what": "GAPO, exact anchor on the last 2 blocks (probe backward and anchor forward through them only)",
+    },
     "oracle_robust": {
         "model": SMOLLM, "lora": None, "flops": ("full", "live"), "baseline": "dpo_live",
         "robalign": {"method": "oracle_robust"},

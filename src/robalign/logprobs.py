@@ -63,9 +63,18 @@ def completion_hidden_states(model, batch: PreferenceBatch) -> tuple[torch.Tenso
     if pack is not None:
         hidden = body(input_ids=pack.input_ids, attention_mask=pack.attention, position_ids=pack.position_ids,
                       use_cache=False).last_hidden_state
+    else:
+        hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      use_cache=False).last_hidden_state
+    return gather_completion_states(hidden, batch)
+
+
+def gather_completion_states(hidden: torch.Tensor, batch: PreferenceBatch):
+    """(hidden [N, H], targets [N], 2B-row index [N]) at the completion-predicting positions of the body's
+    output `hidden` ([B, T, H] packed rows, or [2B, T, H])."""
+    pack = batch.packed
+    if pack is not None:
         return hidden[pack.source_row, pack.source_pos], pack.targets, pack.seq_row
-    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                  use_cache=False).last_hidden_state
     scored = batch.completion_mask[:, 1:]
     rows = torch.arange(batch.input_ids.shape[0], device=hidden.device)[:, None].expand_as(scored)
     return hidden[:, :-1][scored], batch.input_ids[:, 1:][scored], rows[scored]

@@ -38,14 +38,20 @@ def anchor_step(grads: list[Tensor], weights: list[Tensor] | None, *, rho: float
         δ per tensor, in fp32 or wider (the dtype of `g` promoted with fp32), so that a low-precision
         model still gets an exactly computed step.
     """
+    # Multi-tensor (_foreach) kernels: a 135M-weight scope is ~270 tensors, and each full pass over it
+    # costs ~0.1 s on a 2-core CPU, so the step is one allocation and three passes.
     wide = [g.to(torch.promote_types(g.dtype, torch.float32)) for g in grads]
     if weights is None:
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in wide]))
-        return [rho * g / (norm + eps) for g in wide]  # SAM, Foret et al. 2021 (arXiv 2010.01412)
-    wg = [w.to(g.dtype) * g for w, g in zip(weights, wide)]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in wg]))
-    # ASAM step (Kwon et al. 2021, arXiv 2102.11600) as used by GAPO, SPEC §3 step 2
-    return [rho * w.to(t.dtype) * t / (norm + eps) for w, t in zip(weights, wg)]
+        step = [g.clone() for g in wide]  # SAM, Foret et al. 2021 (arXiv 2010.01412)
+    else:
+        # ASAM step (Kwon et al. 2021, arXiv 2102.11600) as used by GAPO, SPEC §3 step 2
+        w = [w.to(g.dtype) for w, g in zip(weights, wide)]
+        step = torch._foreach_mul(w, wide)  # w ⊙ g
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(step))) if step else torch.zeros(())
+    if weights is not None:
+        torch._foreach_mul_(step, w)  # w ⊙ w ⊙ g
+    torch._foreach_mul_(step, rho / (norm + eps))
+    return step
 
 
 def gapo_loss(margin: Tensor, anchor_margin: Tensor, *, beta: float,

@@ -1,0 +1,75 @@
+"""The anchor forward of a `last_k_layers` scope, from block L−k onwards only.
+
+δ touches only the last k blocks, so everything below them computes the same at θ and θ + δ. The probe
+forward records the input of block L−k (a forward pre-hook, arguments and keyword arguments as the body
+passed them: hidden states, attention mask, position embeddings, …); the anchor then runs only blocks
+L−k…L−1, the body's final norm and the LM head on completion positions. Its margins equal those of a
+full forward at θ + δ (tests/methods/test_gapo_tail.py), at k/L of the cost of the blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from robalign.logprobs import (
+    SequenceLogps,
+    gather_completion_states,
+    reduce_to_sequences,
+    split_body_and_head,
+    token_logps,
+)
+
+_FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+
+
+def final_norm(body: nn.Module) -> nn.Module | None:
+    """The body's norm after the last block (Llama `norm`, GPT-2 `ln_f`, …), None when not recognised."""
+    for name in _FINAL_NORMS:
+        module = getattr(body, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+class TailRecorder:
+    """Records the call of block `start` during a forward (inside `recording()`), to replay the tail."""
+
+    def __init__(self, model, blocks: nn.ModuleList, start: int):
+        self.body, self.head = split_body_and_head(model)
+        self.norm = final_norm(self.body)
+        self.blocks, self.start = blocks, start
+        self.call: tuple[tuple, dict] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.norm is not None
+
+    @contextlib.contextmanager
+    def recording(self):
+        def keep(_module, args, kwargs):
+            self.call = (tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs))
+
+        handle = self.blocks[self.start].register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def sequence_logps(self, batch) -> SequenceLogps:
+        """Completion log-probs from the recorded block input through the (current) last blocks."""
+        if self.call is None:
+            raise RuntimeError("TailRecorder: no recorded forward (run the probe inside recording())")
+        args, kwargs = self.call[0], dict(self.call[1])
+        hidden, rest = args[0] if args else kwargs.pop("hidden_states"), args[1:]
+        for block in self.blocks[self.start:]:
+            out = block(hidden, *rest, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+        hidden, targets, rows = gather_completion_states(self.norm(hidden), batch)
+        return reduce_to_sequences(token_logps(self.head, hidden, targets), rows, batch)
+
+    def clear(self) -> None:
+        self.call = None
