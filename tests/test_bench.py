@@ -37,3 +37,28 @@ def test_bench_refuses_to_mix_settings_in_one_directory(tmp_path, capsys):
 
     with pytest.raises(UserError, match="other settings"):
         _check_settings(spec)
+
+
+def test_sweep_on_the_built_in_task_reports_gold_reward_win_rate_and_kl(tmp_path, capsys):
+    args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo,gapo", "--kinds", "flip",
+            "--rates", "0,0.5", "--seeds", "0", "--steps", "2", "--train-pairs", "8", "--eval-pairs", "4",
+            "--lora-r", "4", "--gen-prompts", "3", "--gen-max-new-tokens", "4", "--out", str(tmp_path)]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "cells" / "dpo-flip-0.5-s0" / "result.json").read_text())
+    for key in ("gold_reward_greedy", "ref_gold_reward_greedy", "win_rate_greedy", "win_rate_sampled", "kl"):
+        assert key in result, key
+    assert 0 <= result["win_rate_greedy"] <= 1 and 0 <= result["gold_reward_greedy"] <= 1
+    # Every cell decodes the same reference on the same prompts: its gold reward is one number.
+    refs = {json.loads(p.read_text())["ref_gold_reward_greedy"] for p in (tmp_path / "cells").glob("*/result.json")}
+    assert len(refs) == 1
+    report = (tmp_path / "report.md").read_text()
+    assert "## gold_reward_greedy" in report and "## kl" in report and "GAPO weights" in report
+    assert (tmp_path / "gold_reward_vs_kl.png").is_file()
+    assert (tmp_path / "gapo_weights_flipped_vs_clean.png").is_file()
+
+
+def test_gen_prompts_need_a_gold_reward(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    assert main(["bench", "robustness", "--data", str(data), "--gen-prompts", "4", "--out", str(tmp_path)]) == 2
+    assert "gold reward" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """`robalign bench robustness`: methods x noise kinds x rates x seeds, each cell cached, with a report.
 
-A cell trains one method on noisy training pairs and evaluates on clean held-out pairs. Its result is
-written to `<out>/cells/<method>-<kind>-<rate>-s<seed>/result.json` when it finishes, so an interrupted
+A cell trains one method on noisy training pairs and evaluates on clean held-out pairs; on the built-in
+task (which has a gold reward) it also decodes held-out prompts with the trained policy and the reference
+(greedy and sampled) for gold reward, gold win rate and KL(π‖π_ref). Its result is written to `<out>/cells/<method>-<kind>-<rate>-s<seed>/result.json` when it finishes, so an interrupted
 sweep resumes where it stopped and re-running one cell with its seed gives the same numbers.
 """
 
@@ -38,6 +39,8 @@ class SweepSpec:
     max_length: int
     lora_r: int
     out: Path
+    gen_prompts: int = 0  # held-out prompts decoded per cell for gold reward / win rate / KL (built-in task)
+    gen_max_new_tokens: int = 32
 
     def cells(self):
         for kind, rate, seed, method in itertools.product(self.kinds, self.rates, self.seeds, self.methods):
@@ -90,6 +93,9 @@ def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, ba
     result = {"method": method, "kind": kind, "rate": rate, "seed": seed, "seconds": time.perf_counter() - t0,
               "flipped": sum(bool(p.is_flipped) for p in noisy), **{k.split("/")[-1]: v for k, v in
                                                                       summary["final"].items()}}
+    if spec.gen_prompts > 0:
+        result.update(_gold_generation(spec, trainer, seed, base))
+        result["seconds"] = time.perf_counter() - t0
     gapo = out / "gapo_summary.json"
     if gapo.is_file():
         result.update({f"gapo_{k}": v for k, v in json.loads(gapo.read_text()).items()
@@ -98,6 +104,30 @@ def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, ba
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(done)
     return result
+
+
+_REFERENCE_DECODES: dict = {}  # the base model's completions, shared by every cell with the same prompts
+
+
+def _gold_generation(spec: SweepSpec, trainer, seed: int, base) -> dict:
+    """Gold reward, win rate against the reference and KL of the trained policy on held-out prompts."""
+    from robalign.evaluate_generation import generation_eval
+    from robalign.tasks.verifiable import VerifiableReward, make_prompts
+
+    prompts = [[{"role": "user", "content": p.text}] for p in make_prompts(spec.gen_prompts, seed=20_000 + seed)]
+    lora = spec.lora_r > 0
+    if not lora and base is None:
+        return {}  # full fine-tuning needs the untouched base model as the reference (run_sweep passes it)
+    reference = None if lora else base[0]
+    cache = _REFERENCE_DECODES.setdefault(spec.model, {})  # the reference's weights never change
+    out = generation_eval(trainer.model, reference, trainer.tokenizer, prompts, VerifiableReward(), n_samples=1,
+                          max_new_tokens=spec.gen_max_new_tokens, seed=seed, adapter_disabled=lora,
+                          reference_cache=cache)
+    names = {"gen/reward_greedy": "gold_reward_greedy", "gen/reward_sampled": "gold_reward_sampled",
+             "gen/ref_reward_greedy": "ref_gold_reward_greedy", "gen/ref_reward_sampled": "ref_gold_reward_sampled",
+             "gen/win_rate_greedy": "win_rate_greedy", "gen/win_rate_sampled": "win_rate_sampled",
+             "gen/kl": "kl"}
+    return {new: out[old] for old, new in names.items()}
 
 
 def run_sweep(spec: SweepSpec) -> list[dict]:
@@ -116,7 +146,9 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
 
 def _check_settings(spec: SweepSpec):
     """Cells are cached by (method, kind, rate, seed) only, so one output directory holds one setting."""
-    keep = {k: v for k, v in vars(spec).items() if k not in ("methods", "kinds", "rates", "seeds", "out")}
+    skip = ("methods", "kinds", "rates", "seeds", "out") + (("gen_prompts", "gen_max_new_tokens")
+                                                             if spec.gen_prompts == 0 else ())
+    keep = {k: v for k, v in vars(spec).items() if k not in skip}
     path = spec.out / "settings.json"
     if path.is_file() and json.loads(path.read_text()) != keep:
         raise UserError(f"bench: {spec.out} holds cells of other settings ({path}); use another --out")
@@ -171,6 +203,58 @@ def plot_accuracy(rows: list[dict], kinds: list[str], path: Path, metric: str):
     plt.close(fig)
 
 
+def plot_gold_vs_kl(results: list[dict], kinds: list[str], path: Path):
+    """Gold reward (greedy) against KL(π‖π_ref), one point per (method, rate) averaged over seeds."""
+    from robalign.plots import _pyplot
+
+    plt = _pyplot()
+    reward, kl = aggregate(results, "gold_reward_greedy"), aggregate(results, "kl")
+    kl_at = {(r["method"], r["kind"], r["rate"]): r["mean"] for r in _with_clean(kl, kinds)}
+    rows = _with_clean(reward, kinds)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for method in sorted({r["method"] for r in rows}):
+            pts = sorted(((kl_at[(method, kind, r["rate"])], r["mean"], r["rate"]) for r in rows
+                          if r["kind"] == kind and r["method"] == method and (method, kind, r["rate"]) in kl_at),
+                         key=lambda pt: pt[2])  # joined in order of noise rate
+            if pts:
+                x, y, rates = zip(*pts)
+                ax.plot(x, y, marker="o", label=method)
+                for xi, yi, rate in pts:
+                    ax.annotate(f"{rate:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        refs = [r["ref_gold_reward_greedy"] for r in results if r.get("ref_gold_reward_greedy") is not None]
+        if refs:
+            ax.axhline(statistics.fmean(refs), color="grey", lw=0.8, ls=":", label="reference")
+        ax.set_title(f"noise: {kind} (labels: rate)")
+        ax.set_xlabel("KL(π‖π_ref) on samples")
+        ax.set_ylabel("gold reward, greedy")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_gapo_weights(results: list[dict], kinds: list[str], path: Path):
+    """GAPO's mean weight on flipped and on clean pairs against the noise rate."""
+    from robalign.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for metric, label in (("gapo_weight_flipped_mean", "flipped"), ("gapo_weight_clean_mean", "clean")):
+            pts = sorted((r["rate"], r["mean"], r["std"]) for r in aggregate(results, metric) if r["kind"] == kind)
+            if pts:
+                x, y, e = zip(*pts)
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label)
+        ax.set_title(f"GAPO weights, noise: {kind}")
+        ax.set_xlabel("noise rate")
+        ax.set_ylabel("mean weight σ(γ − βΓ)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
     spec.out.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for r in results for k in r})
@@ -188,6 +272,22 @@ def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
         plot_accuracy(rows, spec.kinds, spec.out / f"{metric}_vs_noise.png", metric)
         lines += [f"\n## {metric} (mean ± std over seeds)\n", _table(rows, spec.kinds),
                   f"\n![{metric}]({metric}_vs_noise.png)\n"]
+    gold = [m for m in ("gold_reward_greedy", "win_rate_greedy", "kl") if aggregate(results, m)]
+    for metric in gold:
+        lines += [f"\n## {metric} (mean ± std over seeds; held-out prompts, greedy decoding"
+                  f"{'' if metric != 'kl' else ', KL on samples at T = 1'})\n",
+                  _table(aggregate(results, metric), spec.kinds)]
+    if gold:
+        plot_gold_vs_kl(results, spec.kinds, spec.out / "gold_reward_vs_kl.png")
+        lines.append("\n![gold reward vs KL](gold_reward_vs_kl.png)\n")
+    if aggregate(results, "gapo_weight_flipped_mean"):
+        plot_gapo_weights(results, spec.kinds, spec.out / "gapo_weights_flipped_vs_clean.png")
+        lines += ["\n## GAPO weights, flipped vs clean pairs (last half of training; mean ± std over seeds)\n",
+                  _table(aggregate(results, "gapo_weight_flipped_mean"), spec.kinds).replace("| method |",
+                                                                                        "| flipped: method |"),
+                  "", _table(aggregate(results, "gapo_weight_clean_mean"), spec.kinds).replace("| method |",
+                                                                                        "| clean: method |"),
+                  "\n![GAPO weights](gapo_weights_flipped_vs_clean.png)\n"]
     report = spec.out / "report.md"
     report.write_text("\n".join(lines))
     return report
@@ -215,6 +315,17 @@ def _floats(text: str) -> list[float]:
     return vals
 
 
+def _gen_prompts(args) -> int:
+    """--gen-prompts, with -1 = 16 on the built-in task (it has a gold reward) and 0 elsewhere."""
+    if args.gen_prompts == -1:
+        return 16 if args.data == "verifiable" else 0
+    if args.gen_prompts > 0 and args.data != "verifiable":
+        raise UserError("bench: --gen-prompts needs a gold reward, which only --data verifiable has")
+    if args.gen_prompts < 0 or args.gen_max_new_tokens < 1:
+        raise UserError("bench: --gen-prompts must be >= 0 (or -1 = auto) and --gen-max-new-tokens >= 1")
+    return args.gen_prompts
+
+
 def cmd_bench(args) -> int:
     from robalign.data import NOISE_KINDS
     from robalign.methods import METHODS
@@ -229,7 +340,8 @@ def cmd_bench(args) -> int:
     spec = SweepSpec(data=args.data, methods=methods, kinds=kinds, rates=_floats(args.rates),
                      seeds=[int(s) for s in args.seeds.split(",")], model=args.model, steps=args.steps,
                      batch_size=args.batch_size, lr=args.lr, train_pairs=args.train_pairs,
-                     eval_pairs=args.eval_pairs, max_length=args.max_length, lora_r=args.lora_r, out=Path(args.out))
+                     eval_pairs=args.eval_pairs, max_length=args.max_length, lora_r=args.lora_r, out=Path(args.out),
+                     gen_prompts=_gen_prompts(args), gen_max_new_tokens=args.gen_max_new_tokens)
     results = run_sweep(spec)
     report = write_outputs(spec, results)
     print(report.read_text())
@@ -254,5 +366,8 @@ def register_cli(sub):
     p.add_argument("--eval-pairs", type=int, default=64)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--gen-prompts", type=int, default=-1, help="held-out prompts decoded per cell for gold "
+                   "reward, win rate and KL (built-in task only); -1 = 16 there, 0 elsewhere")
+    p.add_argument("--gen-max-new-tokens", type=int, default=32)
     p.add_argument("--out", default="outputs/robustness")
     p.set_defaults(func=cmd_bench)
