@@ -22,6 +22,11 @@ would), and with `reuse_graph` the trainer's backward computes and discards them
 AccumulateGrad nodes skip tensors that no longer require grad); memory grows by two scope-sized buffers
 (δ and the saved originals).
 
+With `scope: last_k_layers` the step is much cheaper: the probe backward stops at block L−k (autograd
+differentiates only toward the scoped weights) and the anchor forward re-runs only the last k blocks from
+the block input recorded during the probe (`robalign.methods.gapo_tail`); ~1.2× a SimPO step for k = 2 of
+30 blocks, against ~2.3× for the whole backbone (docs/benchmarks.md).
+
 Data parallelism costs one extra all-reduce of a scope-sized gradient per micro-batch (the probe's, also
 inside `no_sync` accumulation steps: each micro-batch needs its own global anchor).
 
