@@ -47,6 +47,7 @@ def test_score_ranks_by_weight_and_keeps_the_most_stable(tmp_path, capsys, tiny)
     assert [p.id for p in kept] == [p.id for p in pairs if p.id in top]  # original order
     printed = capsys.readouterr().out
     assert "scored 6 pairs" in printed and "flip AUROC" in printed and "kept the 3" in printed
+    assert "of −margin" in printed
 
 
 def test_score_bad_input_exits_2(tmp_path, capsys):

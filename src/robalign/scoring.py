@@ -128,8 +128,10 @@ def cmd_score(args) -> int:
           f"{sum(r['gap'] for r in rows) / len(rows):.4g}   (ρ {args.radius}, β {args.beta}, γ {args.gamma})")
     auroc = float(flip_auroc_ranked(-weights, flags))
     if not math.isnan(auroc):
+        margins = torch.tensor([r["margin"] for r in rows], dtype=torch.float64)
         print(f"flip AUROC of −weight: {auroc:.4f} ({int((flags == 1).sum())} flipped, "
-              f"{int((flags == 0).sum())} clean)")
+              f"{int((flags == 0).sum())} clean); of −margin: {float(flip_auroc_ranked(-margins, flags)):.4f} "
+              "(the model's own preference: the anchor gap mostly sharpens it)")
     if args.keep_fraction is not None:
         n_keep = max(1, math.ceil(args.keep_fraction * len(ranked)))
         kept = sorted(r["index"] for r in ranked[:n_keep])  # original order of the kept rows
