@@ -61,6 +61,12 @@ CONFIGS: dict[str, dict] = {
                                                      "gapo.last_k": 2}},
         "what": "GAPO, exact anchor on the last 2 blocks (probe backward and anchor forward through them only)",
     },
+    "gapo_first_order_last2": {
+        "model": SMOLLM, "lora": None, "flops": ("full", "none"), "baseline": "simpo",
+        "robalign": {"method": "gapo", "overrides": {"gapo.anchor": "first_order", "gapo.scope": "last_k_layers",
+                                                     "gapo.last_k": 2}},
+        "what": "GAPO, first-order anchor on the last 2 blocks (forward-mode pass through them only)",
+    },
     "oracle_robust": {
         "model": SMOLLM, "lora": None, "flops": ("full", "live"), "baseline": "dpo_live",
         "robalign": {"method": "oracle_robust"},

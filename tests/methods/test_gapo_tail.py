@@ -49,3 +49,21 @@ def test_tail_anchor_equals_full_anchor(tiny, shared_prompt, lora):
     assert g_full.keys() == g_tail.keys()
     for n in g_full:
         assert torch.allclose(g_full[n], g_tail[n], atol=1e-10, rtol=0), n
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_tail_first_order_anchor_equals_full_first_order_anchor(tiny, lora):
+    model = copy.deepcopy(tiny[0]).to(torch.float64)
+    if lora:
+        from robalign.models import apply_lora
+
+        model = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    batch = _batch(tiny[1], True)
+
+    def gap(tail):
+        cfg = GapoConfig(radius=0.5, scope="last_k_layers", last_k=1, anchor="first_order", tail_forward=tail)
+        return GapoMethod(validate_gapo_params({}), cfg).anchor(model, batch).gap
+
+    full, tail = gap(False), gap(True)
+    assert full.abs().min() > 1e-6
+    assert torch.allclose(full, tail, atol=1e-10, rtol=0)

@@ -81,9 +81,9 @@ class GapoConfig:
                      "against the reference model).")
     anchor: str = _f("exact", "'exact' (m(θ+δ) by a forward at perturbed weights) or 'first_order' "
                      "(m + ⟨∇m, δ⟩ by forward-mode differentiation; weights never modified).")
-    tail_forward: bool = _f(True, "With scope 'last_k_layers' and the exact anchor: run only the last k blocks "
-                            "(from the probe's recorded block input) for m(θ+δ); same margins, k/L of the cost. "
-                            "False: a full forward.")
+    tail_forward: bool = _f(True, "With scope 'last_k_layers': run only the last k blocks (from the probe's "
+                            "recorded block input) for m(θ+δ), or for ⟨∇m, δ⟩ with the first-order anchor; same "
+                            "numbers, k/L of the cost. False: a full forward.")
     reuse_graph: bool = _f(True, "Reuse the probe forward for the loss (2 forward + 2 backward); false runs the "
                            "authors' third forward (same result, slower).")
     allow_low_precision_anchor: bool = _f(False, "Allow non-fp32 weights or autocast for the anchor (in bf16 "
@@ -398,7 +398,11 @@ class GapoMethod(Method):
             if tail:
                 tail.clear()
         else:
-            anchor_m = m.detach() + first_order_shift(model, batch, ref, named, delta, c.margin)
+            shift = (tail.first_order_shift(batch, named, delta, lambda lp: margin_of(lp, ref, c.margin)) if tail
+                     else first_order_shift(model, batch, ref, named, delta, c.margin))
+            if tail:
+                tail.clear()
+            anchor_m = m.detach() + shift
             with torch.no_grad():  # what θ + δ would have changed, formed one tensor at a time
                 changed = _changed_fraction((((p.detach().to(d.dtype) + d).to(p.dtype), p.detach())
                                              for p, d in zip(params, delta)), delta)
@@ -409,7 +413,7 @@ class GapoMethod(Method):
     def _tail_recorder(self, model) -> TailRecorder | None:
         """A recorder for the last-k-blocks anchor forward when the scope allows it, else None."""
         c = self.cfg
-        if not (c.tail_forward and c.anchor == "exact" and c.scope == "last_k_layers"):
+        if not (c.tail_forward and c.scope == "last_k_layers"):
             return None
         blocks = _decoder_layers(split_body_and_head(model)[0])
         recorder = TailRecorder(model, blocks, max(len(blocks) - c.last_k, 0))

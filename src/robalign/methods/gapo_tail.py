@@ -4,7 +4,8 @@
 forward records the input of block L−k (a forward pre-hook, arguments and keyword arguments as the body
 passed them: hidden states, attention mask, position embeddings, …); the anchor then runs only blocks
 L−k…L−1, the body's final norm and the LM head on completion positions. Its margins equal those of a
-full forward at θ + δ (tests/methods/test_gapo_tail.py), at k/L of the cost of the blocks.
+full forward at θ + δ (tests/methods/test_gapo_tail.py), at k/L of the cost of the blocks. The first-order
+anchor uses the same tail: one forward-mode pass through the last k blocks gives ⟨∇m_i, δ⟩.
 """
 
 from __future__ import annotations
@@ -61,12 +62,37 @@ class TailRecorder:
     @torch.no_grad()
     def sequence_logps(self, batch) -> SequenceLogps:
         """Completion log-probs from the recorded block input through the (current) last blocks."""
+        return self._run(batch, lambda _k, block, *args, **kwargs: block(*args, **kwargs))
+
+    def first_order_shift(self, batch, named, delta, margin_fn) -> torch.Tensor:
+        """[B] ⟨∇m_i, δ⟩ through the last blocks only (forward-mode, δ as the tangent; nothing written)."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        local = {id(p): (k, n) for k, block in enumerate(self.blocks[self.start:])
+                 for n, p in block.named_parameters()}
+        where = [local[id(p)] for _, p in named]  # a last_k_layers scope lies inside the tail
+        primals = tuple(p.detach() for _, p in named)
+        tangents = tuple(d.to(p.dtype) for d, p in zip(delta, primals))
+
+        def margin_at(*weights):
+            per_block: list[dict] = [{} for _ in self.blocks[self.start:]]
+            for (k, name), w in zip(where, weights):
+                per_block[k][name] = w
+            return margin_fn(self._run(batch, lambda k, block, *args, **kwargs: torch.func.functional_call(
+                block, per_block[k], args, kwargs)))
+
+        # SDPA's fused kernels have no forward derivative; the math kernel does.
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            _, shift = torch.func.jvp(margin_at, primals, tangents)
+        return shift
+
+    def _run(self, batch, call_block) -> SequenceLogps:
         if self.call is None:
             raise RuntimeError("TailRecorder: no recorded forward (run the probe inside recording())")
         args, kwargs = self.call[0], dict(self.call[1])
         hidden, rest = args[0] if args else kwargs.pop("hidden_states"), args[1:]
-        for block in self.blocks[self.start:]:
-            out = block(hidden, *rest, **kwargs)
+        for k, block in enumerate(self.blocks[self.start:]):
+            out = call_block(k, block, hidden, *rest, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
         hidden, targets, rows = gather_completion_states(self.norm(hidden), batch)
         return reduce_to_sequences(token_logps(self.head, hidden, targets), rows, batch)
