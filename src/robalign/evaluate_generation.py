@@ -36,13 +36,12 @@ import torch
 from robalign.data.collate import collate
 from robalign.data.tokenize import TokenizedPair, render
 
-# Package-internal helpers of the training sampler: evaluation samples follow exactly the same
-# generation config (every sampling knob pinned), EOS rules and RNG handling as training samples.
+# Evaluation samples follow exactly the training sampler's generation config, EOS rules and RNG handling.
 from robalign.generation import (
     RowSampler,
-    _decode,
-    _generation_config,
     cut_at_stop,
+    decode_completion,
+    greedy_config,
     left_pad,
     stop_token_ids,
     unwrap,
@@ -99,8 +98,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], *, n:
     device = next(net.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = stop_token_ids(tokenizer, net)
-    config = _generation_config(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, pad_id=pad_id,
-                                stop_ids=stops)
+    config = greedy_config(max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stops)
     out = Completions([], [])
     was_training = net.training
     net.eval()
@@ -119,7 +117,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], *, n:
             for i in range(len(chunk)):
                 got = [cut_at_stop(new[i * n + k], stops) for k in range(n)]
                 out.ids.append(got)
-                out.texts.append([_decode(tokenizer, g, stops) for g in got])
+                out.texts.append([decode_completion(tokenizer, g, stops) for g in got])
     finally:
         net.train(was_training)
     return out

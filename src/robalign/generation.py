@@ -78,19 +78,18 @@ def stop_token_ids(tokenizer, model=None) -> set[int]:
     return ids
 
 
-def _generation_config(*, temperature: float, top_p: float, max_new_tokens: int, pad_id: int,
-                       stop_ids: set[int]):
+def greedy_config(*, max_new_tokens: int, pad_id: int, stop_ids: set[int]):
+    """Greedy decoding with the KV cache; sampling is `RowSampler`'s, on top of it.
+
+    Every knob that could reshape the scores is pinned: unset ones would be filled from the model's own
+    generation_config (e.g. a checkpoint's repetition penalty), and the samples would no longer come from
+    π_θ at the stated temperature.
+    """
     from transformers import GenerationConfig
 
-    sample = temperature > 0
-    # Every sampling knob is set explicitly: unset ones would be filled from the model's own
-    # generation_config (e.g. a checkpoint's top_k or repetition penalty), and the samples would no
-    # longer come from π_θ at the stated temperature.
-    knobs = dict(top_k=0, top_p=top_p, temperature=temperature) if sample else {}
-    return GenerationConfig(do_sample=sample, max_new_tokens=max_new_tokens, num_return_sequences=1,
+    return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, num_return_sequences=1,
                             num_beams=1, use_cache=True, pad_token_id=pad_id, eos_token_id=sorted(stop_ids),
-                            typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
-                            min_new_tokens=0, epsilon_cutoff=0.0, eta_cutoff=0.0, **knobs)
+                            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0)
 
 
 class RowSampler:
@@ -154,8 +153,7 @@ def generate_pairs(model, tokenizer, prompts: Sequence[Sequence[int]], *, temper
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     # Greedy decoding over RowSampler's one-hot scores is per-seed sampling; temperature 0 is plain greedy.
-    config = _generation_config(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, pad_id=pad_id,
-                                stop_ids=stops)
+    config = greedy_config(max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stops)
     processors = [RowSampler(seeds, temperature, top_p)] if temperature > 0 else []
     was_training = net.training
     net.eval()
@@ -192,11 +190,12 @@ def split_pairs(sequences: torch.Tensor, padded: torch.Tensor, prompts: Sequence
     pairs = []
     for i, prompt in enumerate(prompts):
         y1, y2 = cut_at_stop(new[2 * i], stop_ids), cut_at_stop(new[2 * i + 1], stop_ids)
-        pairs.append(GeneratedPair(list(prompt), y1, y2, _decode(tokenizer, y1, stop_ids),
-                                   _decode(tokenizer, y2, stop_ids)))
+        pairs.append(GeneratedPair(list(prompt), y1, y2, decode_completion(tokenizer, y1, stop_ids),
+                                   decode_completion(tokenizer, y2, stop_ids)))
     return pairs
 
 
-def _decode(tokenizer, ids: list[int], stop_ids: set[int]) -> str:
+def decode_completion(tokenizer, ids: list[int], stop_ids: set[int]) -> str:
+    """The completion's text without its stop token and special tokens."""
     body = ids[:-1] if ids and ids[-1] in stop_ids else ids
     return tokenizer.decode(body, skip_special_tokens=True)
