@@ -62,3 +62,15 @@ def test_gen_prompts_need_a_gold_reward(tmp_path, capsys):
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
     assert main(["bench", "robustness", "--data", str(data), "--gen-prompts", "4", "--out", str(tmp_path)]) == 2
     assert "gold reward" in capsys.readouterr().err
+
+
+def test_sweep_on_model_sampled_pairs_caches_the_sampled_set(tmp_path, capsys):
+    args = ["bench", "robustness", "--data", "verifiable-sampled", "--model", "tiny-llama", "--methods", "dpo",
+            "--kinds", "flip", "--rates", "0.5", "--seeds", "0", "--steps", "2", "--train-pairs", "8",
+            "--eval-pairs", "4", "--max-length", "96", "--gen-prompts", "2", "--gen-max-new-tokens", "4",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    files = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert len(files) == 2 and all("verifiable-sampled" in f for f in files)
+    result = json.loads((tmp_path / "cells" / "dpo-flip-0.5-s0" / "result.json").read_text())
+    assert result["flipped"] == 4 and "gold_reward_greedy" in result

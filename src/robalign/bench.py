@@ -25,7 +25,7 @@ METHOD_DEFAULTS = {"cdpo": {"epsilon": 0.2}, "rdpo": {"epsilon": 0.2}, "robust":
 
 @dataclass
 class SweepSpec:
-    data: str  # a preference file, or "verifiable" for the built-in task
+    data: str  # a preference file, "verifiable" or "verifiable-sampled" (the built-in task)
     methods: list[str]
     kinds: list[str]
     rates: list[float]
@@ -53,10 +53,21 @@ def cell_dir(spec: SweepSpec, method, kind, rate, seed) -> Path:
     return spec.out / "cells" / f"{method}-{kind}-{rate:g}-s{seed}"
 
 
-def _data_split(spec: SweepSpec, seed: int):
+GOLD_TASKS = ("verifiable", "verifiable-sampled")  # built-in data with a gold reward
+
+
+def _data_split(spec: SweepSpec, seed: int, base=None):
     """(train, eval) pairs of one seed; the eval split is clean and disjoint from training."""
     from robalign.data import load_pairs, train_eval_split
 
+    if spec.data == "verifiable-sampled":  # responses sampled from the (untrained) model, cached
+        from robalign.models import load_model_and_tokenizer
+        from robalign.tasks.sampled import cache_sampled_pairs
+
+        model, tok = base if base is not None else load_model_and_tokenizer(spec.model)
+        folder = spec.out / "data"
+        return (cache_sampled_pairs(folder, spec.model, model, tok, spec.train_pairs, seed),
+                cache_sampled_pairs(folder, spec.model, model, tok, spec.eval_pairs, 10_000 + seed))
     if spec.data == "verifiable":
         from robalign.tasks.verifiable import make_preference_pairs
 
@@ -76,7 +87,7 @@ def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, ba
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    train, held = _data_split(spec, seed)
+    train, held = _data_split(spec, seed, base)
     noisy = inject_noise(train, kind, rate, seed)
     cfg = build_config({
         "model": {"name": spec.model, "lora_r": spec.lora_r},
@@ -318,9 +329,9 @@ def _floats(text: str) -> list[float]:
 def _gen_prompts(args) -> int:
     """--gen-prompts, with -1 = 16 on the built-in task (it has a gold reward) and 0 elsewhere."""
     if args.gen_prompts == -1:
-        return 16 if args.data == "verifiable" else 0
-    if args.gen_prompts > 0 and args.data != "verifiable":
-        raise UserError("bench: --gen-prompts needs a gold reward, which only --data verifiable has")
+        return 16 if args.data in GOLD_TASKS else 0
+    if args.gen_prompts > 0 and args.data not in GOLD_TASKS:
+        raise UserError(f"bench: --gen-prompts needs a gold reward, which only --data {'/'.join(GOLD_TASKS)} has")
     if args.gen_prompts < 0 or args.gen_max_new_tokens < 1:
         raise UserError("bench: --gen-prompts must be >= 0 (or -1 = auto) and --gen-max-new-tokens >= 1")
     return args.gen_prompts
@@ -335,8 +346,9 @@ def cmd_bench(args) -> int:
     bad = [m for m in methods if m not in METHODS] + [k for k in kinds if k not in NOISE_KINDS]
     if bad:
         raise UserError(f"bench: unknown method or noise kind {bad}")
-    if args.data != "verifiable" and not Path(args.data).exists():
-        raise UserError(f"bench: --data {args.data} not found (a preference file or 'verifiable')")
+    if args.data not in GOLD_TASKS and not Path(args.data).exists():
+        raise UserError(f"bench: --data {args.data} not found (a preference file, 'verifiable' or "
+                        "'verifiable-sampled')")
     spec = SweepSpec(data=args.data, methods=methods, kinds=kinds, rates=_floats(args.rates),
                      seeds=[int(s) for s in args.seeds.split(",")], model=args.model, steps=args.steps,
                      batch_size=args.batch_size, lr=args.lr, train_pairs=args.train_pairs,
@@ -353,7 +365,8 @@ def register_cli(sub):
 
     p = sub.add_parser("bench", help="benchmarks: `robalign bench robustness` sweeps methods under noise")
     p.add_argument("which", choices=["robustness"])
-    p.add_argument("--data", default="verifiable", help="preference file, or 'verifiable' (built-in task)")
+    p.add_argument("--data", default="verifiable", help="preference file, 'verifiable' (built-in task, written "
+                   "responses) or 'verifiable-sampled' (built-in task, responses sampled from --model, cached)")
     p.add_argument("--methods", default="dpo,cdpo,rdpo,ipo,simpo,hypo,sympo,drdpo,robust,gapo")
     p.add_argument("--kinds", default="flip,length,margin")
     p.add_argument("--rates", default="0,0.1,0.2,0.3,0.4")
