@@ -74,3 +74,34 @@ def test_sweep_on_model_sampled_pairs_caches_the_sampled_set(tmp_path, capsys):
     assert len(files) == 2 and all("verifiable-sampled" in f for f in files)
     result = json.loads((tmp_path / "cells" / "dpo-flip-0.5-s0" / "result.json").read_text())
     assert result["flipped"] == 4 and "gold_reward_greedy" in result
+
+
+def test_cell_lock_lets_one_process_train_a_cell_and_takes_over_stale_locks(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from robalign.bench import cell_lock
+
+    cell = tmp_path / "cells" / "dpo-flip-0-s0"
+    with cell_lock(cell) as mine:
+        assert mine and (cell / ".lock").read_text() == str(os.getpid())
+        with cell_lock(cell) as again:  # held by a live process (this one): not ours
+            assert not again
+    assert not (cell / ".lock").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (cell / ".lock").write_text(dead.stdout.strip())  # left by a process that no longer runs
+    with cell_lock(cell) as mine:
+        assert mine
+
+
+def test_a_killed_cell_is_retrained_from_scratch(tmp_path, capsys):
+    args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "gapo", "--kinds", "flip", "--rates",
+            "0.25", "--seeds", "0", "--steps", "2", "--train-pairs", "8", "--eval-pairs", "4", "--gen-prompts", "0",
+            "--out", str(tmp_path)]
+    cell = tmp_path / "cells" / "gapo-flip-0.25-s0"
+    cell.mkdir(parents=True)
+    (cell / "pairs.jsonl").write_text('{"step": 1, "weight": 0.5}\n{"step": 2, "wei')  # cut by a kill
+    assert main(args) == 0
+    result = json.loads((cell / "result.json").read_text())
+    assert result["gapo_pairs"] > 0 and not (cell / ".lock").exists()

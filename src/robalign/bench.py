@@ -8,11 +8,14 @@ sweep resumes where it stopped and re-running one cell with its seed gives the s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import itertools
 import json
 import math
+import os
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -78,15 +81,69 @@ def _data_split(spec: SweepSpec, seed: int, base=None):
     return train[:spec.train_pairs], held[:spec.eval_pairs]
 
 
-def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base=None) -> dict:
-    from robalign.config import build_config
-    from robalign.data import inject_noise
-    from robalign.trainer import Trainer
+def _holder_alive(lock: Path) -> bool:
+    try:
+        os.kill(int(lock.read_text().strip() or "0"), 0)
+    except (ValueError, ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:
+        return True  # a live process of another user
+    return True
 
+
+@contextlib.contextmanager
+def cell_lock(out: Path):
+    """Yields True while this process holds `<cell>/.lock`, False when another live process does.
+
+    Several sweep processes may share an output directory (e.g. one per seed); each cell is then trained
+    by exactly one of them. A lock left by a killed process (its PID no longer runs on this machine) is
+    taken over.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            if _holder_alive(lock):
+                yield False
+                return
+            lock.unlink(missing_ok=True)  # stale
+    else:
+        yield False
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(os.getpid()))
+    try:
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base=None) -> dict | None:
+    """The cell's result: read from its cache, or trained now; None while another process trains it."""
     out = cell_dir(spec, method, kind, rate, seed)
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    with cell_lock(out) as mine:
+        if not mine:
+            return None
+        if done.is_file():  # finished by another process between the check and the lock
+            return json.loads(done.read_text())
+        for leftover in out.iterdir():  # what a killed run left behind
+            if leftover.name != ".lock":
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        return _train_cell(spec, method, kind, rate, seed, base, out)
+
+
+def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base, out: Path) -> dict:
+    from robalign.config import build_config
+    from robalign.data import inject_noise
+    from robalign.trainer import Trainer
+
+    done = out / "result.json"
     train, held = _data_split(spec, seed, base)
     noisy = inject_noise(train, kind, rate, seed)
     cfg = build_config({
@@ -149,9 +206,15 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
     _check_settings(spec)
     cells = list(spec.cells())
     base = load_model_and_tokenizer(spec.model)
-    results = []
+    results, elsewhere = [], 0
     for cell in tqdm(cells, desc="robustness sweep", unit="cell"):
-        results.append(run_cell(spec, *cell, base=base))
+        result = run_cell(spec, *cell, base=base)
+        if result is None:
+            elsewhere += 1
+        else:
+            results.append(result)
+    if elsewhere:
+        print(f"{elsewhere} cell(s) are being trained by another process; re-run to include them in the report")
     return results
 
 
