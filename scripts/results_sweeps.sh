@@ -19,7 +19,8 @@ wait
 GEN="--data verifiable --methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3 --steps 16 --batch-size 4 \
  --lr 5e-4 --train-pairs 256 --eval-pairs 64 --max-length 192 --gen-prompts 16 --gen-max-new-tokens 32 \
  --out outputs/results/verifiable-gen"
-( for s in 0 1; do $R bench robustness $GEN --seeds $s; done ) > outputs/results/verifiable-gen.log 2>&1 &
-( $R bench robustness $GEN --seeds 2 ) > outputs/results/verifiable-gen-2.log 2>&1 &
+# Two workers share the directory: each cell is locked by the one that trains it.
+$R bench robustness $GEN --seeds 0,1,2 > outputs/results/verifiable-gen.log 2>&1 &
+sleep 30; $R bench robustness $GEN --seeds 0,1,2 > outputs/results/verifiable-gen-2.log 2>&1 &
 wait
-$R bench robustness $GEN --seeds 0,1,2 > /dev/null  # the report over every finished cell
+$R bench robustness $GEN --seeds 0,1,2 > /dev/null  # the report over all cells (all cached by now)
