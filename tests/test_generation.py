@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_pairs
 from robalign.data.tokenize import tokenize_pairs
-from robalign.generation import RowSampler, cut_at_stop, generate_pairs, left_pad, split_pairs
+from robalign.generation import RowSampler, cut_at_stop, generate_pairs, left_pad, split_rows
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +56,13 @@ def test_reordered_generate_rows_are_rejected(tiny, prompts, monkeypatch):
         generate_pairs(model, tok, prompts, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
 
 
-def test_split_pairs_pairs_rows_two_by_two(tiny):
+def test_split_rows_groups_rows_two_by_two(tiny):
     _, tok = tiny
     prompts = [[5, 6], [7]]
     padded, _ = left_pad(prompts, tok.pad_token_id)
     new = torch.tensor([[10, 11], [12, 13], [20, 21], [22, 23]])
-    out = split_pairs(torch.cat([padded.repeat_interleave(2, 0), new], 1), padded, prompts, tok, {999})
-    assert [(p.prompt_ids, p.y1_ids, p.y2_ids) for p in out] == [([5, 6], [10, 11], [12, 13]),
-                                                                  ([7], [20, 21], [22, 23])]
+    out = split_rows(torch.cat([padded.repeat_interleave(2, 0), new], 1), padded, 2, {999})
+    assert out == [[[10, 11], [12, 13]], [[20, 21], [22, 23]]]
 
 
 def test_sampling_is_deterministic_under_a_seed_and_leaves_the_global_rng_alone(tiny, prompts):
@@ -162,3 +161,14 @@ def test_row_sampler_draws_from_the_tempered_nucleus_distribution():
     expected /= expected.sum()
     assert counts[~keep].sum() == 0
     assert torch.allclose(counts, expected, atol=4 * math.sqrt(0.25 / n))
+
+
+def test_greedy_decoding_draws_nothing_from_the_global_rng(tiny, prompts):
+    from robalign.evaluate_generation import sample_completions
+
+    model, tok = tiny
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    generate_pairs(model, tok, prompts, temperature=0.0, max_new_tokens=3)
+    sample_completions(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=3)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -38,15 +38,13 @@ from robalign.data.tokenize import TokenizedPair, render
 
 # Evaluation samples follow exactly the training sampler's generation config, EOS rules and RNG handling.
 from robalign.generation import (
-    RowSampler,
-    cut_at_stop,
     decode_completion,
-    greedy_config,
-    left_pad,
+    draw_seeds,
+    sample_rows,
     stop_token_ids,
-    unwrap,
 )
 from robalign.logprobs import sequence_logps
+from robalign.policy import unwrap_policy
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]
 
@@ -86,40 +84,22 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], *, n:
                        batch_size: int = 8) -> Completions:
     """n completions per prompt from `model`, KV-cached and batched (`batch_size` prompts per call).
 
-    The per-row rules are `robalign.generation.generate_pairs`'s (left padding, rows checked against their
-    prompts, completion cut after its first stop token); only the number of rows per prompt differs.
+    Each chunk is one `robalign.generation.sample_rows` call (left padding, rows checked against their
+    prompts, completion cut after its first stop token), as `generate_pairs` is with n = 2.
 
     Args:
         temperature: 0 decodes greedily (then all n completions are equal: pass n=1).
         generator: one seed per prompt is drawn from it (None: from the global RNG); a prompt's
             samples depend only on its seed (`robalign.generation.RowSampler`).
     """
-    net = unwrap(model)
-    device = next(net.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stops = stop_token_ids(tokenizer, net)
-    config = greedy_config(max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stops)
+    stops = stop_token_ids(tokenizer, unwrap_policy(model))
     out = Completions([], [])
-    was_training = net.training
-    net.eval()
-    try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            seeds = torch.randint(2**62, (len(chunk),), generator=generator).tolist()
-            ids, mask = left_pad(chunk, pad_id)
-            ids, mask = ids.repeat_interleave(n, dim=0).to(device), mask.repeat_interleave(n, dim=0).to(device)
-            processors = [RowSampler(seeds, temperature, top_p, rows_per_seed=n)] if temperature > 0 else []
-            rows = net.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                logits_processor=processors)
-            if rows.shape[0] != ids.shape[0] or not torch.equal(rows[:, :ids.shape[1]], ids):
-                raise ValueError("generate returned rows that do not match their prompts")
-            new = rows[:, ids.shape[1]:].cpu().tolist()
-            for i in range(len(chunk)):
-                got = [cut_at_stop(new[i * n + k], stops) for k in range(n)]
-                out.ids.append(got)
-                out.texts.append([decode_completion(tokenizer, g, stops) for g in got])
-    finally:
-        net.train(was_training)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        rows = sample_rows(model, tokenizer, chunk, n=n, seeds=draw_seeds(len(chunk), temperature, generator),
+                           temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        out.ids += rows
+        out.texts += [[decode_completion(tokenizer, y, stops) for y in got] for got in rows]
     return out
 
 
@@ -135,7 +115,7 @@ def completion_logps(model, prompts: Sequence[Sequence[int]], completions: Seque
     """
     out = torch.zeros(len(completions), dtype=torch.float64)
     live = [k for k, c in enumerate(completions) if len(c) > 0]
-    net = unwrap(model)
+    net = unwrap_policy(model)
     was_training = net.training
     net.eval()
     try:
@@ -168,7 +148,7 @@ def _rewards(reward_fn: RewardFn, prompt_texts: list[str], completions: list[lis
 def _reference_scope(policy, reference, adapter_disabled: bool):
     """Yields the reference model: `policy` with its adapters off, or the given model."""
     if adapter_disabled:
-        with unwrap(policy).disable_adapter():
+        with unwrap_policy(policy).disable_adapter():
             yield policy
     else:
         yield reference
@@ -226,7 +206,7 @@ def generation_eval(policy, reference, tokenizer, prompts: Sequence, reward_fn: 
     """
     if adapter_disabled == (reference is not None):
         raise ValueError("give a reference model or adapter_disabled=True (exactly one)")
-    if adapter_disabled and not hasattr(unwrap(policy), "disable_adapter"):
+    if adapter_disabled and not hasattr(unwrap_policy(policy), "disable_adapter"):
         raise ValueError("adapter_disabled=True needs a PEFT policy (it has no disable_adapter())")
     if not prompts:
         raise ValueError("generation_eval needs at least one prompt")

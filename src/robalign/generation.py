@@ -6,8 +6,8 @@ are checked against their prompts before they are split into pairs, so a sample 
 with another example's prompt (the official SAIL code paired generations with shuffled prompts).
 
 Randomness: every prompt has its own seed, and its two samples are drawn by Gumbel-max from a CPU
-generator seeded with it (`RowSampler`, a logits processor on top of greedy decoding): argmax of
-log-softmax(logits / T) restricted to the top-p nucleus, plus Gumbel noise, is an exact sample of the
+generator seeded with it (`RowSampler`, a logits processor on top of greedy decoding): the argmax of
+logits / T restricted to the top-p nucleus, plus Gumbel noise, is an exact sample of the
 same distribution HF's multinomial sampling draws from. A prompt's samples therefore depend only on its
 seed and its own logits, never on which other prompts share the batch, so N processes that each
 generate a slice of a global batch draw what one process generating the whole batch draws (the
@@ -37,11 +37,6 @@ class GeneratedPair(NamedTuple):
     y2_ids: list[int]
     y1_text: str
     y2_text: str
-
-
-def unwrap(model):
-    """The Hugging Face (or PEFT) model under DDP / `PolicyLM` wrappers (which have no `generate`)."""
-    return unwrap_policy(model)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,22 +108,78 @@ class RowSampler:
         scores = scores.float()
         for warp in self.warpers:
             scores = warp(input_ids, scores)
-        logp = torch.log_softmax(scores, dim=-1)
         u = torch.cat([torch.rand((self.rows_per_seed, scores.shape[-1]), generator=g)
                        for g in self.generators]).to(scores.device)
-        pick = (logp - torch.log(-torch.log(u))).argmax(dim=-1, keepdim=True)  # Gumbel-max
+        # Gumbel-max; the log-softmax normaliser is one constant per row, so the argmax needs no softmax.
+        pick = (scores - torch.log(-torch.log(u))).argmax(dim=-1, keepdim=True)
         return torch.full_like(scores, -math.inf).scatter_(1, pick, 0.0)
 
 
+def draw_seeds(n: int, temperature: float, generator: torch.Generator | None) -> list[int]:
+    """n per-prompt seeds from `generator` (None: the global RNG); greedy decoding needs and draws none."""
+    if temperature <= 0:
+        return [0] * n
+    return torch.randint(2**62, (n,), generator=generator).tolist()
+
+
 @torch.no_grad()
+def sample_rows(model, tokenizer, prompts: Sequence[Sequence[int]], *, n: int, seeds: Sequence[int],
+                temperature: float, top_p: float, max_new_tokens: int) -> list[list[list[int]]]:
+    """n completions per prompt (ids, cut after the first stop token) from one batched, KV-cached
+    `generate` call; prompt i's rows are n·i … n·i + n − 1 and are sampled from `seeds[i]`.
+
+    The model is put in eval mode for the call, then back in the mode it was in.
+    """
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    net = unwrap_policy(model)
+    device = next(net.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_token_ids(tokenizer, net)
+    ids, mask = left_pad(prompts, pad_id)
+    # Greedy decoding over RowSampler's one-hot scores is per-seed sampling; temperature 0 is plain greedy.
+    config = greedy_config(max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stops)
+    processors = [RowSampler(seeds, temperature, top_p, rows_per_seed=n)] if temperature > 0 else []
+    was_training = net.training
+    net.eval()
+    try:
+        # Each prompt n times in a row (what num_return_sequences=n does, but valid for greedy decoding too).
+        out = net.generate(input_ids=ids.repeat_interleave(n, dim=0).to(device),
+                           attention_mask=mask.repeat_interleave(n, dim=0).to(device), generation_config=config,
+                           logits_processor=processors)
+    finally:
+        net.train(was_training)
+    return split_rows(out, ids, n, stops)
+
+
+def split_rows(sequences: torch.Tensor, padded: torch.Tensor, n: int, stop_ids: set[int]) -> list[list[list[int]]]:
+    """Splits generate's [n·N, P + new] output into N lists of n completions, checking every row's prompt.
+
+    Args:
+        sequences: [n·N, P + new]; rows n·i … n·i + n − 1 are the samples of prompt i.
+        padded: [N, P] the left-padded prompts that were passed to generate.
+        n: rows per prompt.
+        stop_ids: the tokens that end a completion.
+
+    Raises:
+        ValueError: a row does not start with its own prompt, i.e. the rows were reordered and pairing
+            them would silently train on samples of other prompts.
+    """
+    count, width = padded.shape
+    expected = padded.repeat_interleave(n, dim=0).to(sequences.device)
+    if sequences.shape[0] != n * count or not torch.equal(sequences[:, :width], expected):
+        raise ValueError("generate returned rows that do not match their prompts (pairing would be scrambled)")
+    new = sequences[:, width:].cpu().tolist()
+    return [[cut_at_stop(new[n * i + k], stop_ids) for k in range(n)] for i in range(count)]
+
+
 def generate_pairs(model, tokenizer, prompts: Sequence[Sequence[int]], *, temperature: float = 0.9,
                    top_p: float = 1.0, max_new_tokens: int = 64, generator: torch.Generator | None = None,
                    seeds: Sequence[int] | None = None) -> list[GeneratedPair]:
-    """Two samples per prompt from `model`, in one batched, KV-cached `generate` call.
+    """Two samples per prompt from `model`, in one batched, KV-cached `generate` call (`sample_rows`).
 
     Args:
-        model: a causal LM (a PEFT or DDP wrapper is fine). Put in eval mode for the call, then back
-            in the mode it was in.
+        model: a causal LM (a PEFT or DDP wrapper is fine).
         tokenizer: gives the pad and EOS ids and decodes the texts.
         prompts: N prompt id lists (e.g. the prompt rows of a `PreferenceBatch`).
         temperature: sampling temperature; 0 decodes greedily (both samples are then equal).
@@ -142,57 +193,12 @@ def generate_pairs(model, tokenizer, prompts: Sequence[Sequence[int]], *, temper
     """
     if not prompts:
         return []
-    if seeds is None:
-        seeds = torch.randint(2**62, (len(prompts),), generator=generator).tolist()
-    if len(seeds) != len(prompts):
-        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-    net = unwrap(model)
-    device = next(net.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stops = stop_token_ids(tokenizer, net)
-    ids, mask = left_pad(prompts, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    # Greedy decoding over RowSampler's one-hot scores is per-seed sampling; temperature 0 is plain greedy.
-    config = greedy_config(max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stops)
-    processors = [RowSampler(seeds, temperature, top_p)] if temperature > 0 else []
-    was_training = net.training
-    net.eval()
-    try:
-        # Each prompt twice in a row: rows 2i and 2i+1 are prompt i's samples (what
-        # num_return_sequences=2 does, but valid for greedy decoding too).
-        out = net.generate(input_ids=ids.repeat_interleave(2, dim=0), attention_mask=mask.repeat_interleave(2, dim=0),
-                           generation_config=config, logits_processor=processors)
-    finally:
-        net.train(was_training)
-    return split_pairs(out, ids, prompts, tokenizer, stops)
-
-
-def split_pairs(sequences: torch.Tensor, padded: torch.Tensor, prompts: Sequence[Sequence[int]], tokenizer,
-                stop_ids: set[int]) -> list[GeneratedPair]:
-    """Splits generate's [2N, P + new] output into N pairs, checking every row against its prompt.
-
-    Args:
-        sequences: [2N, P + new] rows 2i and 2i+1 are the two samples of prompt i.
-        padded: [N, P] the left-padded prompts that were passed to generate.
-        prompts: the N unpadded prompts.
-        tokenizer: decodes the texts.
-        stop_ids: the tokens that end a completion.
-
-    Raises:
-        ValueError: a row does not start with its own prompt, i.e. the rows were reordered and pairing
-            them would silently train on samples of other prompts.
-    """
-    n, width = padded.shape
-    expected = padded.repeat_interleave(2, dim=0).to(sequences.device)
-    if sequences.shape[0] != 2 * n or not torch.equal(sequences[:, :width], expected):
-        raise ValueError("generate returned rows that do not match their prompts (pairing would be scrambled)")
-    new = sequences[:, width:].cpu().tolist()
-    pairs = []
-    for i, prompt in enumerate(prompts):
-        y1, y2 = cut_at_stop(new[2 * i], stop_ids), cut_at_stop(new[2 * i + 1], stop_ids)
-        pairs.append(GeneratedPair(list(prompt), y1, y2, decode_completion(tokenizer, y1, stop_ids),
-                                   decode_completion(tokenizer, y2, stop_ids)))
-    return pairs
+    seeds = draw_seeds(len(prompts), temperature, generator) if seeds is None else seeds
+    rows = sample_rows(model, tokenizer, prompts, n=2, seeds=seeds, temperature=temperature, top_p=top_p,
+                       max_new_tokens=max_new_tokens)
+    stops = stop_token_ids(tokenizer, unwrap_policy(model))
+    return [GeneratedPair(list(prompt), y1, y2, decode_completion(tokenizer, y1, stops),
+                          decode_completion(tokenizer, y2, stops)) for prompt, (y1, y2) in zip(prompts, rows)]
 
 
 def decode_completion(tokenizer, ids: list[int], stop_ids: set[int]) -> str:

@@ -44,7 +44,6 @@ from safetensors.torch import load_file, save_file
 from robalign.checkpoint import trainable_state
 from robalign.config import _check, _choice, _f, register_section
 from robalign.errors import UserError
-from robalign.generation import unwrap
 from robalign.logprobs import sequence_logps
 from robalign.losses.offline import _noise_rate, _positive
 from robalign.losses.online import OnlineLossOutput, oracle_robust_loss
@@ -64,6 +63,7 @@ from robalign.methods.online import (
     section,
     take_params,
 )
+from robalign.policy import unwrap_policy
 
 ITERATES = "iterates"
 _ITERATE = re.compile(r"^iterate-(\d+)\.safetensors$")
@@ -104,7 +104,7 @@ def validate_params(params: dict) -> dict:
 
 # ----------------------------------------------------------------------------------- projection
 def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+    return [(n, p) for n, p in unwrap_policy(model).named_parameters() if p.requires_grad]
 
 
 @torch.no_grad()
@@ -217,7 +217,7 @@ class OracleRobustMethod(OnlineMethod):
     # ----------------------------------------------------------------------------------- step
     def step(self, policy, reference, batch) -> StepResult:
         t, first = self._tick()
-        self.model, self.reference = unwrap(policy), reference
+        self.model, self.reference = unwrap_policy(policy), reference
         if first:
             self._at_step_start(policy, t)
         if self.rob.prox_steps:
@@ -290,7 +290,7 @@ class OracleRobustMethod(OnlineMethod):
         if save and folder is not None and _is_main():
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".tmp-{iterate_name(t)}"
-            save_file(trainable_state(unwrap(policy)), str(tmp))
+            save_file(trainable_state(unwrap_policy(policy)), str(tmp))
             os.replace(tmp, folder / iterate_name(t))
 
     def steps_done(self) -> int:
