@@ -395,13 +395,9 @@ class GapoMethod(Method):
             with torch.no_grad(), perturbed(params, delta) as changed:
                 anchor_lp = tail.sequence_logps(batch) if tail else sequence_logps(model, batch)
                 anchor_m = margin_of(anchor_lp, ref, c.margin)
-            if tail:
-                tail.clear()
         else:
             shift = (tail.first_order_shift(batch, named, delta, lambda lp: margin_of(lp, ref, c.margin)) if tail
                      else first_order_shift(model, batch, ref, named, delta, c.margin))
-            if tail:
-                tail.clear()
             anchor_m = m.detach() + shift
             with torch.no_grad():  # what θ + δ would have changed, formed one tensor at a time
                 changed = _changed_fraction((((p.detach().to(d.dtype) + d).to(p.dtype), p.detach())

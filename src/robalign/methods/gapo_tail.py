@@ -39,8 +39,8 @@ class TailRecorder:
     """Records the call of block `start` during a forward (inside `recording()`), to replay the tail."""
 
     def __init__(self, model, blocks: nn.ModuleList, start: int):
-        self.body, self.head = split_body_and_head(model)
-        self.norm = final_norm(self.body)
+        body, self.head = split_body_and_head(model)
+        self.norm = final_norm(body)
         self.blocks, self.start = blocks, start
         self.call: tuple[tuple, dict] | None = None
 
@@ -96,6 +96,3 @@ class TailRecorder:
             hidden = out[0] if isinstance(out, tuple) else out
         hidden, targets, rows = gather_completion_states(self.norm(hidden), batch)
         return reduce_to_sequences(token_logps(self.head, hidden, targets), rows, batch)
-
-    def clear(self) -> None:
-        self.call = None
