@@ -2,7 +2,8 @@
 
 A cell trains one method on noisy training pairs and evaluates on clean held-out pairs; on the built-in
 task (which has a gold reward) it also decodes held-out prompts with the trained policy and the reference
-(greedy and sampled) for gold reward, gold win rate and KL(π‖π_ref). Its result is written to `<out>/cells/<method>-<kind>-<rate>-s<seed>/result.json` when it finishes, so an interrupted
+(greedy and sampled) for gold reward, gold win rate and KL(π‖π_ref). Its result is written to
+`<out>/cells/<method>-<kind>-<rate>-s<seed>/result.json` when it finishes, so an interrupted
 sweep resumes where it stopped and re-running one cell with its seed gives the same numbers.
 """
 
@@ -254,79 +255,61 @@ def _with_clean(rows: list[dict], kinds: list[str]) -> list[dict]:
 
 
 def plot_accuracy(rows: list[dict], kinds: list[str], path: Path, metric: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from robalign.plots import panels
 
     rows = _with_clean(rows, kinds)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        for method in sorted({r["method"] for r in rows}):
-            pts = sorted((r["rate"], r["mean"], r["std"]) for r in rows if r["kind"] == kind and r["method"] == method)
-            if pts:
-                x, y, e = zip(*pts)
-                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
-        ax.set_title(f"noise: {kind}")
-        ax.set_xlabel("noise rate")
-        ax.set_ylabel(f"clean held-out {metric}")
-        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with panels(kinds, path) as axes:
+        for ax, kind in axes:
+            for method in sorted({r["method"] for r in rows}):
+                pts = sorted((r["rate"], r["mean"], r["std"]) for r in rows
+                             if r["kind"] == kind and r["method"] == method)
+                if pts:
+                    x, y, e = zip(*pts)
+                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
+            ax.set_title(f"noise: {kind}")
+            ax.set_xlabel("noise rate")
+            ax.set_ylabel(f"clean held-out {metric}")
+            ax.axhline(0.5, color="grey", lw=0.8, ls=":")
 
 
 def plot_gold_vs_kl(results: list[dict], kinds: list[str], path: Path):
     """Gold reward (greedy) against KL(π‖π_ref), one point per (method, rate) averaged over seeds."""
-    from robalign.plots import _pyplot
+    from robalign.plots import panels
 
-    plt = _pyplot()
-    reward, kl = aggregate(results, "gold_reward_greedy"), aggregate(results, "kl")
-    kl_at = {(r["method"], r["kind"], r["rate"]): r["mean"] for r in _with_clean(kl, kinds)}
-    rows = _with_clean(reward, kinds)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        for method in sorted({r["method"] for r in rows}):
-            pts = sorted(((kl_at[(method, kind, r["rate"])], r["mean"], r["rate"]) for r in rows
-                          if r["kind"] == kind and r["method"] == method and (method, kind, r["rate"]) in kl_at),
-                         key=lambda pt: pt[2])  # joined in order of noise rate
-            if pts:
-                x, y, rates = zip(*pts)
-                ax.plot(x, y, marker="o", label=method)
-                for xi, yi, rate in pts:
-                    ax.annotate(f"{rate:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        refs = [r["ref_gold_reward_greedy"] for r in results if r.get("ref_gold_reward_greedy") is not None]
-        if refs:
-            ax.axhline(statistics.fmean(refs), color="grey", lw=0.8, ls=":", label="reference")
-        ax.set_title(f"noise: {kind} (labels: rate)")
-        ax.set_xlabel("KL(π‖π_ref) on samples")
-        ax.set_ylabel("gold reward, greedy")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    kl_at = {(r["method"], r["kind"], r["rate"]): r["mean"] for r in _with_clean(aggregate(results, "kl"), kinds)}
+    rows = _with_clean(aggregate(results, "gold_reward_greedy"), kinds)
+    refs = [r["ref_gold_reward_greedy"] for r in results if r.get("ref_gold_reward_greedy") is not None]
+    with panels(kinds, path) as axes:
+        for ax, kind in axes:
+            for method in sorted({r["method"] for r in rows}):
+                pts = sorted((r["rate"], kl_at[(method, kind, r["rate"])], r["mean"]) for r in rows
+                             if r["kind"] == kind and r["method"] == method and (method, kind, r["rate"]) in kl_at)
+                if pts:  # joined in order of noise rate
+                    ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=method)
+                    for rate, x, y in pts:
+                        ax.annotate(f"{rate:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            if refs:
+                ax.axhline(statistics.fmean(refs), color="grey", lw=0.8, ls=":", label="reference")
+            ax.set_title(f"noise: {kind} (labels: rate)")
+            ax.set_xlabel("KL(π‖π_ref) on samples")
+            ax.set_ylabel("gold reward, greedy")
 
 
 def plot_gapo_weights(results: list[dict], kinds: list[str], path: Path):
     """GAPO's mean weight on flipped and on clean pairs against the noise rate."""
-    from robalign.plots import _pyplot
+    from robalign.plots import panels
 
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        for metric, label in (("gapo_weight_flipped_mean", "flipped"), ("gapo_weight_clean_mean", "clean")):
-            pts = sorted((r["rate"], r["mean"], r["std"]) for r in aggregate(results, metric) if r["kind"] == kind)
-            if pts:
-                x, y, e = zip(*pts)
-                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label)
-        ax.set_title(f"GAPO weights, noise: {kind}")
-        ax.set_xlabel("noise rate")
-        ax.set_ylabel("mean weight σ(γ − βΓ)")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with panels(kinds, path) as axes:
+        for ax, kind in axes:
+            for metric, label in (("gapo_weight_flipped_mean", "flipped"), ("gapo_weight_clean_mean", "clean")):
+                pts = sorted((r["rate"], r["mean"], r["std"]) for r in aggregate(results, metric)
+                             if r["kind"] == kind)
+                if pts:
+                    x, y, e = zip(*pts)
+                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label)
+            ax.set_title(f"GAPO weights, noise: {kind}")
+            ax.set_xlabel("noise rate")
+            ax.set_ylabel("mean weight σ(γ − βΓ)")
 
 
 def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
@@ -346,21 +329,20 @@ def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
         plot_accuracy(rows, spec.kinds, spec.out / f"{metric}_vs_noise.png", metric)
         lines += [f"\n## {metric} (mean ± std over seeds)\n", _table(rows, spec.kinds),
                   f"\n![{metric}]({metric}_vs_noise.png)\n"]
-    gold = [m for m in ("gold_reward_greedy", "win_rate_greedy", "kl") if aggregate(results, m)]
-    for metric in gold:
-        lines += [f"\n## {metric} (mean ± std over seeds; held-out prompts, greedy decoding"
-                  f"{'' if metric != 'kl' else ', KL on samples at T = 1'})\n",
-                  _table(aggregate(results, metric), spec.kinds)]
-    if gold:
+    gold = {m: aggregate(results, m) for m in ("gold_reward_greedy", "win_rate_greedy", "kl")}
+    for metric, rows in gold.items():
+        if rows:
+            lines += [f"\n## {metric} (mean ± std over seeds; held-out prompts, greedy decoding"
+                      f"{'' if metric != 'kl' else ', KL on samples at T = 1'})\n", _table(rows, spec.kinds)]
+    if any(gold.values()):
         plot_gold_vs_kl(results, spec.kinds, spec.out / "gold_reward_vs_kl.png")
         lines.append("\n![gold reward vs KL](gold_reward_vs_kl.png)\n")
-    if aggregate(results, "gapo_weight_flipped_mean"):
+    flipped, clean = aggregate(results, "gapo_weight_flipped_mean"), aggregate(results, "gapo_weight_clean_mean")
+    if flipped:
         plot_gapo_weights(results, spec.kinds, spec.out / "gapo_weights_flipped_vs_clean.png")
         lines += ["\n## GAPO weights, flipped vs clean pairs (last half of training; mean ± std over seeds)\n",
-                  _table(aggregate(results, "gapo_weight_flipped_mean"), spec.kinds).replace("| method |",
-                                                                                        "| flipped: method |"),
-                  "", _table(aggregate(results, "gapo_weight_clean_mean"), spec.kinds).replace("| method |",
-                                                                                        "| clean: method |"),
+                  _table(flipped, spec.kinds).replace("| method |", "| flipped: method |"), "",
+                  _table(clean, spec.kinds).replace("| method |", "| clean: method |"),
                   "\n![GAPO weights](gapo_weights_flipped_vs_clean.png)\n"]
     report = spec.out / "report.md"
     report.write_text("\n".join(lines))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -48,3 +49,15 @@ def weight_histograms(weights: torch.Tensor, flipped: torch.Tensor, path: str | 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+@contextlib.contextmanager
+def panels(titles: list[str], path: str | Path, *, width: float = 4.5, height: float = 3.6):
+    """One row of subplots, one per title; yields [(ax, title)], then adds the legend and writes `path`."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(titles), figsize=(width * len(titles), height), squeeze=False)
+    yield list(zip(axes[0], titles))
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
