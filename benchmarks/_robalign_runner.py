@@ -10,7 +10,6 @@ import tempfile
 import time
 
 import common
-import torch
 
 
 def build_trainer(spec: dict, out_dir: str):
@@ -84,10 +83,7 @@ def main(spec_path: str, result_path: str):
             "losses": [r["loss"] for r in records],
             "first_step": {k: records[0].get(k) for k in ("loss", "rewards/chosen", "rewards/rejected", "grad_norm")},
             "inputs": inputs,
-            "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
-            "threads": torch.get_num_threads(),
-            "matmul_ceiling": ceiling,
-            "peak_rss": common.peak_rss_mb(),
+            **common.run_fields(trainer.optimizer, ceiling),
         }
     common.write_json(result_path, result)
 

@@ -17,7 +17,6 @@ import tempfile
 import time
 
 import common
-import torch
 from transformers import TrainerCallback
 
 
@@ -156,11 +155,8 @@ def main(spec_path: str, result_path: str):
                            "rewards/rejected": first_log.get("rewards/rejected"),
                            "grad_norm": first_log.get("grad_norm")},
             "inputs": inputs,
-            "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
             "optim_arg": str(trainer.args.optim),
-            "threads": torch.get_num_threads(),
-            "matmul_ceiling": ceiling,
-            "peak_rss": common.peak_rss_mb(),
+            **common.run_fields(trainer.optimizer, ceiling),
         }
     common.write_json(result_path, result)
 

@@ -49,6 +49,12 @@ def peak_rss_mb() -> dict:
     return out
 
 
+def run_fields(optimizer, ceiling: dict) -> dict:
+    """What every runner's result ends with: optimiser class, threads, the ceiling it measured, peak RSS."""
+    return {"optimizer": type(getattr(optimizer, "optimizer", optimizer)).__name__,
+            "threads": torch.get_num_threads(), "matmul_ceiling": ceiling, "peak_rss": peak_rss_mb()}
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:
