@@ -1,0 +1,59 @@
+"""Resident memory of a robalign DPO run, stage by stage (SmolLM2-135M, full fine-tune, live reference).
+
+    python benchmarks/memory_stages.py [--steps 3]
+
+Prints VmRSS / VmHWM (from /proc/self/status) after the imports, after loading the model, after building
+the trainer (frozen reference copy included) and after each optimiser step, plus the parameter count and
+the fp32 floor that docs/benchmarks.md derives from it (weights, reference copy, gradients, AdamW moments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import common
+
+
+def rss() -> str:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) // 1024
+    return f"RSS {fields['VmRSS']:6d} MB   peak {fields['VmHWM']:6d} MB"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    common.set_threads(args.threads or common.cores())
+    from robalign.config import build_config
+    from robalign.models import load_model_and_tokenizer
+    from robalign.trainer import Trainer
+
+    print(f"{'after imports':24s} {rss()}")
+    pairs = common.load_hh()[:4 * args.steps]
+    model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
+    print(f"{'model loaded':24s} {rss()}")
+    n = sum(p.numel() for p in model.parameters())
+    with tempfile.TemporaryDirectory() as out:
+        cfg = build_config(overrides={"model.name": "smollm2-135m-instruct", "model.lora_r": 0,
+                                      "data.max_length": 256, "data.eval_fraction": 0.0, "train.batch_size": 4,
+                                      "train.max_steps": args.steps, "train.lr": 1e-6, "train.output_dir": out,
+                                      "train.progress": False, "method.name": "dpo"})
+        trainer = Trainer(cfg, train_pairs=pairs, eval_pairs=[], model=model, tokenizer=tok)
+        print(f"{'trainer built':24s} {rss()}")
+        for k in range(args.steps):
+            trainer.step()
+            print(f"{f'after step {k + 1}':24s} {rss()}")
+    mb = n * 4 / 2**20
+    print(f"\n{n / 1e6:.1f}M parameters: {mb:.0f} MB each for weights, reference copy and gradients, "
+          f"{2 * mb:.0f} MB for the AdamW moments = {5 * mb:.0f} MB before runtime and activations")
+
+
+if __name__ == "__main__":
+    main()
