@@ -102,6 +102,10 @@ def test_a_killed_cell_is_retrained_from_scratch(tmp_path, capsys):
     cell = tmp_path / "cells" / "gapo-flip-0.25-s0"
     cell.mkdir(parents=True)
     (cell / "pairs.jsonl").write_text('{"step": 1, "weight": 0.5}\n{"step": 2, "wei')  # cut by a kill
+    stale = cell / "checkpoints" / "step-00000002"  # the killed run's last checkpoint, of the step this run also saves
+    stale.mkdir(parents=True)
+    (stale / "weights.safetensors").write_bytes(b"not the new run's weights")
     assert main(args) == 0
+    assert not (stale / "weights.safetensors").read_bytes().startswith(b"not")
     result = json.loads((cell / "result.json").read_text())
     assert result["gapo_pairs"] > 0 and not (cell / ".lock").exists()
