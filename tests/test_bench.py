@@ -95,7 +95,7 @@ def test_cell_lock_lets_one_process_train_a_cell_and_takes_over_stale_locks(tmp_
         assert mine
 
 
-def test_a_killed_cell_is_retrained_from_scratch(tmp_path, capsys):
+def test_a_cell_left_half_written_by_a_kill_is_retrained_cleanly(tmp_path, capsys):
     args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "gapo", "--kinds", "flip", "--rates",
             "0.25", "--seeds", "0", "--steps", "2", "--train-pairs", "8", "--eval-pairs", "4", "--gen-prompts", "0",
             "--out", str(tmp_path)]
