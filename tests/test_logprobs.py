@@ -94,3 +94,30 @@ def test_padding_does_not_change_logps(tiny):
     with torch.no_grad():
         a, b = sequence_logps(model, batch), sequence_logps(model, wider)
     assert torch.allclose(a.chosen, b.chosen, atol=1e-5) and torch.allclose(a.rejected, b.rejected, atol=1e-5)
+
+
+def test_pairs_sharing_a_row_equal_separate_forwards_with_gradients(tiny):
+    """Pairs of very different lengths get packed side by side; log-probs and gradients must not change."""
+    model, tok = tiny
+    from robalign.data.tokenize import TokenizedPair
+
+    full, _ = _batch(tok, n=4)
+    # One long pair and three cut short: the short ones must share rows.
+    data = [full[0]] + [TokenizedPair(p.prompt_ids[:3 + i], p.chosen_ids[:2 + i], p.rejected_ids[:4 - i], p.id, p.index)
+                        for i, p in enumerate(full[1:])]
+    batch = collate(data, tok.pad_token_id)
+    assert batch.packed.input_ids.shape[0] < len(data)
+    model.zero_grad()
+    joint = sequence_logps(model, batch)
+    (joint.chosen.sum() - 0.5 * joint.rejected.sum()).backward()
+    g_joint = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for i, pair in enumerate(data):
+        with torch.no_grad():
+            alone = naive_logps(model, pair.prompt_ids, pair.chosen_ids)
+        assert abs(joint.chosen[i].item() - alone) < 1e-4
+        one = sequence_logps(model, collate([pair], tok.pad_token_id))
+        (one.chosen.sum() - 0.5 * one.rejected.sum()).backward()
+    for a, p in zip(g_joint, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-4)
+    model.zero_grad()

@@ -56,7 +56,7 @@ def completion_hidden_states(model, batch: PreferenceBatch) -> tuple[torch.Tenso
     """Runs the body once; returns (hidden [N, H], target ids [N], 2B-row index of each token [N]).
 
     N is the number of completion tokens in the batch; position t-1's state predicts token t.
-    With `batch.packed` the body runs over B shared-prompt rows instead of 2B rows.
+    With `batch.packed` the body runs over at most B shared-prompt rows instead of 2B rows.
     """
     body, _ = split_body_and_head(model)
     pack = batch.packed
@@ -71,7 +71,7 @@ def completion_hidden_states(model, batch: PreferenceBatch) -> tuple[torch.Tenso
 
 def gather_completion_states(hidden: torch.Tensor, batch: PreferenceBatch):
     """(hidden [N, H], targets [N], 2B-row index [N]) at the completion-predicting positions of the body's
-    output `hidden` ([B, T, H] packed rows, or [2B, T, H])."""
+    output `hidden` ([R, T, H] packed rows, or [2B, T, H])."""
     pack = batch.packed
     if pack is not None:
         return hidden[pack.source_row, pack.source_pos], pack.targets, pack.seq_row

@@ -43,3 +43,32 @@ def test_two_ranks_see_the_global_batch_of_one_process():
         ids = one.batch(pos).ids
         assert ranks[0].batch(pos).ids + ranks[1].batch(pos).ids == ids
     assert torch.equal(one.batch(3).input_ids, one.batch(3).input_ids)
+
+
+def test_pack_rows_first_fit_decreasing_never_wider_than_the_longest_pair():
+    from robalign.data.collate import pack_rows
+
+    lengths = [10, 3, 7, 4, 2, 10, 5]
+    rows = pack_rows(lengths)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= max(lengths) for r in rows)
+    # Brute force: 41 tokens in rows of 10 need at least 5 rows; first-fit decreasing finds 5 here.
+    assert len(rows) == 5 and rows[0] == [0] and rows[1] == [5]
+
+
+def test_short_pairs_share_a_row_and_cannot_see_each_other():
+    from robalign.data.collate import pack_shared_prompt
+
+    long = TokenizedPair([1, 2, 3], [4, 5, 6], [7, 8, 9], "long", 0)  # 9 tokens
+    a = TokenizedPair([1], [2, 3], [4], "a", 1)  # 4 tokens
+    b = TokenizedPair([5, 6], [7], [8, 9], "b", 2)  # 5 tokens
+    pack = pack_shared_prompt([a, long, b], pad_id=0)
+    assert pack.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9], [5, 6, 7, 8, 9, 1, 2, 3, 4]]
+    assert pack.position_ids[1].tolist() == [0, 1, 2, 2, 3, 0, 1, 2, 1]
+    att = pack.attention[1, 0]
+    assert not att[5:, :5].any() and not att[:5, 5:].any()  # the two pairs of row 1 are blind to each other
+    assert att[8].tolist() == [False] * 5 + [True, False, False, True]  # a's rejected sees its prompt only
+    # seq_row follows the pairs' batch order (chosen i -> i, rejected i -> 3 + i), wherever they sit.
+    assert pack.seq_row.tolist().count(0) == 2 and pack.seq_row.tolist().count(3) == 1
+    first_of_a = pack.seq_row.tolist().index(0)
+    assert (pack.source_row[first_of_a].item(), pack.source_pos[first_of_a].item()) == (1, 5)

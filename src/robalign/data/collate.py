@@ -13,10 +13,11 @@ prompt+rejected, so chosen and rejected go through the model in one forward. Two
 `completion_mask[i, t]` marks the tokens whose log-probs are scored (the model predicts token t from
 position t-1). Padding is kept small by sorting pairs of similar length into the same batch.
 
-The log-prob engine does not run those 2B rows as they are: `SharedPromptPack` packs each pair into a
-single row `prompt + chosen + rejected` (B rows), where rejected tokens take the positions right after
-the prompt and may not attend to the chosen tokens. The prompt is then encoded once instead of twice and
-no row is padded to another pair's completion, with the same log-probs as the 2B-row layout.
+The log-prob engine does not run those 2B rows as they are: `SharedPromptPack` lays each pair out as
+`prompt + chosen + rejected`, where rejected tokens take the positions right after the prompt and may
+not attend to the chosen tokens, and puts short pairs side by side in one row (first-fit into rows as
+wide as the longest pair). The prompt is encoded once instead of twice and little is padded, with the
+same log-probs as the 2B-row layout.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from robalign.data.tokenize import TokenizedPair
 
 @dataclass
 class SharedPromptPack:
-    """B rows `prompt_i + chosen_i + rejected_i`, right-padded to L, for one forward.
+    """Pairs `prompt_i + chosen_i + rejected_i` laid end to end in R <= B rows of width L (the longest
+    pair), right-padded, for one forward.
 
     Attributes:
-        input_ids: [B, L] long.
-        position_ids: [B, L] long; rejected tokens restart right after the prompt.
-        attention: [B, 1, L, L] bool, True where query q may attend to key k (causal, rejected tokens
-            blind to chosen ones; a padding query sees only itself so no softmax row is empty).
+        input_ids: [R, L] long.
+        position_ids: [R, L] long; each pair starts at 0, its rejected tokens restart after the prompt.
+        attention: [R, 1, L, L] bool, True where query q may attend to key k (causal within a pair,
+            rejected tokens blind to chosen ones, pairs of one row blind to each other; a padding query
+            sees only itself so no softmax row is empty).
         source_row, source_pos: [N] where the hidden state predicting each completion token sits.
         targets: [N] the completion token ids.
         seq_row: [N] the 2B-row index (chosen i -> i, rejected i -> B + i) each token's log-prob adds to.
@@ -54,28 +57,49 @@ class SharedPromptPack:
         return SharedPromptPack(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
+def pack_rows(lengths: list[int]) -> list[list[int]]:
+    """Pair indices per row: first-fit decreasing into rows as wide as the longest pair, so short pairs
+    share a row instead of each being padded to the longest (deterministic: ties keep input order)."""
+    width = max(lengths)
+    rows, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if slot is None:
+            rows.append([]), room.append(width)
+            slot = len(rows) - 1
+        rows[slot].append(i)
+        room[slot] -= lengths[i]
+    return rows
+
+
 def pack_shared_prompt(pairs: list[TokenizedPair], pad_id: int) -> SharedPromptPack:
     b = len(pairs)
-    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    pos = torch.zeros((b, width), dtype=torch.long)
-    att = torch.eye(width, dtype=torch.bool).repeat(b, 1, 1, 1)
+    lengths = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    layout = pack_rows(lengths)
+    width = max(lengths)
+    ids = torch.full((len(layout), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(layout), width), dtype=torch.long)
+    att = torch.eye(width, dtype=torch.bool).repeat(len(layout), 1, 1, 1)
     src_row, src_pos, targets, seq_row = [], [], [], []
-    for i, p in enumerate(pairs):
-        n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
-        end = n_p + n_c + n_r
-        ids[i, :end] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids)
-        pos[i, :n_p + n_c] = torch.arange(n_p + n_c)
-        pos[i, n_p + n_c:end] = torch.arange(n_p, n_p + n_r)
-        causal = torch.ones(end, end, dtype=torch.bool).tril()
-        causal[n_p + n_c:end, n_p:n_p + n_c] = False  # rejected tokens never see the chosen answer
-        att[i, 0, :end, :end] = causal
-        # The last prompt state predicts the first token of both answers.
-        src = [n_p - 1 + j for j in range(n_c)] + [n_p - 1] + [n_p + n_c + j for j in range(n_r - 1)]
-        src_pos += src
-        src_row += [i] * (n_c + n_r)
-        targets += p.chosen_ids + p.rejected_ids
-        seq_row += [i] * n_c + [b + i] * n_r
+    for row, members in enumerate(layout):
+        start = 0
+        for i in members:
+            p = pairs[i]
+            n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
+            end = start + lengths[i]
+            ids[row, start:end] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids)
+            pos[row, start:start + n_p + n_c] = torch.arange(n_p + n_c)
+            pos[row, start + n_p + n_c:end] = torch.arange(n_p, n_p + n_r)
+            causal = torch.ones(lengths[i], lengths[i], dtype=torch.bool).tril()
+            causal[n_p + n_c:, n_p:n_p + n_c] = False  # rejected tokens never see the chosen answer
+            att[row, 0, start:end, start:end] = causal  # and no pair sees another pair of its row
+            # The last prompt state predicts the first token of both answers.
+            src = [n_p - 1 + j for j in range(n_c)] + [n_p - 1] + [n_p + n_c + j for j in range(n_r - 1)]
+            src_pos += [start + s for s in src]
+            src_row += [row] * (n_c + n_r)
+            targets += p.chosen_ids + p.rejected_ids
+            seq_row += [i] * n_c + [b + i] * n_r
+            start = end
     as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     return SharedPromptPack(ids, pos, att, as_long(src_row), as_long(src_pos), as_long(targets), as_long(seq_row))
 
