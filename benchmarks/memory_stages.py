@@ -29,6 +29,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=4)
     args = ap.parse_args()
     common.set_threads(args.threads or common.cores())
     from robalign.config import build_config
@@ -42,7 +43,7 @@ def main():
     n = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as out:
         cfg = build_config(overrides={"model.name": "smollm2-135m-instruct", "model.lora_r": 0,
-                                      "data.max_length": 256, "data.eval_fraction": 0.0, "train.batch_size": 4,
+                                      "data.max_length": 256, "data.eval_fraction": 0.0, "train.batch_size": args.batch, "train.grad_accum": 4 // args.batch,
                                       "train.max_steps": args.steps, "train.lr": 1e-6, "train.output_dir": out,
                                       "train.progress": False, "method.name": "dpo"})
         trainer = Trainer(cfg, train_pairs=pairs, eval_pairs=[], model=model, tokenizer=tok)

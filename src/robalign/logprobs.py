@@ -73,11 +73,20 @@ def gather_completion_states(hidden: torch.Tensor, batch: PreferenceBatch):
     """(hidden [N, H], targets [N], 2B-row index [N]) at the completion-predicting positions of the body's
     output `hidden` ([R, T, H] packed rows, or [2B, T, H])."""
     pack = batch.packed
+    targets, rows = completion_targets(batch)
     if pack is not None:
-        return hidden[pack.source_row, pack.source_pos], pack.targets, pack.seq_row
+        return hidden[pack.source_row, pack.source_pos], targets, rows
+    return hidden[:, :-1][batch.completion_mask[:, 1:]], targets, rows
+
+
+def completion_targets(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(completion token ids [N], 2B-row index of each [N]), in the order the gathered states come."""
+    pack = batch.packed
+    if pack is not None:
+        return pack.targets, pack.seq_row
     scored = batch.completion_mask[:, 1:]
-    rows = torch.arange(batch.input_ids.shape[0], device=hidden.device)[:, None].expand_as(scored)
-    return hidden[:, :-1][scored], batch.input_ids[:, 1:][scored], rows[scored]
+    rows = torch.arange(batch.input_ids.shape[0], device=scored.device)[:, None].expand_as(scored)
+    return batch.input_ids[:, 1:][scored], rows[scored]
 
 
 def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

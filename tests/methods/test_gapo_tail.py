@@ -51,18 +51,28 @@ def test_tail_anchor_equals_full_anchor(tiny, shared_prompt, lora):
         assert torch.allclose(g_full[n], g_tail[n], atol=1e-10, rtol=0), n
 
 
+@pytest.mark.parametrize("margin", ["simpo", "dpo"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_tail_first_order_anchor_equals_full_first_order_anchor(tiny, lora):
+def test_tail_first_order_anchor_equals_full_first_order_anchor(tiny, lora, margin):
+    """The tail's written-out LM-head tangent (from the probe's recorded logits) equals full forward-mode."""
     model = copy.deepcopy(tiny[0]).to(torch.float64)
     if lora:
         from robalign.models import apply_lora
 
         model = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
     batch = _batch(tiny[1], True)
+    ref = None
+    if margin == "dpo":  # any fixed reference log-probs: the margin's tangent must not depend on them
+        from robalign.logprobs import SequenceLogps
+
+        b = batch.num_pairs
+        ref = SequenceLogps(-torch.rand(b, dtype=torch.float64) * 50, -torch.rand(b, dtype=torch.float64) * 50,
+                            torch.ones(b), torch.ones(b))
 
     def gap(tail):
-        cfg = GapoConfig(radius=0.5, scope="last_k_layers", last_k=1, anchor="first_order", tail_forward=tail)
-        return GapoMethod(validate_gapo_params({}), cfg).anchor(model, batch).gap
+        cfg = GapoConfig(radius=0.5, scope="last_k_layers", last_k=1, anchor="first_order", tail_forward=tail,
+                         margin=margin)
+        return GapoMethod(validate_gapo_params({}), cfg).anchor(model, batch, ref).gap
 
     full, tail = gap(False), gap(True)
     assert full.abs().min() > 1e-6

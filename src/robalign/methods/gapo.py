@@ -381,7 +381,8 @@ class GapoMethod(Method):
         check_precision(named, c.allow_low_precision_anchor)
         params = [p for _, p in named]
         tail = self._tail_recorder(model)
-        with _requiring_grad(params), tail.recording() if tail else contextlib.nullcontext():
+        with _requiring_grad(params), (tail.recording(keep_logits=c.anchor == "first_order") if tail
+                                            else contextlib.nullcontext()):
             lp = sequence_logps(model, batch)
             m = margin_of(lp, ref, c.margin)
             grads = torch.autograd.grad(probe_loss(m, beta=self.beta, gamma=self.gamma), params,

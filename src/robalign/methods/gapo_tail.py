@@ -5,7 +5,10 @@ forward records the input of block L−k (a forward pre-hook, arguments and keyw
 passed them: hidden states, attention mask, position embeddings, …); the anchor then runs only blocks
 L−k…L−1, the body's final norm and the LM head on completion positions. Its margins equal those of a
 full forward at θ + δ (tests/methods/test_gapo_tail.py), at k/L of the cost of the blocks. The first-order
-anchor uses the same tail: one forward-mode pass through the last k blocks gives ⟨∇m_i, δ⟩.
+anchor uses the same tail: one forward-mode pass through the last k blocks and the final norm gives the
+tangent dh of the completion states, and the LM head's part is written out: for the log-softmax,
+d log p(y) = dz_y − Σ_v p_v dz_v with dz = W dh, where p comes from the probe's own logits (recorded, the
+same θ), so the head costs one matmul instead of forward-mode's two.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from robalign.logprobs import (
     SequenceLogps,
+    completion_targets,
     gather_completion_states,
     reduce_to_sequences,
     split_body_and_head,
@@ -43,21 +48,30 @@ class TailRecorder:
         self.norm = final_norm(body)
         self.blocks, self.start = blocks, start
         self.call: tuple[tuple, dict] | None = None
+        self.logits: torch.Tensor | None = None
 
     @property
     def usable(self) -> bool:
         return self.norm is not None
 
     @contextlib.contextmanager
-    def recording(self):
+    def recording(self, keep_logits: bool = False):
+        """Records the tail's input (and, with `keep_logits`, the LM head's completion logits)."""
+
         def keep(_module, args, kwargs):
             self.call = (tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs))
 
-        handle = self.blocks[self.start].register_forward_pre_hook(keep, with_kwargs=True)
+        def keep_head(_module, _args, output):
+            self.logits = output.detach()
+
+        handles = [self.blocks[self.start].register_forward_pre_hook(keep, with_kwargs=True)]
+        if keep_logits:
+            handles.append(self.head.register_forward_hook(keep_head))
         try:
             yield self
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     @torch.no_grad()
     def sequence_logps(self, batch) -> SequenceLogps:
@@ -65,28 +79,43 @@ class TailRecorder:
         return self._run(batch, lambda _k, block, *args, **kwargs: block(*args, **kwargs))
 
     def first_order_shift(self, batch, named, delta, margin_fn) -> torch.Tensor:
-        """[B] ⟨∇m_i, δ⟩ through the last blocks only (forward-mode, δ as the tangent; nothing written)."""
+        """[B] ⟨∇m_i, δ⟩ through the last blocks only (forward-mode, δ as the tangent; nothing written).
+
+        Needs the probe recorded with `keep_logits=True`; `margin_fn` must be affine in the log-probs (the
+        SimPO and DPO margins are), so its tangent is margin_fn(d logps) − margin_fn(0).
+        """
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
+        if self.logits is None:
+            raise RuntimeError("TailRecorder: the probe's logits were not recorded (recording(keep_logits=True))")
         local = {id(p): (k, n) for k, block in enumerate(self.blocks[self.start:])
                  for n, p in block.named_parameters()}
         where = [local[id(p)] for _, p in named]  # a last_k_layers scope lies inside the tail
         primals = tuple(p.detach() for _, p in named)
         tangents = tuple(d.to(p.dtype) for d, p in zip(delta, primals))
 
-        def margin_at(*weights):
+        def states_at(*weights):
             per_block: list[dict] = [{} for _ in self.blocks[self.start:]]
             for (k, name), w in zip(where, weights):
                 per_block[k][name] = w
-            return margin_fn(self._run(batch, lambda k, block, *args, **kwargs: torch.func.functional_call(
-                block, per_block[k], args, kwargs)))
+            hidden = self._states(lambda k, block, *args, **kwargs: torch.func.functional_call(
+                block, per_block[k], args, kwargs))
+            return gather_completion_states(self.norm(hidden), batch)[0]
 
         # SDPA's fused kernels have no forward derivative; the math kernel does.
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-            _, shift = torch.func.jvp(margin_at, primals, tangents)
-        return shift
+            _, d_states = torch.func.jvp(states_at, primals, tangents)
+            targets, rows = completion_targets(batch)
+            logits, self.logits = self.logits, None
+            wide = torch.promote_types(logits.dtype, torch.float32)
+            d_logits = F.linear(d_states, self.head.weight).to(wide)  # the head's bias has no tangent
+            probs = torch.softmax(logits.to(wide), dim=-1)
+            d_token = d_logits.gather(1, targets[:, None])[:, 0] - torch.linalg.vecdot(probs, d_logits)
+            tangent = reduce_to_sequences(d_token, rows, batch)
+            return margin_fn(tangent) - margin_fn(reduce_to_sequences(torch.zeros_like(d_token), rows, batch))
 
-    def _run(self, batch, call_block) -> SequenceLogps:
+    def _states(self, call_block) -> torch.Tensor:
+        """The last block's output hidden states, from the recorded input."""
         if self.call is None:
             raise RuntimeError("TailRecorder: no recorded forward (run the probe inside recording())")
         args, kwargs = self.call[0], dict(self.call[1])
@@ -94,5 +123,8 @@ class TailRecorder:
         for k, block in enumerate(self.blocks[self.start:]):
             out = call_block(k, block, hidden, *rest, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
-        hidden, targets, rows = gather_completion_states(self.norm(hidden), batch)
+        return hidden
+
+    def _run(self, batch, call_block) -> SequenceLogps:
+        hidden, targets, rows = gather_completion_states(self.norm(self._states(call_block)), batch)
         return reduce_to_sequences(token_logps(self.head, hidden, targets), rows, batch)
