@@ -2,9 +2,9 @@
 
     .venv/bin/python scripts/hh_gapo_check.py [--seeds 0,1,2] [--steps 64] [--out outputs/hh-gapo]
 
-Per seed: 20 % of the HH-RLHF harmless pairs flipped (`robalign noise`, seeded), GAPO trained on the
-first `--pairs` rows (SmolLM2-135M-Instruct, LoRA, the method's defaults), then every one of those pairs
-scored by `robalign score` at the trained model. Reports two readings of "flipped pairs end with a lower
+Per seed: HH-RLHF harmless split into training and held-out pairs (the held-out pairs stay clean), 20 % of
+`--pairs` training pairs flipped (seeded), GAPO trained on them (SmolLM2-135M-Instruct, LoRA, the method's
+defaults), then every training pair scored by `robalign score` at the trained model. Reports two readings of "flipped pairs end with a lower
 weight": the weights logged during the last half of training (`gapo_summary.json`) and the weights of
 all pairs at the final model (the score file), each as mean weight flipped vs clean and the flip AUROC
 of −weight (0.5 = no signal), plus the AUROC of the final model's own margin for comparison. Every step
@@ -31,6 +31,27 @@ def run(args: list[str], log: Path):
         subprocess.run(CLI + args, check=True, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+def write_split(seed: int, args, train_path: Path, held_path: Path):
+    """Training pairs (flipped at `args.rate`, seeded) and clean held-out pairs of one seed."""
+    from robalign.data import inject_noise, load_pairs, train_eval_split, write_pairs
+    from robalign.data.tokenize import tokenize_pair
+    from robalign.errors import DataError
+    from robalign.models import load_model_and_tokenizer
+
+    _, tok = load_model_and_tokenizer("smollm2-135m-instruct")
+
+    def fits(pair) -> bool:  # no pair is dropped later for length, so the flip rate is the one asked for
+        try:
+            return len(tokenize_pair(tok, pair, 0, max_length=10**9, max_prompt_length=0)) <= args.max_length
+        except DataError:
+            return False
+
+    pairs = [p for p in load_pairs(str(HH), skip_invalid=True).pairs if fits(p)]
+    train, held = train_eval_split(pairs, 0.2, seed, stream="hh-gapo-check")
+    write_pairs(inject_noise(train[:args.pairs], "flip", args.rate, seed), train_path)
+    write_pairs(held[:64], held_path)
+
+
 def score_summary(path: Path) -> dict:
     from robalign.losses.gapo import flip_auroc_ranked
 
@@ -50,7 +71,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rate", type=float, default=0.2)
-    ap.add_argument("--pairs", type=int, default=512, help="HH rows used (train split + 10 %% held out)")
+    ap.add_argument("--pairs", type=int, default=512, help="training pairs (64 more are held out, clean)")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -65,21 +86,20 @@ def main():
         noisy, run_dir, scores = (out / f"flip{args.rate}_s{seed}.jsonl", out / f"gapo_s{seed}",
                                   out / f"scores_s{seed}.jsonl")
         log = out / f"s{seed}.log"
+        held = out / f"heldout_s{seed}.jsonl"
         if not noisy.is_file():
-            run(["noise", "--data", str(HH), "--out", str(noisy), "--kind", "flip", "--rate", str(args.rate),
-                 "--seed", str(seed), "--skip-invalid"], log)
+            write_split(seed, args, noisy, held)
         if not (run_dir / "final").is_dir():
             print(f"seed {seed}: training GAPO ({args.steps} steps x {args.batch_size} pairs)", flush=True)
-            run(["train", "--method.name", "gapo", "--data.train", str(noisy), "--data.limit", str(args.pairs),
-                 "--data.max_length", str(args.max_length), "--data.skip_invalid", "true",
-                 "--data.eval_limit", "64", "--train.max_steps", str(args.steps),
+            run(["train", "--method.name", "gapo", "--data.train", str(noisy), "--data.eval", str(held),
+                 "--data.max_length", str(args.max_length), "--data.skip_invalid", "true", "--train.max_steps", str(args.steps),
                  "--train.batch_size", str(args.batch_size), "--train.lr", str(args.lr), "--train.warmup_steps", "2",
                  "--train.seed", str(seed), "--train.threads", str(args.threads), "--train.progress", "false",
                  "--train.output_dir", str(run_dir)], log)
         if not scores.is_file():
             print(f"seed {seed}: scoring {args.pairs} pairs at the trained model", flush=True)
             run(["score", "--model", str(run_dir / "final"), "--data", str(noisy), "--out", str(scores),
-                 "--limit", str(args.pairs), "--batch-size", str(args.batch_size), "--max-length",
+                 "--batch-size", str(args.batch_size), "--max-length",
                  str(args.max_length), "--skip-invalid"], log)
         during = json.loads((run_dir / "gapo_summary.json").read_text())
         results.append({"seed": seed, "during_training": during, "final_model": score_summary(scores)})

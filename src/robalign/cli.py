@@ -93,7 +93,7 @@ def cmd_noise(args) -> int:
 
 def cmd_eval(args) -> int:
     from robalign.config import build_config
-    from robalign.data import load_pairs
+    from robalign.data import clean_labels, load_pairs
     from robalign.data.tokenize import tokenize_pairs
     from robalign.evaluate import PreferenceEvaluator
     from robalign.models import load_model_and_tokenizer
@@ -111,10 +111,12 @@ def cmd_eval(args) -> int:
         pairs = make_preference_pairs(args.limit or args.prompts, 10_000)
     else:
         pairs = load_pairs(args.data, skip_invalid=args.skip_invalid).pairs[: args.limit or None]
+    pairs, restored = clean_labels(pairs)  # injected flips are scored against the true label
     data, skipped = tokenize_pairs(tok, pairs, max_length=dc.max_length, max_prompt_length=dc.prompt_budget,
                                    skip_invalid=True)
     result = PreferenceEvaluator(data, tok.pad_token_id, reference=ref, batch_size=args.batch_size).evaluate(model)
     result["eval/skipped_too_long"] = skipped
+    result["eval/flips_undone"] = restored
     if args.gold:
         result.update(_generation_metrics(args, model, tok, ref_model, pairs, dc.prompt_budget))
     print(json.dumps(result, indent=2))

@@ -99,6 +99,34 @@ def refuse_sharded_weights(acc, cfg) -> None:
                         "or ZeRO-2, or set oracle_robust.projection_radius: 0 (docs/scaling.md)")
 
 
+def read_data(cfg, online: bool, train_pairs=None, eval_pairs=None) -> tuple[list, list]:
+    """(train, held-out) pairs: the given lists, or `cfg.data`'s files with the held-out split drawn
+    from its own stream; held-out pairs flagged `is_flipped` are scored with their true label."""
+    from robalign.data import clean_labels, load_pairs, train_eval_split
+    from robalign.data.prompts import is_prompt_only, load_online_data
+
+    dc = cfg.data
+    if train_pairs is None:
+        if not dc.train:
+            raise UserError("data.train: no training data given (use --data PATH)")
+        load_train = load_online_data if online else load_pairs  # online: prompt-only rows too
+        train_pairs = _report_skipped(load_train(dc.train, skip_invalid=dc.skip_invalid))
+        if dc.eval:
+            eval_pairs = _report_skipped(load_pairs(dc.eval, skip_invalid=dc.skip_invalid))
+        else:
+            # Its own stream: data noised with seed s drew the same permutation from Random(s), and the
+            # held-out pairs would be exactly the flipped ones.
+            train_pairs, eval_pairs = train_eval_split(train_pairs, dc.eval_fraction, cfg.train.seed,
+                                                       stream="eval-split")
+    if dc.limit:
+        train_pairs = train_pairs[:dc.limit]
+    eval_pairs = [p for p in (eval_pairs or []) if not is_prompt_only(p)][:dc.eval_limit or None]
+    eval_pairs, restored = clean_labels(eval_pairs)
+    if restored:
+        log.info("evaluation: %d held-out pairs carry is_flipped and are scored with their true label", restored)
+    return train_pairs, eval_pairs
+
+
 class Trainer:
     """Trains `cfg.method` on preference pairs.
 
@@ -121,7 +149,7 @@ class Trainer:
         self.out = Path(tc.output_dir)
         self.method = build_method(cfg.method.name, cfg.method.loss_params(), cfg)
         refuse_sharded_weights(self.acc, cfg)
-        train_pairs, eval_pairs = self._read_data(train_pairs, eval_pairs)  # bad data fails before a model loads
+        train_pairs, eval_pairs = read_data(self.cfg, self.method.online, train_pairs, eval_pairs)  # bad data fails before a model loads
         self._setup_model(model, tokenizer)
         self._setup_data(train_pairs, eval_pairs)
         self._setup_reference()
@@ -144,25 +172,6 @@ class Trainer:
             self.frozen_reference = FrozenCopyReference(model)
         self.model = model.to(self.acc.device)
         self.model.train()
-
-    def _read_data(self, train_pairs, eval_pairs):
-        from robalign.data import load_pairs, train_eval_split
-        from robalign.data.prompts import is_prompt_only, load_online_data
-
-        dc = self.cfg.data
-        if train_pairs is None:
-            if not dc.train:
-                raise UserError("data.train: no training data given (use --data PATH)")
-            load_train = load_online_data if self.method.online else load_pairs  # online: prompt-only rows too
-            train_pairs = _report_skipped(load_train(dc.train, skip_invalid=dc.skip_invalid))
-            if dc.eval:
-                eval_pairs = _report_skipped(load_pairs(dc.eval, skip_invalid=dc.skip_invalid))
-            else:
-                train_pairs, eval_pairs = train_eval_split(train_pairs, dc.eval_fraction, self.cfg.train.seed)
-        if dc.limit:
-            train_pairs = train_pairs[:dc.limit]
-        eval_pairs = [p for p in (eval_pairs or []) if not is_prompt_only(p)][:dc.eval_limit or None]
-        return train_pairs, eval_pairs
 
     def _setup_data(self, train_pairs, eval_pairs):
         dc = self.cfg.data

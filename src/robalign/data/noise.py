@@ -20,7 +20,8 @@ Every returned pair has `is_flipped` set, relative to the input labels: flipped 
 False. The input list and its pairs are not modified.
 
 Noise must never reach evaluation data. This module only works on the list it is given, so split
-first (`robalign.data.split.train_eval_split`) and pass only the training list.
+first (`robalign.data.split.train_eval_split`) and pass only the training list. Data that was noised as
+a whole and split afterwards is evaluated through `clean_labels`, which undoes the recorded flips.
 """
 
 from __future__ import annotations
@@ -137,3 +138,10 @@ def completion_length(text: Text) -> int:
     if isinstance(text, str):
         return len(text)
     return sum(len(message.get("content", "")) for message in text)
+
+
+def clean_labels(pairs: Sequence[PreferencePair]) -> tuple[list[PreferencePair], int]:
+    """The pairs with every recorded corruption undone (`is_flipped` True -> swapped back, flag False),
+    and how many were restored. Held-out evaluation is against the true label, never the injected one."""
+    out = [p.flipped() if p.is_flipped else p for p in pairs]
+    return out, sum(bool(p.is_flipped) for p in pairs)

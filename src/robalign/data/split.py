@@ -11,7 +11,8 @@ from robalign.errors import ConfigError
 T = TypeVar("T")
 
 
-def train_eval_split(items: Sequence[T], eval_fraction: float, seed: int) -> tuple[list[T], list[T]]:
+def train_eval_split(items: Sequence[T], eval_fraction: float, seed: int, *,
+                     stream: str = "") -> tuple[list[T], list[T]]:
     """Split into disjoint (train, eval) lists, deterministically for a seed.
 
     The eval size is ``round(eval_fraction * N)``, but at least 1 when ``eval_fraction > 0`` and
@@ -22,6 +23,9 @@ def train_eval_split(items: Sequence[T], eval_fraction: float, seed: int) -> tup
         items: the pairs (or anything) to split; not modified.
         eval_fraction: share held out for evaluation, in [0, 1).
         seed: seed of the permutation that picks the eval items.
+        stream: a name that makes the draw independent of other draws with the same seed (e.g. noise
+            injected with that seed, which draws the same permutation: the flipped pairs would be the
+            held-out ones). Empty = `random.Random(seed)` itself.
 
     Returns:
         ``(train, eval)``; together they hold every item exactly once. ``eval_fraction == 0`` gives
@@ -36,7 +40,7 @@ def train_eval_split(items: Sequence[T], eval_fraction: float, seed: int) -> tup
     n_eval = round(eval_fraction * n)
     if eval_fraction > 0 and n >= 2:
         n_eval = min(max(n_eval, 1), n - 1)
-    chosen = set(random.Random(seed).sample(range(n), n_eval))
+    chosen = set(random.Random(f"{stream}:{seed}" if stream else seed).sample(range(n), n_eval))
     train = [item for i, item in enumerate(items) if i not in chosen]
     held_out = [item for i, item in enumerate(items) if i in chosen]
     return train, held_out
