@@ -57,6 +57,29 @@ def test_sweep_on_the_built_in_task_reports_gold_reward_win_rate_and_kl(tmp_path
     assert (tmp_path / "gapo_weights_flipped_vs_clean.png").is_file()
 
 
+def test_online_methods_in_a_sweep_get_the_noise_in_their_oracle(tmp_path, capsys):
+    args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "oracle_robust", "--kinds", "flip,margin",
+            "--rates", "0,0.3", "--seeds", "0", "--steps", "1", "--train-pairs", "4", "--eval-pairs", "4",
+            "--lora-r", "4", "--gen-prompts", "2", "--gen-max-new-tokens", "3", "--out", str(tmp_path)]
+    assert main(args) == 0
+    cells = sorted(p.name for p in (tmp_path / "cells").iterdir())
+    assert cells == ["oracle_robust-flip-0-s0", "oracle_robust-flip-0.3-s0"]  # no rate-like margin oracle
+    noisy = json.loads((tmp_path / "cells" / "oracle_robust-flip-0.3-s0" / "result.json").read_text())
+    assert noisy["oracle"] == "bt:verifiable:0.1+flip:0.3" and "gold_reward_greedy" in noisy
+    gens = [json.loads(x) for x in (tmp_path / "cells" / "oracle_robust-flip-0.3-s0" / "generations.jsonl")
+            .read_text().splitlines()]
+    assert gens and all(0 <= g["gold_prob"] <= 1 for g in gens)
+    clean = json.loads((tmp_path / "cells" / "oracle_robust-flip-0-s0" / "result.json").read_text())
+    assert clean["oracle"] == "bt:verifiable:0.1"
+
+
+def test_online_methods_need_the_built_in_task(tmp_path, capsys):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    assert main(["bench", "robustness", "--data", str(data), "--methods", "sail", "--out", str(tmp_path)]) == 2
+    assert "need a gold oracle" in capsys.readouterr().err
+
+
 def test_gen_prompts_need_a_gold_reward(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')

@@ -24,6 +24,22 @@ from pathlib import Path
 from robalign.errors import UserError
 
 METHOD_DEFAULTS = {"cdpo": {"epsilon": 0.2}, "rdpo": {"epsilon": 0.2}, "robust": {"rho": 0.2}}
+# Online methods label their own generations: the cell's noise goes into their oracle as well (on top of
+# the noisy pairs, which SAIL's data route still reads). Kind -> the oracle wrapper whose parameter is the
+# rate: `flip` flips each label with probability rate, `length` mixes a length judge in with weight rate.
+# `margin` has no rate-like oracle parameter (its threshold is in reward units): online x margin is skipped.
+ONLINE_GOLD = "bt:verifiable:0.1"
+ONLINE_NOISE = {"flip": "flip", "length": "length"}
+
+
+def is_online(method: str) -> bool:
+    from robalign.methods import build_method
+
+    return build_method(method, {}).online
+
+
+def online_oracle(kind: str, rate: float) -> str:
+    return ONLINE_GOLD if rate == 0 else f"{ONLINE_GOLD}+{ONLINE_NOISE[kind]}:{rate:g}"
 
 
 @dataclass
@@ -46,9 +62,12 @@ class SweepSpec:
     gen_max_new_tokens: int = 32
 
     def cells(self):
+        online = {m for m in self.methods if is_online(m)}
         for kind, rate, seed, method in itertools.product(self.kinds, self.rates, self.seeds, self.methods):
             if rate == 0 and kind != self.kinds[0]:
                 continue  # rate 0 is the same clean run for every noise kind
+            if method in online and kind not in ONLINE_NOISE:
+                continue
             yield method, kind, rate, seed
 
 
@@ -145,19 +164,24 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     done = out / "result.json"
     train, held = _data_split(spec, seed, base)
     noisy = inject_noise(train, kind, rate, seed)
-    cfg = build_config({
+    tree = {
         "model": {"name": spec.model, "lora_r": spec.lora_r},
         "method": {"name": method, **METHOD_DEFAULTS.get(method, {})},
         "data": {"max_length": spec.max_length},
         "train": {"output_dir": str(out), "batch_size": spec.batch_size, "max_steps": spec.steps, "lr": spec.lr,
                   "seed": seed, "progress": False, "warmup_steps": max(1, spec.steps // 10),
-                  "save_final": False, "eval_at_start": False}})
+                  "save_final": False, "eval_at_start": False}}
+    oracle = online_oracle(kind, rate) if is_online(method) else None
+    if oracle:
+        tree["online"] = {"oracle": oracle, "max_new_tokens": spec.gen_max_new_tokens}
+    cfg = build_config(tree)
     t0 = time.perf_counter()
     model, tok = base if base is not None else (None, None)
     trainer = Trainer(cfg, train_pairs=noisy, eval_pairs=held, model=copy.deepcopy(model) if model else None,
                       tokenizer=tok)
     summary = trainer.train()
     result = {"method": method, "kind": kind, "rate": rate, "seed": seed, "seconds": time.perf_counter() - t0,
+              **({"oracle": oracle} if oracle else {}),
               "flipped": sum(bool(p.is_flipped) for p in noisy), **{k.split("/")[-1]: v for k, v in
                                                                       summary["final"].items()}}
     if spec.gen_prompts > 0:
@@ -389,6 +413,12 @@ def cmd_bench(args) -> int:
     bad = [m for m in methods if m not in METHODS] + [k for k in kinds if k not in NOISE_KINDS]
     if bad:
         raise UserError(f"bench: unknown method or noise kind {bad}")
+    online = [m for m in methods if is_online(m)]
+    if online and args.data not in GOLD_TASKS:
+        raise UserError(f"bench: online methods {online} label their own generations and need a gold oracle: "
+                        "use --data verifiable or verifiable-sampled")
+    if online and not set(kinds) & set(ONLINE_NOISE):
+        raise UserError(f"bench: online methods {online} take only the noise kinds {sorted(ONLINE_NOISE)}")
     if args.data not in GOLD_TASKS and not Path(args.data).exists():
         raise UserError(f"bench: --data {args.data} not found (a preference file, 'verifiable' or "
                         "'verifiable-sampled')")
@@ -410,7 +440,9 @@ def register_cli(sub):
     p.add_argument("which", choices=["robustness"])
     p.add_argument("--data", default="verifiable", help="preference file, 'verifiable' (built-in task, written "
                    "responses) or 'verifiable-sampled' (built-in task, responses sampled from --model, cached)")
-    p.add_argument("--methods", default="dpo,cdpo,rdpo,ipo,simpo,hypo,sympo,drdpo,robust,gapo")
+    p.add_argument("--methods", default="dpo,cdpo,rdpo,ipo,simpo,hypo,sympo,drdpo,robust,gapo", help="training methods; the "
+                   "online ones (sail, oracle_robust) need the built-in task and also get the noise in their "
+                   "oracle (kinds flip and length)")
     p.add_argument("--kinds", default="flip,length,margin")
     p.add_argument("--rates", default="0,0.1,0.2,0.3,0.4")
     p.add_argument("--seeds", default="0,1,2")
