@@ -52,14 +52,18 @@ def test_tail_anchor_equals_full_anchor(tiny, shared_prompt, lora):
 
 
 @pytest.mark.parametrize("margin", ["simpo", "dpo"])
-@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("lora", [None, ["q_proj", "v_proj"], ["q_proj", "v_proj", "lm_head"]])
 def test_tail_first_order_anchor_equals_full_first_order_anchor(tiny, lora, margin):
-    """The tail's written-out LM-head tangent (from the probe's recorded logits) equals full forward-mode."""
+    """The tail's written-out LM-head tangent (from the probe's recorded logits) equals full forward-mode,
+    also when the head itself carries adapters (then forward mode runs through it)."""
     model = copy.deepcopy(tiny[0]).to(torch.float64)
     if lora:
         from robalign.models import apply_lora
 
-        model = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+        model = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=lora)
+        for name, p in model.named_parameters():
+            if "lm_head" in name and "lora_B" in name:  # PEFT starts B at 0: make the head's adapter count
+                torch.nn.init.normal_(p, std=0.5)
     batch = _batch(tiny[1], True)
     ref = None
     if margin == "dpo":  # any fixed reference log-probs: the margin's tangent must not depend on them

@@ -104,11 +104,15 @@ class TailRecorder:
 
         # SDPA's fused kernels have no forward derivative; the math kernel does.
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-            _, d_states = torch.func.jvp(states_at, primals, tangents)
+            states, d_states = torch.func.jvp(states_at, primals, tangents)
             targets, rows = completion_targets(batch)
             logits, self.logits = self.logits, None
             wide = torch.promote_types(logits.dtype, torch.float32)
-            d_logits = F.linear(d_states, self.head.weight).to(wide)  # the head's bias has no tangent
+            if type(self.head) is nn.Linear:
+                d_logits = F.linear(d_states, self.head.weight)  # the bias has no tangent
+            else:  # e.g. a LoRA-wrapped head: let forward mode see its whole computation
+                d_logits = torch.func.jvp(self.head, (states,), (d_states,))[1]
+            d_logits = d_logits.to(wide)
             probs = torch.softmax(logits.to(wide), dim=-1)
             d_token = d_logits.gather(1, targets[:, None])[:, 0] - torch.linalg.vecdot(probs, d_logits)
             tangent = reduce_to_sequences(d_token, rows, batch)
