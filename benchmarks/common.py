@@ -37,15 +37,29 @@ def set_threads(n: int):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def memory_mib() -> dict:
+    """This process's resident set now (VmRSS) and its peak (VmHWM), MiB, from /proc/self/status ({} off Linux)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def reset_peak():
+    """Restarts VmHWM from the current resident set (Linux), so the next reading is a phase's own peak."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_rss_mb() -> dict:
     """Peak resident memory of *this* process: getrusage's ru_maxrss (KiB on Linux) and /proc VmHWM."""
     out = {"ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                out["vmhwm_mb"] = int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    if "VmHWM" in (mem := memory_mib()):
+        out["vmhwm_mb"] = mem["VmHWM"]
     return out
 
 

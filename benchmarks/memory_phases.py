@@ -12,22 +12,8 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 import common
-
-
-def status() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) // 1024
-    return out
-
-
-def reset_peak():
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def main():
@@ -52,22 +38,22 @@ def main():
         trainer = Trainer(cfg, train_pairs=pairs, eval_pairs=[], model=model, tokenizer=tok)
         method_step, backward, opt_step = trainer.method.step, trainer.acc.backward, trainer.optimizer.step
 
-        def timed(name, fn):
+        def measured(name, fn):
             def run(*a, **k):
-                reset_peak()
+                common.reset_peak()
                 result = fn(*a, **k)
-                s = status()
-                print(f"    {name:9s} peak {s['VmHWM']:6d} MiB   RSS after {s['VmRSS']:6d} MiB")
+                mem = common.memory_mib()
+                print(f"    {name:9s} peak {mem['VmHWM']:6.0f} MiB   RSS after {mem['VmRSS']:6.0f} MiB")
                 return result
             return run
 
-        trainer.method.step = timed("forward", method_step)
-        trainer.acc.backward = timed("backward", backward)
-        trainer.optimizer.step = timed("optimiser", opt_step)
+        trainer.method.step = measured("forward", method_step)
+        trainer.acc.backward = measured("backward", backward)
+        trainer.optimizer.step = measured("optimiser", opt_step)
         for k in range(args.steps):
             print(f"step {k + 1}")
             trainer.step()
-            print(f"    between steps: RSS {status()['VmRSS']} MiB")
+            print(f"    between steps: RSS {common.memory_mib()['VmRSS']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 import common
 
 
 def rss() -> str:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) // 1024
-    return f"RSS {fields['VmRSS']:6d} MB   peak {fields['VmHWM']:6d} MB"
+    mem = common.memory_mib()
+    return f"RSS {mem['VmRSS']:6.0f} MB   peak {mem['VmHWM']:6.0f} MB"
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=4, help="pairs per forward (4 / batch micro-batches per step)")
     args = ap.parse_args()
     common.set_threads(args.threads or common.cores())
     from robalign.config import build_config
@@ -43,7 +38,8 @@ def main():
     n = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as out:
         cfg = build_config(overrides={"model.name": "smollm2-135m-instruct", "model.lora_r": 0,
-                                      "data.max_length": 256, "data.eval_fraction": 0.0, "train.batch_size": args.batch, "train.grad_accum": 4 // args.batch,
+                                      "data.max_length": 256, "data.eval_fraction": 0.0,
+                                      "train.batch_size": args.batch, "train.grad_accum": 4 // args.batch,
                                       "train.max_steps": args.steps, "train.lr": 1e-6, "train.output_dir": out,
                                       "train.progress": False, "method.name": "dpo"})
         trainer = Trainer(cfg, train_pairs=pairs, eval_pairs=[], model=model, tokenizer=tok)

@@ -4,8 +4,8 @@
 
 Per seed: HH-RLHF harmless split into training and held-out pairs (the held-out pairs stay clean), 20 % of
 `--pairs` training pairs flipped (seeded), GAPO trained on them (SmolLM2-135M-Instruct, LoRA, the method's
-defaults), then every training pair scored by `robalign score` at the trained model. Reports two readings of "flipped pairs end with a lower
-weight": the weights logged during the last half of training (`gapo_summary.json`) and the weights of
+defaults), then every training pair scored by `robalign score` at the trained model. Reports two readings
+of "flipped pairs end with a lower weight": the weights logged during the last half of training (`gapo_summary.json`) and the weights of
 all pairs at the final model (the score file), each as mean weight flipped vs clean and the flip AUROC
 of −weight (0.5 = no signal), plus the AUROC of the final model's own margin for comparison. Every step
 is cached: a finished run or score file is reused, so an interrupted check resumes.
@@ -92,15 +92,15 @@ def main():
         if not (run_dir / "final").is_dir():
             print(f"seed {seed}: training GAPO ({args.steps} steps x {args.batch_size} pairs)", flush=True)
             run(["train", "--method.name", "gapo", "--data.train", str(noisy), "--data.eval", str(held),
-                 "--data.max_length", str(args.max_length), "--data.skip_invalid", "true", "--train.max_steps", str(args.steps),
+                 "--data.max_length", str(args.max_length), "--data.skip_invalid", "true",
+                 "--train.max_steps", str(args.steps),
                  "--train.batch_size", str(args.batch_size), "--train.lr", str(args.lr), "--train.warmup_steps", "2",
                  "--train.seed", str(seed), "--train.threads", str(args.threads), "--train.progress", "false",
                  "--train.output_dir", str(run_dir)], log)
         if not scores.is_file():
             print(f"seed {seed}: scoring {args.pairs} pairs at the trained model", flush=True)
             run(["score", "--model", str(run_dir / "final"), "--data", str(noisy), "--out", str(scores),
-                 "--batch-size", str(args.batch_size), "--max-length",
-                 str(args.max_length), "--skip-invalid"], log)
+                 "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--skip-invalid"], log)
         during = json.loads((run_dir / "gapo_summary.json").read_text())
         results.append({"seed": seed, "during_training": during, "final_model": score_summary(scores)})
         print(json.dumps(results[-1]), flush=True)

@@ -33,21 +33,29 @@ def test_concatenated_forward_equals_naive(tiny):
             assert out.rejected_lengths[i].item() == len(pair.rejected_ids)
 
 
-def test_concatenated_equals_separate_forwards_with_gradients(tiny):
-    model, tok = tiny
-    data, batch = _batch(tok)
+def assert_batch_equals_separate_forwards(model, tok, data, batch):
+    """The batch's log-probs equal one forward per pair (and the naive loop), and so do the gradients."""
     model.zero_grad()
     joint = sequence_logps(model, batch)
     (joint.chosen.sum() - 0.5 * joint.rejected.sum()).backward()
     g_joint = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     for i, pair in enumerate(data):
+        with torch.no_grad():
+            assert abs(joint.chosen[i].item() - naive_logps(model, pair.prompt_ids, pair.chosen_ids)) < 1e-4
         one = sequence_logps(model, collate([pair], tok.pad_token_id))
         assert torch.allclose(one.chosen, joint.chosen[i:i + 1].detach(), atol=1e-4)
+        assert torch.allclose(one.rejected, joint.rejected[i:i + 1].detach(), atol=1e-4)
         (one.chosen.sum() - 0.5 * one.rejected.sum()).backward()
     for a, p in zip(g_joint, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-4)
     model.zero_grad()
+
+
+def test_concatenated_equals_separate_forwards_with_gradients(tiny):
+    model, tok = tiny
+    data, batch = _batch(tok)
+    assert_batch_equals_separate_forwards(model, tok, data, batch)
 
 
 def test_shared_prompt_pack_equals_two_row_layout_with_gradients(tiny):
@@ -107,17 +115,4 @@ def test_pairs_sharing_a_row_equal_separate_forwards_with_gradients(tiny):
                         for i, p in enumerate(full[1:])]
     batch = collate(data, tok.pad_token_id)
     assert batch.packed.input_ids.shape[0] < len(data)
-    model.zero_grad()
-    joint = sequence_logps(model, batch)
-    (joint.chosen.sum() - 0.5 * joint.rejected.sum()).backward()
-    g_joint = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    for i, pair in enumerate(data):
-        with torch.no_grad():
-            alone = naive_logps(model, pair.prompt_ids, pair.chosen_ids)
-        assert abs(joint.chosen[i].item() - alone) < 1e-4
-        one = sequence_logps(model, collate([pair], tok.pad_token_id))
-        (one.chosen.sum() - 0.5 * one.rejected.sum()).backward()
-    for a, p in zip(g_joint, model.parameters()):
-        assert torch.allclose(a, p.grad, atol=1e-4)
-    model.zero_grad()
+    assert_batch_equals_separate_forwards(model, tok, data, batch)

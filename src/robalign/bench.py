@@ -25,11 +25,11 @@ from robalign.errors import UserError
 
 METHOD_DEFAULTS = {"cdpo": {"epsilon": 0.2}, "rdpo": {"epsilon": 0.2}, "robust": {"rho": 0.2}}
 # Online methods label their own generations: the cell's noise goes into their oracle as well (on top of
-# the noisy pairs, which SAIL's data route still reads). Kind -> the oracle wrapper whose parameter is the
-# rate: `flip` flips each label with probability rate, `length` mixes a length judge in with weight rate.
-# `margin` has no rate-like oracle parameter (its threshold is in reward units): online x margin is skipped.
+# the noisy pairs, which SAIL's data route still reads), through the oracle wrapper of the same name whose
+# parameter is the rate: `flip` flips each label with probability rate, `length` mixes a length judge in
+# with weight rate. `margin`'s threshold is in reward units, not a rate: online x margin is skipped.
 ONLINE_GOLD = "bt:verifiable:0.1"
-ONLINE_NOISE = {"flip": "flip", "length": "length"}
+ONLINE_NOISE = ("flip", "length")
 
 
 def is_online(method: str) -> bool:
@@ -39,7 +39,7 @@ def is_online(method: str) -> bool:
 
 
 def online_oracle(kind: str, rate: float) -> str:
-    return ONLINE_GOLD if rate == 0 else f"{ONLINE_GOLD}+{ONLINE_NOISE[kind]}:{rate:g}"
+    return ONLINE_GOLD if rate == 0 else f"{ONLINE_GOLD}+{kind}:{rate:g}"
 
 
 @dataclass
