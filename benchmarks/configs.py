@@ -20,6 +20,13 @@ CONFIGS: dict[str, dict] = {
         "trl": {"kind": "dpo", "beta": 0.1},
         "what": "full fine-tune, live frozen-copy reference; TRL DPOTrainer(ref_model=frozen copy, sigmoid)",
     },
+    "dpo_live_selective": {
+        "model": SMOLLM, "lora": None, "flops": ("full", "live"), "baseline": "dpo_live",
+        "robalign": {"method": "dpo", "reference": "copy",
+                     "overrides": {"train.activation_checkpointing": "selective"}},
+        "what": "dpo_live with selective activation checkpointing (matmul outputs kept, elementwise work "
+                "recomputed); ratio to robalign dpo_live",
+    },
     "dpo_cached": {
         "model": SMOLLM, "lora": None, "flops": ("full", "none"),
         "robalign": {"method": "dpo", "reference": "cached"},

@@ -1,6 +1,6 @@
 """Where a robalign DPO step peaks: VmHWM per phase (forward, backward, optimiser) of each micro-batch.
 
-    python benchmarks/memory_phases.py [--batch 4] [--steps 3]
+    python benchmarks/memory_phases.py [--batch 4] [--steps 3] [--activation-checkpointing selective]
     MALLOC_TRIM_THRESHOLD_=0 python benchmarks/memory_phases.py      # glibc returns freed memory at once
 
 SmolLM2-135M, full fine-tune, live frozen-copy reference, 4 HH pairs per optimiser step split into
@@ -21,6 +21,7 @@ def main():
     ap.add_argument("--batch", type=int, default=4, help="pairs per forward (4 / batch micro-batches per step)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--activation-checkpointing", default="none", choices=("none", "selective", "full"))
     args = ap.parse_args()
     common.set_threads(args.threads or common.cores())
     from robalign.config import build_config
@@ -34,7 +35,7 @@ def main():
             "model.name": "smollm2-135m-instruct", "model.lora_r": 0, "data.max_length": 256,
             "data.eval_fraction": 0.0, "train.batch_size": args.batch, "train.grad_accum": 4 // args.batch,
             "train.max_steps": args.steps, "train.lr": 1e-6, "train.output_dir": out, "train.progress": False,
-            "method.name": "dpo"})
+            "method.name": "dpo", "train.activation_checkpointing": args.activation_checkpointing})
         trainer = Trainer(cfg, train_pairs=pairs, eval_pairs=[], model=model, tokenizer=tok)
         method_step, backward, opt_step = trainer.method.step, trainer.acc.backward, trainer.optimizer.step
 

@@ -129,6 +129,10 @@ class TrainConfig:
     tensorboard: bool = _f(False, "Also write TensorBoard event files under output_dir/tb.")
     on_nonfinite: str = _f("stop", "A NaN/Inf loss or gradient: 'stop' the run or 'skip' the batch.")
     threads: int = _f(0, "torch CPU threads (0 = leave torch's default).")
+    activation_checkpointing: str = _f(
+        "none", "Recompute in the backward instead of keeping activations: 'none', 'selective' (keep "
+        "matmul and attention outputs, recompute the elementwise work: about half the activation memory, "
+        "no extra matmul) or 'full' (keep block inputs only, one extra forward).")
     progress: bool = _f(True, "Show a progress bar.")
 
     def validate(self):
@@ -141,6 +145,7 @@ class TrainConfig:
         _choice(self.optimizer, ("adamw", "sgd"), "train.optimizer")
         _choice(self.schedule, ("constant", "linear", "cosine"), "train.schedule")
         _choice(self.on_nonfinite, ("stop", "skip"), "train.on_nonfinite")
+        _choice(self.activation_checkpointing, ("none", "selective", "full"), "train.activation_checkpointing")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}

@@ -27,12 +27,13 @@ from robalign import checkpoint as ckpt
 from robalign.config import RunConfig
 from robalign.data.collate import BatchStream
 from robalign.data.tokenize import tokenize_pairs
-from robalign.errors import UserError
+from robalign.errors import ConfigError, UserError
 from robalign.evaluate import PreferenceEvaluator
 from robalign.methods import build_method
 from robalign.metrics import MetricsWriter
 from robalign.models import apply_lora, disable_dropout, load_model_and_tokenizer
 from robalign.policy import PolicyLM
+from robalign.recompute import enable_activation_checkpointing
 from robalign.reference import (
     AdapterDisabledReference,
     FrozenCopyReference,
@@ -170,6 +171,12 @@ class Trainer:
                                target_modules=mc.lora_target_modules)
         elif self.method.needs_reference and mc.reference in ("auto", "copy", "cached"):
             self.frozen_reference = FrozenCopyReference(model)
+        # After the reference copy, which only ever runs without gradients.
+        mode = self.cfg.train.activation_checkpointing
+        problem = self.method.activation_checkpointing_problem(mode)
+        if problem:
+            raise ConfigError(f"train.activation_checkpointing: {mode!r} with method {self.method.name}: {problem}")
+        enable_activation_checkpointing(model, mode)
         self.model = model.to(self.acc.device)
         self.model.train()
 

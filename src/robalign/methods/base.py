@@ -41,6 +41,10 @@ class Method:
     def step(self, policy, reference, batch) -> StepResult:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def activation_checkpointing_problem(self, mode: str) -> str | None:
+        """Why this method cannot train with `train.activation_checkpointing: mode`, or None if it can."""
+        return None
+
     def bind(self, tokenizer) -> None:
         """Receives the tokenizer before training (methods that decode their own generations)."""
 

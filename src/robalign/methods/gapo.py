@@ -370,6 +370,18 @@ class GapoMethod(Method):
         self.needs_reference = cfg.margin == "dpo"
         self._checked_model = None
 
+    def activation_checkpointing_problem(self, mode: str) -> str | None:
+        c = self.cfg
+        if mode == "none":
+            return None
+        if c.anchor == "first_order" and c.scope != "last_k_layers":
+            return ("the first-order anchor's forward-mode pass cannot run through checkpointed blocks; "
+                    "use gapo.scope: last_k_layers, gapo.anchor: exact, or train.activation_checkpointing: none")
+        if mode == "selective" and c.reuse_graph:
+            return ("the probe's graph is back-propagated twice (gapo.reuse_graph), which selective "
+                    "checkpointing forbids; use train.activation_checkpointing: full or gapo.reuse_graph: false")
+        return None
+
     def anchor(self, model, batch, ref: SequenceLogps | None = None, *, keep_graph: bool = False) -> Anchor:
         """Probe, anchor step and anchor margins of one batch (SPEC §3 steps 1–3).
 
