@@ -24,3 +24,11 @@ $R bench robustness $GEN --seeds 0,1,2 > outputs/results/verifiable-gen.log 2>&1
 sleep 30; $R bench robustness $GEN --seeds 0,1,2 > outputs/results/verifiable-gen-2.log 2>&1 &
 wait
 $R bench robustness $GEN --seeds 0,1,2 > /dev/null  # the report over all cells (all cached by now)
+mkdir -p outputs/results/verifiable-gen/kinds  # the next report overwrites this one
+cp outputs/results/verifiable-gen/report.md outputs/results/verifiable-gen/*.png outputs/results/verifiable-gen/kinds/
+# The flip-rate curve: the same cells at every rate of the grid (rates 0 and 0.3 are cached above).
+FLIP="${GEN/--kinds flip,length,margin --rates 0,0.3/--kinds flip --rates 0,0.1,0.2,0.3,0.4}"
+$R bench robustness $FLIP --seeds 0,1,2 > outputs/results/verifiable-flip.log 2>&1 &
+sleep 30; $R bench robustness $FLIP --seeds 0,1,2 > outputs/results/verifiable-flip-2.log 2>&1 &
+wait
+$R bench robustness $FLIP --seeds 0,1,2 > /dev/null
