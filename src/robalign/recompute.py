@@ -18,6 +18,8 @@ import functools
 
 import torch
 
+from robalign.errors import ConfigError
+
 MODES = ("none", "selective", "full")
 
 
@@ -47,10 +49,11 @@ def enable_activation_checkpointing(model, mode: str) -> None:
     if mode == "none":
         return
     if mode not in MODES:
-        raise ValueError(f"activation checkpointing mode {mode!r} is not one of {MODES}")
+        raise ConfigError(f"train.activation_checkpointing: {mode!r} is not one of {', '.join(MODES)}")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(base, "supports_gradient_checkpointing", False):
-        raise ValueError(f"{type(base).__name__} does not support activation checkpointing")
+        raise ConfigError(f"train.activation_checkpointing: {type(base).__name__} does not support activation "
+                          "checkpointing; use 'none'")
     kwargs = {"use_reentrant": False}
     if mode == "selective":
         kwargs["context_fn"] = _selective_context
