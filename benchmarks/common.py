@@ -135,6 +135,17 @@ def load_hh(path: Path | str = DATA_PATH):
     return load_pairs(str(path), skip_invalid=True).pairs
 
 
+def speed_batches(tokenizer, n_steps: int, *, seed: int = 0, max_length: int = 256) -> tuple[list, list]:
+    """(tokenised pairs, pair positions per step) of `speed.py`'s HH batches: 4 pairs a step, same order."""
+    from robalign.data.pairs import PreferencePair
+    from robalign.data.tokenize import tokenize_pair
+
+    prep = prepare_pairs(tokenizer, load_hh(), n_pairs=4 * n_steps, seed=seed, max_length=max_length, batch_size=4)
+    toks = [tokenize_pair(tokenizer, PreferencePair(p["prompt"], p["chosen"], p["rejected"]), i,
+                          max_length=max_length, max_prompt_length=0) for i, p in enumerate(prep["pairs"])]
+    return toks, prep["batches"]
+
+
 def prepare_pairs(tokenizer, pairs, *, n_pairs: int, seed: int, max_length: int, batch_size: int) -> dict:
     """The first `n_pairs` usable pairs after a seeded shuffle, tokenised once with robalign's rules.
 

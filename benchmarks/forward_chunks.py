@@ -25,16 +25,12 @@ def main():
     import torch
 
     from robalign.data.collate import collate
-    from robalign.data.pairs import PreferencePair
-    from robalign.data.tokenize import tokenize_pair
     from robalign.methods.offline import PreferenceLossMethod
     from robalign.models import load_model_and_tokenizer
     from robalign.reference import FrozenCopyReference
 
     model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
-    prep = common.prepare_pairs(tok, common.load_hh(), n_pairs=4 * args.steps, seed=0, max_length=256, batch_size=4)
-    toks = [tokenize_pair(tok, PreferencePair(p["prompt"], p["chosen"], p["rejected"]), i, max_length=256,
-                          max_prompt_length=0) for i, p in enumerate(prep["pairs"])]
+    toks, groups = common.speed_batches(tok, args.steps)
     reference, method = FrozenCopyReference(model), PreferenceLossMethod("dpo", {"beta": 0.1})
     params = list(model.parameters())
     model.train()
@@ -49,7 +45,7 @@ def main():
 
     total = [0.0, 0.0]
     for rep in range(args.reps):
-        for k, batch in enumerate(prep["batches"]):
+        for k, batch in enumerate(groups):
             whole, split = run([batch]), run([[i] for i in batch])
             if rep:  # the first pass warms the allocator and the kernels
                 total[0] += whole

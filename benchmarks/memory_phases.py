@@ -15,13 +15,15 @@ import tempfile
 
 import common
 
+from robalign.config import ACTIVATION_CHECKPOINTING
+
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=4, help="pairs per forward (4 / batch micro-batches per step)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--activation-checkpointing", default="none", choices=("none", "selective", "full"))
+    ap.add_argument("--activation-checkpointing", default="none", choices=ACTIVATION_CHECKPOINTING)
     args = ap.parse_args()
     common.set_threads(args.threads or common.cores())
     from robalign.config import build_config

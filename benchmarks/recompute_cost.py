@@ -29,8 +29,6 @@ def main():
     import torch
 
     from robalign.data.collate import collate
-    from robalign.data.pairs import PreferencePair
-    from robalign.data.tokenize import tokenize_pair
     from robalign.methods.offline import PreferenceLossMethod
     from robalign.models import load_model_and_tokenizer
     from robalign.recompute import enable_activation_checkpointing
@@ -38,10 +36,8 @@ def main():
 
     modes = args.modes.split(",")
     model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
-    prep = common.prepare_pairs(tok, common.load_hh(), n_pairs=4 * args.steps, seed=0, max_length=256, batch_size=4)
-    toks = [tokenize_pair(tok, PreferencePair(p["prompt"], p["chosen"], p["rejected"]), i, max_length=256,
-                          max_prompt_length=0) for i, p in enumerate(prep["pairs"])]
-    batches = [collate([toks[i] for i in group], tok.pad_token_id) for group in prep["batches"]]
+    toks, groups = common.speed_batches(tok, args.steps)
+    batches = [collate([toks[i] for i in group], tok.pad_token_id) for group in groups]
     reference, method = FrozenCopyReference(model), PreferenceLossMethod("dpo", {"beta": 0.1})
     policies = {}
     for mode in modes:

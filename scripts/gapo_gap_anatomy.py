@@ -46,7 +46,7 @@ def main():
     from robalign.data.tokenize import tokenize_pairs
     from robalign.logprobs import sequence_logps
     from robalign.losses.gapo import flip_auroc_ranked, gapo_loss
-    from robalign.methods.gapo import asam_weights, build_gapo, margin_of, scoped_parameters
+    from robalign.methods.gapo import _requiring_grad, asam_weights, build_gapo, margin_of, scoped_parameters
     from robalign.models import disable_dropout, load_model_and_tokenizer
 
     base = ROOT / args.dir
@@ -62,12 +62,9 @@ def main():
     w = asam_weights(model, named)
 
     def scaled_gradient(pair) -> torch.Tensor:
-        for p in params:
-            p.requires_grad_(True)
-        margin = margin_of(sequence_logps(model, collate([pair], tok.pad_token_id)), None, "simpo")[0]
-        grads = torch.autograd.grad(margin, params)
-        for p in params:
-            p.requires_grad_(False)
+        with _requiring_grad(params):
+            margin = margin_of(sequence_logps(model, collate([pair], tok.pad_token_id)), None, "simpo")[0]
+            grads = torch.autograd.grad(margin, params)
         return torch.cat([(wi * g).flatten() for wi, g in zip(w, grads)])
 
     rows = []

@@ -105,6 +105,9 @@ class MethodConfig:
             raise ConfigError(f"method: {err}") from None
 
 
+ACTIVATION_CHECKPOINTING = ("none", "selective", "full")
+
+
 @dataclass
 class TrainConfig:
     output_dir: str = _f("runs/robalign", "Run directory: metrics.jsonl, config.yaml, checkpoints/, final/.")
@@ -145,7 +148,7 @@ class TrainConfig:
         _choice(self.optimizer, ("adamw", "sgd"), "train.optimizer")
         _choice(self.schedule, ("constant", "linear", "cosine"), "train.schedule")
         _choice(self.on_nonfinite, ("stop", "skip"), "train.on_nonfinite")
-        _choice(self.activation_checkpointing, ("none", "selective", "full"), "train.activation_checkpointing")
+        _choice(self.activation_checkpointing, ACTIVATION_CHECKPOINTING, "train.activation_checkpointing")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}

@@ -18,9 +18,8 @@ import functools
 
 import torch
 
+from robalign.config import ACTIVATION_CHECKPOINTING
 from robalign.errors import ConfigError
-
-MODES = ("none", "selective", "full")
 
 
 def _saved_ops() -> set:
@@ -48,8 +47,9 @@ def enable_activation_checkpointing(model, mode: str) -> None:
     """Switches the blocks of `model` (a transformers model, possibly inside PEFT) to `mode`."""
     if mode == "none":
         return
-    if mode not in MODES:
-        raise ConfigError(f"train.activation_checkpointing: {mode!r} is not one of {', '.join(MODES)}")
+    if mode not in ACTIVATION_CHECKPOINTING:
+        raise ConfigError(f"train.activation_checkpointing: {mode!r} is not one of "
+                          f"{', '.join(ACTIVATION_CHECKPOINTING)}")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ConfigError(f"train.activation_checkpointing: {type(base).__name__} does not support activation "

@@ -150,6 +150,10 @@ class Trainer:
         self.out = Path(tc.output_dir)
         self.method = build_method(cfg.method.name, cfg.method.loss_params(), cfg)
         refuse_sharded_weights(self.acc, cfg)
+        problem = self.method.activation_checkpointing_problem(tc.activation_checkpointing)
+        if problem:
+            raise ConfigError(f"train.activation_checkpointing: {tc.activation_checkpointing!r} with method "
+                              f"{self.method.name}: {problem}")
         train_pairs, eval_pairs = read_data(self.cfg, self.method.online, train_pairs, eval_pairs)  # bad data fails before a model loads
         self._setup_model(model, tokenizer)
         self._setup_data(train_pairs, eval_pairs)
@@ -172,11 +176,7 @@ class Trainer:
         elif self.method.needs_reference and mc.reference in ("auto", "copy", "cached"):
             self.frozen_reference = FrozenCopyReference(model)
         # After the reference copy, which only ever runs without gradients.
-        mode = self.cfg.train.activation_checkpointing
-        problem = self.method.activation_checkpointing_problem(mode)
-        if problem:
-            raise ConfigError(f"train.activation_checkpointing: {mode!r} with method {self.method.name}: {problem}")
-        enable_activation_checkpointing(model, mode)
+        enable_activation_checkpointing(model, self.cfg.train.activation_checkpointing)
         self.model = model.to(self.acc.device)
         self.model.train()
 
