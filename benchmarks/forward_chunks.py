@@ -18,9 +18,11 @@ import common
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=2, help="repetitions; the first only warms up, so at least 2")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
+    if args.reps < 2:
+        ap.error("--reps must be at least 2: the first repetition is warm-up and is not timed")
     common.set_threads(args.threads or common.cores())
     import torch
 

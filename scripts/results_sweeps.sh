@@ -32,3 +32,16 @@ $R bench robustness $FLIP --seeds 0,1,2 > outputs/results/verifiable-flip.log 2>
 sleep 30; $R bench robustness $FLIP --seeds 0,1,2 > outputs/results/verifiable-flip-2.log 2>&1 &
 wait
 $R bench robustness $FLIP --seeds 0,1,2 > /dev/null
+mkdir -p outputs/results/verifiable-gen/flip-rates  # the next report overwrites this one
+cp outputs/results/verifiable-gen/report.md outputs/results/verifiable-gen/*.png outputs/results/verifiable-gen/flip-rates/
+GEN_ALL="${GEN/--methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3/--kinds flip --rates 0.3,0} --seeds 0,1,2"
+# Session 5: the other offline losses, then the online methods, at flip rates 0 and 0.3 (same cells, same budget).
+$R bench robustness $GEN_ALL --methods ipo,hinge,cdpo,simpo,hypo,sympo,drdpo,robust > outputs/results/verifiable-offline.log 2>&1 &
+sleep 30; $R bench robustness $GEN_ALL --methods ipo,hinge,cdpo,simpo,hypo,sympo,drdpo,robust > outputs/results/verifiable-offline-2.log 2>&1 &
+wait
+$R bench robustness $GEN_ALL --methods sail,oracle_robust > outputs/results/verifiable-online.log 2>&1 &
+sleep 30; $R bench robustness $GEN_ALL --methods sail,oracle_robust > outputs/results/verifiable-online-2.log 2>&1 &
+wait
+# The report over every method at flip 0 / 0.3 (all cached by now).
+$R bench robustness $GEN_ALL --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust \
+    > /dev/null

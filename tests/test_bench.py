@@ -13,11 +13,39 @@ def test_robustness_sweep_caches_cells_and_reports(tmp_path, capsys):
     result = json.loads((tmp_path / "cells" / "rdpo-flip-0.25-s0" / "result.json").read_text())
     assert result["flipped"] == 4 and 0 <= result["accuracy_h"] <= 1
     assert (tmp_path / "accuracy_h_vs_noise.png").is_file() and (tmp_path / "results.csv").is_file()
-    assert "| rdpo | flip |" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| rdpo | flip |" in report
+    assert "accuracy_M: cost of noise, paired by seed" in report and "accuracy_M: each method − dpo" in report
     # A second run reads every cell from its cache: same numbers, nothing retrained.
     stamp = (tmp_path / "cells" / "dpo-flip-0-s0" / "result.json").stat().st_mtime_ns
     assert main(args) == 0
     assert (tmp_path / "cells" / "dpo-flip-0-s0" / "result.json").stat().st_mtime_ns == stamp
+
+
+def _cell(method, kind, rate, seed, acc):
+    return {"method": method, "kind": kind, "rate": rate, "seed": seed, "accuracy_M": acc}
+
+
+def test_paired_differences_subtract_the_same_seed_cell():
+    import statistics
+
+    from robalign.bench import paired_against, paired_noise_cost
+
+    acc = {("dpo", 0, 0): 0.60, ("dpo", 0, 1): 0.70, ("dpo", 0.3, 0): 0.50, ("dpo", 0.3, 1): 0.66,
+           ("rdpo", 0, 0): 0.62, ("rdpo", 0, 1): 0.75, ("rdpo", 0.3, 0): 0.58, ("rdpo", 0.3, 1): 0.64}
+    results = [_cell(m, "flip", rate, seed, a) for (m, rate, seed), a in acc.items()]
+    results.append(_cell("rdpo", "length", 0.3, 0, 0.61))  # no dpo cell to pair with in seed 0 of `length`
+    cost = {(r["method"], r["kind"], r["rate"]): r for r in paired_noise_cost(results, "accuracy_M")}
+    assert set(cost) == {("dpo", "flip", 0.3), ("rdpo", "flip", 0.3), ("rdpo", "length", 0.3)}
+    want = [0.50 - 0.60, 0.66 - 0.70]
+    assert abs(cost["dpo", "flip", 0.3]["mean"] - statistics.fmean(want)) < 1e-12
+    assert abs(cost["dpo", "flip", 0.3]["std"] - statistics.stdev(want)) < 1e-12
+    assert cost["rdpo", "length", 0.3]["n"] == 1 and abs(cost["rdpo", "length", 0.3]["mean"] - (0.61 - 0.62)) < 1e-12
+    versus = {(r["method"], r["kind"], r["rate"]): r for r in paired_against(results, "accuracy_M", "dpo")}
+    assert set(versus) == {("rdpo", "flip", 0), ("rdpo", "flip", 0.3)}  # the length cell has no partner
+    want = [0.58 - 0.50, 0.64 - 0.66]
+    assert abs(versus["rdpo", "flip", 0.3]["mean"] - statistics.fmean(want)) < 1e-12
+    assert abs(versus["rdpo", "flip", 0.3]["std"] - statistics.stdev(want)) < 1e-12
 
 
 def test_bench_rejects_bad_rates(tmp_path, capsys):

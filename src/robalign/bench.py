@@ -259,12 +259,41 @@ def aggregate(results: list[dict], metric: str) -> list[dict]:
     for r in results:
         if r.get(metric) is not None:
             groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r[metric])
-    rows = []
-    for (method, kind, rate), vals in sorted(groups.items()):
-        spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        rows.append({"method": method, "kind": kind, "rate": rate, "mean": statistics.fmean(vals),
-                     "std": spread, "n": len(vals)})
-    return rows
+    return _summarise(groups)
+
+
+def _summarise(groups: dict[tuple, list[float]]) -> list[dict]:
+    return [{"method": method, "kind": kind, "rate": rate, "mean": statistics.fmean(vals),
+             "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+            for (method, kind, rate), vals in sorted(groups.items())]
+
+
+def paired_noise_cost(results: list[dict], metric: str) -> list[dict]:
+    """Per (method, kind, rate > 0): mean ± std over seeds of metric(rate, seed) − metric(0, seed).
+
+    Pairing by seed removes what a seed's data and initial model contribute to both cells, so the cost of
+    noise is read against its own spread rather than against the seed-to-seed spread of the raw values.
+    """
+    clean = {(r["method"], r["seed"]): r[metric] for r in results if r["rate"] == 0 and r.get(metric) is not None}
+    groups: dict[tuple, list[float]] = {}
+    for r in results:
+        base = clean.get((r["method"], r["seed"]))
+        if r["rate"] > 0 and r.get(metric) is not None and base is not None:
+            groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r[metric] - base)
+    return _summarise(groups)
+
+
+def paired_against(results: list[dict], metric: str, baseline: str) -> list[dict]:
+    """Per (method ≠ baseline, kind, rate): mean ± std over seeds of metric − the baseline's metric in the
+    cell with the same kind, rate and seed (same training pairs, same noise, same held-out data)."""
+    base = {(r["kind"], r["rate"], r["seed"]): r[metric] for r in results
+            if r["method"] == baseline and r.get(metric) is not None}
+    groups: dict[tuple, list[float]] = {}
+    for r in results:
+        other = base.get((r["kind"], r["rate"], r["seed"]))
+        if r["method"] != baseline and r.get(metric) is not None and other is not None:
+            groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r[metric] - other)
+    return _summarise(groups)
 
 
 def _with_clean(rows: list[dict], kinds: list[str]) -> list[dict]:
@@ -359,6 +388,7 @@ def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
     if any(gold.values()):
         plot_gold_vs_kl(results, spec.kinds, spec.out / "gold_reward_vs_kl.png")
         lines.append("\n![gold reward vs KL](gold_reward_vs_kl.png)\n")
+    lines += _paired_sections(results, spec.kinds)
     flipped, clean = aggregate(results, "gapo_weight_flipped_mean"), aggregate(results, "gapo_weight_clean_mean")
     if flipped:
         plot_gapo_weights(results, spec.kinds, spec.out / "gapo_weights_flipped_vs_clean.png")
@@ -369,6 +399,25 @@ def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
     report = spec.out / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+PAIRED_METRICS = ("accuracy_M", "gold_reward_greedy")
+PAIRED_BASELINE = "dpo"
+
+
+def _paired_sections(results: list[dict], kinds: list[str]) -> list[str]:
+    """Differences paired by seed: what noise costs each method, and each method against DPO."""
+    lines = []
+    for metric in PAIRED_METRICS:
+        cost = paired_noise_cost(results, metric)
+        if cost:
+            lines += [f"\n## {metric}: cost of noise, paired by seed (value at the rate − value at 0, "
+                      "same seed; mean ± std over seeds)\n", _table(cost, kinds)]
+        versus = paired_against(results, metric, PAIRED_BASELINE)
+        if versus:
+            lines += [f"\n## {metric}: each method − {PAIRED_BASELINE}, paired (same training pairs, noise and "
+                      "seed; mean ± std over seeds)\n", _table(versus, kinds)]
+    return lines
 
 
 def _table(rows: list[dict], kinds: list[str]) -> str:
