@@ -56,6 +56,8 @@ def panels(titles: list[str], path: str | Path, *, width: float = 4.5, height: f
     """One row of subplots, one per title; yields [(ax, title)], then adds the legend and writes `path`."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(titles), figsize=(width * len(titles), height), squeeze=False)
+    for ax in axes[0]:  # 20 distinct colours: a sweep over every method has 13 lines per panel
+        ax.set_prop_cycle(color=[plt.cm.tab20(k) for k in range(20)])
     yield list(zip(axes[0], titles))
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
