@@ -285,7 +285,8 @@ def paired_noise_cost(results: list[dict], metric: str) -> list[dict]:
 
 def paired_against(results: list[dict], metric: str, baseline: str) -> list[dict]:
     """Per (method ≠ baseline, kind, rate): mean ± std over seeds of metric − the baseline's metric in the
-    cell with the same kind, rate and seed (same training pairs, same noise, same held-out data)."""
+    cell with the same kind, rate and seed: the same held-out data and noise, and for offline methods the
+    same training pairs (online methods label their own generations)."""
     base = {(r["kind"], r["rate"], r["seed"]): r[metric] for r in results
             if r["method"] == baseline and r.get(metric) is not None}
     groups: dict[tuple, list[float]] = {}
@@ -415,8 +416,8 @@ def _paired_sections(results: list[dict], kinds: list[str]) -> list[str]:
                       "same seed; mean ± std over seeds)\n", _table(cost, kinds)]
         versus = paired_against(results, metric, PAIRED_BASELINE)
         if versus:
-            lines += [f"\n## {metric}: each method − {PAIRED_BASELINE}, paired (same training pairs, noise and "
-                      "seed; mean ± std over seeds)\n", _table(versus, kinds)]
+            lines += [f"\n## {metric}: each method − {PAIRED_BASELINE}, paired (same seed and noise; mean ± std "
+                      "over seeds)\n", _table(versus, kinds)]
     return lines
 
 
