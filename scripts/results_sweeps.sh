@@ -19,29 +19,28 @@ wait
 GEN="--data verifiable --methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3 --steps 16 --batch-size 4 \
  --lr 5e-4 --train-pairs 256 --eval-pairs 64 --max-length 192 --gen-prompts 16 --gen-max-new-tokens 32 \
  --out outputs/results/verifiable-gen"
-# Two workers share the directory: each cell is locked by the one that trains it.
-$R bench robustness $GEN --seeds 0,1,2 > outputs/results/verifiable-gen.log 2>&1 &
-sleep 30; $R bench robustness $GEN --seeds 0,1,2 > outputs/results/verifiable-gen-2.log 2>&1 &
-wait
-$R bench robustness $GEN --seeds 0,1,2 > /dev/null  # the report over all cells (all cached by now)
-mkdir -p outputs/results/verifiable-gen/kinds  # the next report overwrites this one
-cp outputs/results/verifiable-gen/report.md outputs/results/verifiable-gen/*.png outputs/results/verifiable-gen/kinds/
+# Two workers share the directory (each cell is locked by the one that trains it), then one more call writes
+# the report over all cells (all cached by then). $1 names the logs, the rest are the sweep's arguments.
+two_workers() {
+    local log=outputs/results/$1; shift
+    $R bench robustness "$@" > "$log.log" 2>&1 &
+    sleep 30; $R bench robustness "$@" > "$log-2.log" 2>&1 &
+    wait
+    $R bench robustness "$@" > /dev/null
+}
+keep_report() {  # the next report in the directory overwrites this one
+    mkdir -p "outputs/results/verifiable-gen/$1"
+    cp outputs/results/verifiable-gen/report.md outputs/results/verifiable-gen/*.png "outputs/results/verifiable-gen/$1/"
+}
+two_workers verifiable-gen $GEN --seeds 0,1,2
+keep_report kinds
 # The flip-rate curve: the same cells at every rate of the grid (rates 0 and 0.3 are cached above).
-FLIP="${GEN/--kinds flip,length,margin --rates 0,0.3/--kinds flip --rates 0,0.1,0.2,0.3,0.4}"
-$R bench robustness $FLIP --seeds 0,1,2 > outputs/results/verifiable-flip.log 2>&1 &
-sleep 30; $R bench robustness $FLIP --seeds 0,1,2 > outputs/results/verifiable-flip-2.log 2>&1 &
-wait
-$R bench robustness $FLIP --seeds 0,1,2 > /dev/null
-mkdir -p outputs/results/verifiable-gen/flip-rates  # the next report overwrites this one
-cp outputs/results/verifiable-gen/report.md outputs/results/verifiable-gen/*.png outputs/results/verifiable-gen/flip-rates/
-GEN_ALL="${GEN/--methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3/--kinds flip --rates 0.3,0} --seeds 0,1,2"
+two_workers verifiable-flip ${GEN/--kinds flip,length,margin --rates 0,0.3/--kinds flip --rates 0,0.1,0.2,0.3,0.4} --seeds 0,1,2
+keep_report flip-rates
 # Session 5: the other offline losses, then the online methods, at flip rates 0 and 0.3 (same cells, same budget).
-$R bench robustness $GEN_ALL --methods ipo,hinge,cdpo,simpo,hypo,sympo,drdpo,robust > outputs/results/verifiable-offline.log 2>&1 &
-sleep 30; $R bench robustness $GEN_ALL --methods ipo,hinge,cdpo,simpo,hypo,sympo,drdpo,robust > outputs/results/verifiable-offline-2.log 2>&1 &
-wait
-$R bench robustness $GEN_ALL --methods sail,oracle_robust > outputs/results/verifiable-online.log 2>&1 &
-sleep 30; $R bench robustness $GEN_ALL --methods sail,oracle_robust > outputs/results/verifiable-online-2.log 2>&1 &
-wait
+GEN_ALL="${GEN/--methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3/--kinds flip --rates 0.3,0} --seeds 0,1,2"
+two_workers verifiable-offline $GEN_ALL --methods ipo,hinge,cdpo,simpo,hypo,sympo,drdpo,robust
+two_workers verifiable-online $GEN_ALL --methods sail,oracle_robust
 # The report over every method at flip 0 / 0.3 (all cached by now).
 $R bench robustness $GEN_ALL --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust \
     > /dev/null

@@ -253,16 +253,18 @@ def _check_settings(spec: SweepSpec):
     path.write_text(json.dumps(keep, indent=2))
 
 
-def aggregate(results: list[dict], metric: str) -> list[dict]:
-    """Mean and spread (sample std) over seeds for each (method, kind, rate)."""
+def aggregate(results: list[dict], metric: str, against=None) -> list[dict]:
+    """Mean and spread (sample std) over seeds for each (method, kind, rate).
+
+    Args:
+        against: optional r -> the value to subtract from r's metric (a paired baseline), or None to leave
+            r out; without it the raw values are summarised.
+    """
     groups: dict[tuple, list[float]] = {}
     for r in results:
-        if r.get(metric) is not None:
-            groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r[metric])
-    return _summarise(groups)
-
-
-def _summarise(groups: dict[tuple, list[float]]) -> list[dict]:
+        base = 0.0 if against is None else against(r)
+        if r.get(metric) is not None and base is not None:
+            groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r[metric] - base)
     return [{"method": method, "kind": kind, "rate": rate, "mean": statistics.fmean(vals),
              "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
             for (method, kind, rate), vals in sorted(groups.items())]
@@ -275,12 +277,7 @@ def paired_noise_cost(results: list[dict], metric: str) -> list[dict]:
     noise is read against its own spread rather than against the seed-to-seed spread of the raw values.
     """
     clean = {(r["method"], r["seed"]): r[metric] for r in results if r["rate"] == 0 and r.get(metric) is not None}
-    groups: dict[tuple, list[float]] = {}
-    for r in results:
-        base = clean.get((r["method"], r["seed"]))
-        if r["rate"] > 0 and r.get(metric) is not None and base is not None:
-            groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r[metric] - base)
-    return _summarise(groups)
+    return aggregate(results, metric, lambda r: clean.get((r["method"], r["seed"])) if r["rate"] > 0 else None)
 
 
 def paired_against(results: list[dict], metric: str, baseline: str) -> list[dict]:
@@ -289,12 +286,8 @@ def paired_against(results: list[dict], metric: str, baseline: str) -> list[dict
     same training pairs (online methods label their own generations)."""
     base = {(r["kind"], r["rate"], r["seed"]): r[metric] for r in results
             if r["method"] == baseline and r.get(metric) is not None}
-    groups: dict[tuple, list[float]] = {}
-    for r in results:
-        other = base.get((r["kind"], r["rate"], r["seed"]))
-        if r["method"] != baseline and r.get(metric) is not None and other is not None:
-            groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r[metric] - other)
-    return _summarise(groups)
+    return aggregate(results, metric,
+                     lambda r: base.get((r["kind"], r["rate"], r["seed"])) if r["method"] != baseline else None)
 
 
 def _with_clean(rows: list[dict], kinds: list[str]) -> list[dict]:
