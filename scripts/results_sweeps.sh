@@ -44,3 +44,7 @@ two_workers verifiable-online $GEN_ALL --methods sail,oracle_robust
 # The report over every method at flip 0 / 0.3 (all cached by now).
 $R bench robustness $GEN_ALL --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust \
     > /dev/null
+# Session 6: every offline loss and GAPO on HH-RLHF at flip 0 / 0.3 (HH has no gold oracle for the online
+# methods). The report covers exactly these cells; the older rate-0.2 cells stay in the directory.
+HH_ALL="--data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --rates 0.3,0 --out outputs/results/hh"
+two_workers hh-all $HH_ALL --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo

@@ -15,7 +15,8 @@ def test_robustness_sweep_caches_cells_and_reports(tmp_path, capsys):
     assert (tmp_path / "accuracy_h_vs_noise.png").is_file() and (tmp_path / "results.csv").is_file()
     report = (tmp_path / "report.md").read_text()
     assert "| rdpo | flip |" in report
-    assert "accuracy_M: cost of noise, paired by seed" in report and "accuracy_M: each method − dpo" in report
+    for metric in ("accuracy_h", "accuracy_M"):
+        assert f"{metric}: cost of noise, paired by seed" in report and f"{metric}: each method − dpo" in report
     # A second run reads every cell from its cache: same numbers, nothing retrained.
     stamp = (tmp_path / "cells" / "dpo-flip-0-s0" / "result.json").stat().st_mtime_ns
     assert main(args) == 0

@@ -395,7 +395,7 @@ def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
     return report
 
 
-PAIRED_METRICS = ("accuracy_M", "gold_reward_greedy")
+PAIRED_METRICS = ("accuracy_h", "accuracy_M", "gold_reward_greedy")  # h: what the DPO family trains
 PAIRED_BASELINE = "dpo"
 
 
