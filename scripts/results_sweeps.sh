@@ -48,3 +48,8 @@ $R bench robustness $GEN_ALL --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,
 # methods). The report covers exactly these cells; the older rate-0.2 cells stay in the directory.
 HH_ALL="--data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --rates 0.3,0 --out outputs/results/hh"
 two_workers hh-all $HH_ALL --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
+# Session 6: `length` 0.3 for four more losses; the report call names flip first so rate 0 is the cached clean run.
+two_workers verifiable-length ${GEN/--methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3/--kinds length --rates 0.3} \
+    --seeds 0,1,2 --methods ipo,cdpo,hinge,simpo
+$R bench robustness ${GEN/--methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3/--kinds flip,length --rates 0.3,0} \
+    --seeds 0,1,2 --methods dpo,ipo,hinge,cdpo,rdpo,simpo,gapo > /dev/null
