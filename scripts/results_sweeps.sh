@@ -15,10 +15,10 @@ vf() { $R bench robustness --data verifiable $COMMON --out outputs/results/verif
 ( vf --methods dpo,rdpo,gapo --rates 0.3 && vf --methods dpo,rdpo,gapo --rates 0,0.3 ) \
     > outputs/results/verifiable.log 2>&1 &
 wait
-# All three noise kinds on the built-in task, with gold reward / win rate / KL of held-out generations.
-GEN="--data verifiable --methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3 --steps 16 --batch-size 4 \
- --lr 5e-4 --train-pairs 256 --eval-pairs 64 --max-length 192 --gen-prompts 16 --gen-max-new-tokens 32 \
- --out outputs/results/verifiable-gen"
+# All three noise kinds on the built-in task, with gold reward / win rate / KL of held-out generations. Every
+# built-in sweep below shares these settings and directory; each names its methods, kinds and rates.
+GOLD="--data verifiable --steps 16 --batch-size 4 --lr 5e-4 --train-pairs 256 --eval-pairs 64 --max-length 192 \
+ --gen-prompts 16 --gen-max-new-tokens 32 --seeds 0,1,2 --out outputs/results/verifiable-gen"
 # Two workers share the directory (each cell is locked by the one that trains it), then one more call writes
 # the report over all cells (all cached by then). $1 names the logs, the rest are the sweep's arguments.
 two_workers() {
@@ -32,24 +32,21 @@ keep_report() {  # the next report in the directory overwrites this one
     mkdir -p "outputs/results/verifiable-gen/$1"
     cp outputs/results/verifiable-gen/report.md outputs/results/verifiable-gen/*.png "outputs/results/verifiable-gen/$1/"
 }
-two_workers verifiable-gen $GEN --seeds 0,1,2
+two_workers verifiable-gen $GOLD --methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3
 keep_report kinds
 # The flip-rate curve: the same cells at every rate of the grid (rates 0 and 0.3 are cached above).
-two_workers verifiable-flip ${GEN/--kinds flip,length,margin --rates 0,0.3/--kinds flip --rates 0,0.1,0.2,0.3,0.4} --seeds 0,1,2
+two_workers verifiable-flip $GOLD --methods dpo,rdpo,gapo --kinds flip --rates 0,0.1,0.2,0.3,0.4
 keep_report flip-rates
 # Session 5: the other offline losses, then the online methods, at flip rates 0 and 0.3 (same cells, same budget).
-GEN_ALL="${GEN/--methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3/--kinds flip --rates 0.3,0} --seeds 0,1,2"
-two_workers verifiable-offline $GEN_ALL --methods ipo,hinge,cdpo,simpo,hypo,sympo,drdpo,robust
-two_workers verifiable-online $GEN_ALL --methods sail,oracle_robust
+two_workers verifiable-offline $GOLD --kinds flip --rates 0.3,0 --methods ipo,hinge,cdpo,simpo,hypo,sympo,drdpo,robust
+two_workers verifiable-online $GOLD --kinds flip --rates 0.3,0 --methods sail,oracle_robust
 # The report over every method at flip 0 / 0.3 (all cached by now).
-$R bench robustness $GEN_ALL --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust \
-    > /dev/null
+$R bench robustness $GOLD --kinds flip --rates 0.3,0 \
+    --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust > /dev/null
 # Session 6: every offline loss and GAPO on HH-RLHF at flip 0 / 0.3 (HH has no gold oracle for the online
 # methods). The report covers exactly these cells; the older rate-0.2 cells stay in the directory.
-HH_ALL="--data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --rates 0.3,0 --out outputs/results/hh"
-two_workers hh-all $HH_ALL --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
-# Session 6: `length` 0.3 for four more losses; the report call names flip first so rate 0 is the cached clean run.
-two_workers verifiable-length ${GEN/--methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3/--kinds length --rates 0.3} \
-    --seeds 0,1,2 --methods ipo,cdpo,hinge,simpo
-$R bench robustness ${GEN/--methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3/--kinds flip,length --rates 0.3,0} \
-    --seeds 0,1,2 --methods dpo,ipo,hinge,cdpo,rdpo,simpo,gapo > /dev/null
+two_workers hh-all --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --rates 0.3,0 --out outputs/results/hh \
+    --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
+# Session 6: `length` 0.3 for four more losses; the report names flip first so rate 0 is the cached clean run.
+two_workers verifiable-length $GOLD --kinds length --rates 0.3 --methods ipo,cdpo,hinge,simpo
+$R bench robustness $GOLD --kinds flip,length --rates 0.3,0 --methods dpo,ipo,hinge,cdpo,rdpo,simpo,gapo > /dev/null
