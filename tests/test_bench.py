@@ -116,6 +116,25 @@ def test_gen_prompts_need_a_gold_reward(tmp_path, capsys):
     assert "gold reward" in capsys.readouterr().err
 
 
+def test_margin_noise_on_a_file_without_scores_fails_before_any_cell(tmp_path, capsys):
+    from argparse import Namespace
+
+    from robalign.bench import _kinds
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                    '{"prompt": "q", "chosen": "a", "rejected": "b", "chosen_score": 1, "rejected_score": 0}\n')
+    assert main(["bench", "robustness", "--data", str(data), "--kinds", "flip,margin", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "margin noise needs chosen_score" in err and "1 of its 2 pairs" in err and str(data) in err
+    assert not (tmp_path / "cells").exists()
+    assert _kinds(Namespace(kinds=None, data=str(data))) == ["flip", "length"]  # the default leaves margin out
+    scored = tmp_path / "scored.jsonl"
+    scored.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "chosen_score": 1, "rejected_score": 0}\n')
+    assert _kinds(Namespace(kinds=None, data=str(scored))) == ["flip", "length", "margin"]
+    assert _kinds(Namespace(kinds="margin", data="verifiable")) == ["margin"]
+
+
 def test_sweep_on_model_sampled_pairs_caches_the_sampled_set(tmp_path, capsys):
     args = ["bench", "robustness", "--data", "verifiable-sampled", "--model", "tiny-llama", "--methods", "dpo",
             "--kinds", "flip", "--rates", "0.5", "--seeds", "0", "--steps", "2", "--train-pairs", "8",

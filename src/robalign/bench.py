@@ -447,12 +447,31 @@ def _gen_prompts(args) -> int:
     return args.gen_prompts
 
 
+def _kinds(args) -> list[str]:
+    """--kinds; `margin` ranks pairs by their score gap, so a file without scores fails here, not after
+    its flip cells have trained, and the default leaves margin out for it."""
+    kinds = [k for k in (args.kinds or "flip,length,margin").split(",") if k]
+    if "margin" not in kinds or args.data in GOLD_TASKS or not Path(args.data).exists():
+        return kinds
+    from robalign.data import load_pairs
+
+    pairs = load_pairs(args.data, skip_invalid=True).pairs
+    missing = sum(p.chosen_score is None or p.rejected_score is None for p in pairs)
+    if not missing:
+        return kinds
+    if args.kinds is None:
+        print(f"bench: {args.data} has no chosen_score/rejected_score, so the default kinds leave out margin")
+        return [k for k in kinds if k != "margin"]
+    raise UserError(f"bench: margin noise needs chosen_score and rejected_score on every row of {args.data}, "
+                    f"and {missing} of its {len(pairs)} pairs lack them; score the pairs or drop margin from --kinds")
+
+
 def cmd_bench(args) -> int:
     from robalign.data import NOISE_KINDS
     from robalign.methods import METHODS
 
     methods = [m for m in args.methods.split(",") if m]
-    kinds = [k for k in args.kinds.split(",") if k]
+    kinds = _kinds(args)
     bad = [m for m in methods if m not in METHODS] + [k for k in kinds if k not in NOISE_KINDS]
     if bad:
         raise UserError(f"bench: unknown method or noise kind {bad}")
@@ -486,7 +505,8 @@ def register_cli(sub):
     p.add_argument("--methods", default="dpo,cdpo,rdpo,ipo,simpo,hypo,sympo,drdpo,robust,gapo", help="training methods; the "
                    "online ones (sail, oracle_robust) need the built-in task and also get the noise in their "
                    "oracle (kinds flip and length)")
-    p.add_argument("--kinds", default="flip,length,margin")
+    p.add_argument("--kinds", default=None, help="noise kinds (default flip,length,margin; margin only on data "
+                   "with chosen_score/rejected_score on every pair)")
     p.add_argument("--rates", default="0,0.1,0.2,0.3,0.4")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--model", default=DEFAULT_MODEL)
