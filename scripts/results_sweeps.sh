@@ -50,3 +50,8 @@ two_workers hh-all --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $CO
 # Session 6: `length` 0.3 for four more losses; the report names flip first so rate 0 is the cached clean run.
 two_workers verifiable-length $GOLD --kinds length --rates 0.3 --methods ipo,cdpo,hinge,simpo
 $R bench robustness $GOLD --kinds flip,length --rates 0.3,0 --methods dpo,ipo,hinge,cdpo,rdpo,simpo,gapo > /dev/null
+# Session 7: `length` 0.3 for the remaining methods; the report covers every method at flip and length.
+two_workers verifiable-length-rest $GOLD --kinds length --rates 0.3 --methods hypo,sympo,drdpo,robust,sail,oracle_robust
+$R bench robustness $GOLD --kinds flip,length --rates 0.3,0 \
+    --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust > /dev/null
+keep_report length-all
