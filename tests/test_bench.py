@@ -12,6 +12,8 @@ def test_robustness_sweep_caches_cells_and_reports(tmp_path, capsys):
     assert cells == ["dpo-flip-0-s0", "dpo-flip-0.25-s0", "rdpo-flip-0-s0", "rdpo-flip-0.25-s0"]
     result = json.loads((tmp_path / "cells" / "rdpo-flip-0.25-s0" / "result.json").read_text())
     assert result["flipped"] == 4 and 0 <= result["accuracy_h"] <= 1
+    cell = tmp_path / "cells" / "rdpo-flip-0.25-s0"  # a cell keeps its adapter, not its resume checkpoint
+    assert (cell / "adapter" / "adapter_model.safetensors").is_file() and not (cell / "checkpoints").exists()
     assert (tmp_path / "accuracy_h_vs_noise.png").is_file() and (tmp_path / "results.csv").is_file()
     report = (tmp_path / "report.md").read_text()
     assert "| rdpo | flip |" in report
@@ -177,6 +179,6 @@ def test_a_cell_left_half_written_by_a_kill_is_retrained_cleanly(tmp_path, capsy
     stale.mkdir(parents=True)
     (stale / "weights.safetensors").write_bytes(b"not the new run's weights")
     assert main(args) == 0
-    assert not (stale / "weights.safetensors").read_bytes().startswith(b"not")
+    assert not stale.exists() and (cell / "adapter" / "adapter_model.safetensors").is_file()
     result = json.loads((cell / "result.json").read_text())
     assert result["gapo_pairs"] > 0 and not (cell / ".lock").exists()

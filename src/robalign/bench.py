@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -187,6 +188,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     if spec.gen_prompts > 0:
         result.update(_gold_generation(spec, trainer, seed, base))
         result["seconds"] = time.perf_counter() - t0
+    _keep_only_the_adapter(trainer, out)
     gapo = out / "gapo_summary.json"
     if gapo.is_file():
         result.update({f"gapo_{k}": v for k, v in json.loads(gapo.read_text()).items()
@@ -195,6 +197,14 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(done)
     return result
+
+
+def _keep_only_the_adapter(trainer, out: Path):
+    """A cell is never resumed (a killed one is retrained), so its end-of-run checkpoint, two thirds of it
+    optimiser state, would only fill the disk over a full grid; the trained LoRA adapter is kept."""
+    if hasattr(trainer.model, "peft_config"):
+        trainer.model.save_pretrained(out / "adapter")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
 _REFERENCE_DECODES: dict = {}  # the base model's completions, shared by every cell with the same prompts
