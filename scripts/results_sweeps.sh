@@ -55,3 +55,14 @@ two_workers verifiable-length-rest $GOLD --kinds length --rates 0.3 --methods hy
 $R bench robustness $GOLD --kinds flip,length --rates 0.3,0 \
     --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust > /dev/null
 keep_report length-all
+# Session 7: `margin` 0.3 for the offline losses that lacked it (online x margin is skipped, see bench.py).
+two_workers verifiable-margin $GOLD --kinds margin --rates 0.3 --methods ipo,cdpo,hinge,simpo,hypo,sympo,drdpo,robust
+$R bench robustness $GOLD --kinds flip,margin --rates 0.3,0 \
+    --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo > /dev/null
+keep_report margin-all
+# Session 7: `length` 0.3 on HH-RLHF for every offline method (HH has no scores, so no `margin` there); the
+# --kinds given after $COMMON replaces its `flip`.
+two_workers hh-length --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --kinds length --rates 0.3 \
+    --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
+$R bench robustness --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --kinds flip,length \
+    --rates 0.3,0 --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo > /dev/null
