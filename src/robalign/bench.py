@@ -463,10 +463,10 @@ def _kinds(args) -> list[str]:
     kinds = [k for k in (args.kinds or "flip,length,margin").split(",") if k]
     if "margin" not in kinds or args.data in GOLD_TASKS or not Path(args.data).exists():
         return kinds
-    from robalign.data import load_pairs
+    from robalign.data import load_pairs, unscored
 
     pairs = load_pairs(args.data, skip_invalid=True).pairs
-    missing = sum(p.chosen_score is None or p.rejected_score is None for p in pairs)
+    missing = len(unscored(pairs))
     if not missing:
         return kinds
     if args.kinds is None:

@@ -117,15 +117,21 @@ def _ranked_candidates(pairs: Sequence[PreferencePair], kind: str, order: list[i
     return sorted(range(len(pairs)), key=closeness)
 
 
+def unscored(pairs: Sequence[PreferencePair]) -> list[int]:
+    """Positions of the pairs that lack a chosen or rejected score, which `margin` noise needs."""
+    return [i for i, pair in enumerate(pairs) if pair.chosen_score is None or pair.rejected_score is None]
+
+
 def _require_scores(pairs: Sequence[PreferencePair]) -> None:
-    for i, pair in enumerate(pairs):
-        if pair.chosen_score is None or pair.rejected_score is None:
-            raise DataError(
-                "pairs",
-                i + 1,
-                f"pair {pair.id or i + 1!r} has no chosen_score/rejected_score",
-                "margin noise needs both scores on every row; add them or use flip noise",
-            )
+    missing = unscored(pairs)
+    if missing:
+        i = missing[0]
+        raise DataError(
+            "pairs",
+            i + 1,
+            f"pair {pairs[i].id or i + 1!r} has no chosen_score/rejected_score",
+            "margin noise needs both scores on every row; add them or use flip noise",
+        )
 
 
 def _untouched(pair: PreferencePair) -> PreferencePair:
