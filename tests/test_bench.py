@@ -23,6 +23,27 @@ def test_robustness_sweep_caches_cells_and_reports(tmp_path, capsys):
     stamp = (tmp_path / "cells" / "dpo-flip-0-s0" / "result.json").stat().st_mtime_ns
     assert main(args) == 0
     assert (tmp_path / "cells" / "dpo-flip-0-s0" / "result.json").stat().st_mtime_ns == stamp
+    # --report-only reports the finished cells of a larger grid, names the others and trains none of them.
+    capsys.readouterr()
+    wider = args[:args.index("0,0.25")] + ["0,0.25,0.5"] + args[args.index("0,0.25") + 1:] + ["--report-only"]
+    assert main(wider) == 0
+    said = capsys.readouterr().out
+    assert "4 of the grid's 6 cells are finished" in said and "dpo-flip-0.5-s0, rdpo-flip-0.5-s0" in said
+    assert not (tmp_path / "cells" / "dpo-flip-0.5-s0").exists() and "| rdpo | flip |" in said
+
+
+def test_report_only_needs_a_sweep_and_a_finished_cell(tmp_path, capsys):
+    args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo", "--kinds", "flip", "--rates", "0",
+            "--seeds", "0", "--steps", "2", "--train-pairs", "16", "--eval-pairs", "8", "--out", str(tmp_path),
+            "--report-only"]
+    assert main(args) == 2
+    assert "holds no sweep" in capsys.readouterr().err
+    from robalign.bench import SweepSpec, _check_settings
+
+    _check_settings(SweepSpec("verifiable", ["dpo"], ["flip"], [0.0], [0], "tiny-llama", 2, 4, 5e-4, 16, 8, 256, 16,
+                              tmp_path, gen_prompts=16))
+    assert main(args) == 2
+    assert "no cell of this grid is finished" in capsys.readouterr().err
 
 
 def _cell(method, kind, rate, seed, acc):

@@ -231,6 +231,19 @@ def _gold_generation(spec: SweepSpec, trainer, seed: int, base) -> dict:
     return {new: out[old] for old, new in names.items()}
 
 
+def cached_results(spec: SweepSpec) -> tuple[list[dict], list[tuple]]:
+    """The finished cells of the grid and the cells not finished yet; trains nothing."""
+    _check_settings(spec, write=False)
+    done, missing = [], []
+    for cell in spec.cells():
+        path = cell_dir(spec, *cell) / "result.json"
+        if path.is_file():
+            done.append(json.loads(path.read_text()))
+        else:
+            missing.append(cell)
+    return done, missing
+
+
 def run_sweep(spec: SweepSpec) -> list[dict]:
     from tqdm.auto import tqdm
 
@@ -251,7 +264,7 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
     return results
 
 
-def _check_settings(spec: SweepSpec):
+def _check_settings(spec: SweepSpec, write: bool = True):
     """Cells are cached by (method, kind, rate, seed) only, so one output directory holds one setting."""
     skip = ("methods", "kinds", "rates", "seeds", "out") + (("gen_prompts", "gen_max_new_tokens")
                                                              if spec.gen_prompts == 0 else ())
@@ -259,6 +272,10 @@ def _check_settings(spec: SweepSpec):
     path = spec.out / "settings.json"
     if path.is_file() and json.loads(path.read_text()) != keep:
         raise UserError(f"bench: {spec.out} holds cells of other settings ({path}); use another --out")
+    if not write:
+        if not path.is_file():
+            raise UserError(f"bench: {spec.out} holds no sweep ({path} is missing); run it without --report-only")
+        return
     spec.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(keep, indent=2))
 
@@ -499,7 +516,16 @@ def cmd_bench(args) -> int:
                      batch_size=args.batch_size, lr=args.lr, train_pairs=args.train_pairs,
                      eval_pairs=args.eval_pairs, max_length=args.max_length, lora_r=args.lora_r, out=Path(args.out),
                      gen_prompts=_gen_prompts(args), gen_max_new_tokens=args.gen_max_new_tokens)
-    results = run_sweep(spec)
+    if args.report_only:
+        results, missing = cached_results(spec)
+        names = [cell_dir(spec, *c).name for c in missing]
+        more = f" and {len(names) - 12} more" if len(names) > 12 else ""
+        print(f"bench: {len(results)} of the grid's {len(results) + len(missing)} cells are finished in {spec.out}"
+              + (f"; not finished: {', '.join(names[:12])}{more}" if names else ""))
+        if not results:
+            raise UserError(f"bench: no cell of this grid is finished in {spec.out}; nothing to report")
+    else:
+        results = run_sweep(spec)
     report = write_outputs(spec, results)
     print(report.read_text())
     return 0
@@ -531,4 +557,6 @@ def register_cli(sub):
                    "reward, win rate and KL (built-in task only); -1 = 16 there, 0 elsewhere")
     p.add_argument("--gen-max-new-tokens", type=int, default=32)
     p.add_argument("--out", default="outputs/robustness")
+    p.add_argument("--report-only", action="store_true", help="train nothing: report over the grid's cells "
+                   "already finished in --out and name the ones that are not")
     p.set_defaults(func=cmd_bench)
