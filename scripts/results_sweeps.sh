@@ -40,29 +40,29 @@ keep_report flip-rates
 # Session 5: the other offline losses, then the online methods, at flip rates 0 and 0.3 (same cells, same budget).
 two_workers verifiable-offline $GOLD --kinds flip --rates 0.3,0 --methods ipo,hinge,cdpo,simpo,hypo,sympo,drdpo,robust
 two_workers verifiable-online $GOLD --kinds flip --rates 0.3,0 --methods sail,oracle_robust
-# The report over every method at flip 0 / 0.3 (all cached by now).
+# The report over every method at flip 0 / 0.3 (all cached by now; --report-only trains nothing).
 $R bench robustness $GOLD --kinds flip --rates 0.3,0 \
-    --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust > /dev/null
+    --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust --report-only > /dev/null
 # Session 6: every offline loss and GAPO on HH-RLHF at flip 0 / 0.3 (HH has no gold oracle for the online
 # methods). The report covers exactly these cells; the older rate-0.2 cells stay in the directory.
 two_workers hh-all --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --rates 0.3,0 --out outputs/results/hh \
     --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
 # Session 6: `length` 0.3 for four more losses; the report names flip first so rate 0 is the cached clean run.
 two_workers verifiable-length $GOLD --kinds length --rates 0.3 --methods ipo,cdpo,hinge,simpo
-$R bench robustness $GOLD --kinds flip,length --rates 0.3,0 --methods dpo,ipo,hinge,cdpo,rdpo,simpo,gapo > /dev/null
+$R bench robustness $GOLD --kinds flip,length --rates 0.3,0 --methods dpo,ipo,hinge,cdpo,rdpo,simpo,gapo --report-only > /dev/null
 # Session 7: `length` 0.3 for the remaining methods; the report covers every method at flip and length.
 two_workers verifiable-length-rest $GOLD --kinds length --rates 0.3 --methods hypo,sympo,drdpo,robust,sail,oracle_robust
 $R bench robustness $GOLD --kinds flip,length --rates 0.3,0 \
-    --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust > /dev/null
+    --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust --report-only > /dev/null
 keep_report length-all
 # Session 7: `margin` 0.3 for the offline losses that lacked it (online x margin is skipped, see bench.py).
 two_workers verifiable-margin $GOLD --kinds margin --rates 0.3 --methods ipo,cdpo,hinge,simpo,hypo,sympo,drdpo,robust
 $R bench robustness $GOLD --kinds flip,margin --rates 0.3,0 \
-    --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo > /dev/null
+    --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo --report-only > /dev/null
 keep_report margin-all
 # Session 7: `length` 0.3 on HH-RLHF for every offline method (HH has no scores, so no `margin` there); the
 # --kinds given after $COMMON replaces its `flip`.
 two_workers hh-length --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --kinds length --rates 0.3 \
     --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
 $R bench robustness --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --kinds flip,length \
-    --rates 0.3,0 --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo > /dev/null
+    --rates 0.3,0 --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo --report-only > /dev/null
