@@ -1,14 +1,17 @@
-"""Why cDPO and rDPO track DPO in the small-budget sweeps: how far β·h gets, and what that makes of their gradients.
+"""Why several robust losses track DPO in the small-budget sweeps: how far β·h gets, what that makes of each
+loss's gradient, and how closely each method's held-out accuracy follows DPO's cell by cell.
 
-    .venv/bin/python scripts/loss_scale.py outputs/results/hh [--methods dpo,cdpo,rdpo] [--kinds flip]
-        [--epsilon 0.2] [--beta 0.1]
+    .venv/bin/python scripts/loss_scale.py outputs/results/hh [--kinds flip]
 
-Reads the batch-mean implicit reward margin β·h (`rewards/margins`) logged at every step of the sweep's
-finished cells of those methods and noise kinds, and prints its median, 90th percentile and maximum in
-absolute value. Then, at β·h = 0 and at ± each of those values, the per-pair gradient of the cDPO and rDPO
-losses in h divided by DPO's, taken by autograd through `robalign.losses` (not by a hand formula). AdamW
-divides each parameter's step by a running root-mean-square of its gradients, so a loss whose gradient is
-DPO's times a near-constant factor takes DPO's steps.
+1. The batch-mean implicit reward margin β·h (`rewards/margins`) logged at every step of the finished DPO
+   cells of those noise kinds: median, 90th percentile (q90) and maximum in absolute value.
+2. For each loss on h, its per-pair gradient in h divided by DPO's, taken by autograd through
+   `robalign.losses` with the sweep's parameters (`robalign.bench.METHOD_DEFAULTS`) on one batch of 40
+   pairs whose β·h span [−q90, q90]: its range and max ÷ min. AdamW divides each
+   parameter's step by a running root-mean-square of its gradients, so a loss whose gradient is DPO's
+   times a near-constant factor (max ÷ min near 1) takes nearly DPO's steps.
+3. Per method, paired with DPO's cell of the same kind, rate and seed: in how many cells its clean
+   held-out accuracy_h equals DPO's, and the mean |difference| in held-out pairs.
 """
 
 from __future__ import annotations
@@ -21,28 +24,37 @@ from pathlib import Path
 
 import torch
 
-from robalign.losses import preference_loss
+from robalign.bench import METHOD_DEFAULTS
+from robalign.losses import LOSSES, preference_loss
+
+ON_H = ["cdpo", "rdpo", "hinge", "sympo", "drdpo", "ipo", "robust"]  # losses of the margin h, besides dpo
 
 
-def logged_margins(out: Path, methods: list[str], kinds: list[str]) -> list[float]:
-    """|rewards/margins| of every logged step of the finished cells of `methods` × `kinds` in `out`."""
-    found = []
+def finished_cells(out: Path, kinds: list[str]) -> dict[tuple[str, str, str, str], Path]:
+    """(method, kind, rate, seed) -> cell directory, for the finished cells of `kinds` (rate 0 is any kind's)."""
+    cells = {}
     for cell in sorted((out / "cells").iterdir()):
-        method, kind = cell.name.split("-")[:2]
-        if method not in methods or kind not in kinds or not (cell / "result.json").is_file():
-            continue
-        for line in (cell / "metrics.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            if "rewards/margins" in row:
-                found.append(abs(row["rewards/margins"]))
+        method, kind, rate, seed = cell.name.rsplit("-", 3)
+        if (kind in kinds or rate == "0") and (cell / "result.json").is_file():
+            cells[method, kind, rate, seed] = cell
+    return cells
+
+
+def logged_margins(cells: dict, method: str = "dpo") -> list[float]:
+    """|rewards/margins| of every logged step of `method`'s cells."""
+    found = []
+    for (m, *_), cell in cells.items():
+        if m == method:
+            rows = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+            found += [abs(r["rewards/margins"]) for r in rows if "rewards/margins" in r]
     return found
 
 
-def grad_in_h(method: str, beta_h: float, beta: float, epsilon: float) -> float:
-    """d loss / d h of one pair whose margin is h = beta_h / β."""
-    chosen = torch.tensor([beta_h / beta], dtype=torch.float64, requires_grad=True)
-    zero = torch.zeros(1, dtype=torch.float64)
-    params = {"beta": beta} if method == "dpo" else {"beta": beta, "epsilon": epsilon}
+def grad_in_h(method: str, beta_h: torch.Tensor) -> torch.Tensor:
+    """d loss / d h_i of one batch of pairs whose margins are β·h = `beta_h`, with the sweep's parameters."""
+    params = {**LOSSES[method].defaults, **METHOD_DEFAULTS.get(method, {})}
+    chosen = (beta_h / params["beta"]).to(torch.float64).requires_grad_(True)
+    zero = torch.zeros_like(chosen)
     loss = preference_loss(
         method,
         chosen_logps=chosen,
@@ -52,35 +64,58 @@ def grad_in_h(method: str, beta_h: float, beta: float, epsilon: float) -> float:
         **params,
     ).loss
     (g,) = torch.autograd.grad(loss, chosen)
-    return g.item()
+    return g
+
+
+def agreement(cells: dict, method: str) -> tuple[int, int, float]:
+    """(cells with acc_h equal to DPO's, cells paired, mean |acc_h − DPO's| in held-out pairs)."""
+    diffs = []
+    for (m, kind, rate, seed), cell in cells.items():
+        if m == method and ("dpo", kind, rate, seed) in cells:
+            mine = json.loads((cell / "result.json").read_text())
+            dpo = json.loads((cells["dpo", kind, rate, seed] / "result.json").read_text())
+            diffs.append(abs(mine["accuracy_h"] - dpo["accuracy_h"]) * mine["pairs"])
+    if not diffs:
+        return 0, 0, float("nan")
+    return sum(d < 0.5 for d in diffs), len(diffs), statistics.fmean(diffs)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path, help="a bench robustness output directory")
-    ap.add_argument("--methods", default="dpo,cdpo,rdpo")
-    ap.add_argument("--kinds", default="flip")
-    ap.add_argument("--epsilon", type=float, default=0.2, help="cDPO's and rDPO's ε in the sweep")
-    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--kinds", default="flip", help="noise kinds whose cells count (rate-0 cells always do)")
+    ap.add_argument("--methods", default="cdpo,rdpo,hinge,sympo,drdpo,ipo,robust,hypo,simpo,gapo")
     a = ap.parse_args(argv)
     if not (a.out / "cells").is_dir():
         print(f"loss_scale: {a.out} holds no sweep cells (no {a.out / 'cells'})", file=sys.stderr)
         return 2
-    margins = logged_margins(a.out, a.methods.split(","), a.kinds.split(","))
+    cells = finished_cells(a.out, a.kinds.split(","))
+    margins = logged_margins(cells)
     if not margins:
-        print(f"loss_scale: no finished cell of {a.methods} × {a.kinds} in {a.out}", file=sys.stderr)
+        print(f"loss_scale: no finished dpo cell of kinds {a.kinds} in {a.out}", file=sys.stderr)
         return 2
-    q = statistics.quantiles(margins, n=10)
-    points = {"median": statistics.median(margins), "90th percentile": q[-1], "max": max(margins)}
+    q90 = statistics.quantiles(margins, n=10)[-1]
     print(
-        f"|batch-mean β·h| over {len(margins)} logged steps: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in points.items())
+        f"|batch-mean β·h| over {len(margins)} logged steps of dpo: median {statistics.median(margins):.3f}, "
+        f"90th percentile {q90:.3f}, max {max(margins):.3f}\n"
     )
-    print("\n| β·h | cdpo gradient ÷ dpo | rdpo gradient ÷ dpo |\n|---:|---:|---:|")
-    for bh in [0.0] + [s * v for v in points.values() for s in (-1, 1)]:
-        dpo = grad_in_h("dpo", bh, a.beta, a.epsilon)
-        ratios = [grad_in_h(m, bh, a.beta, a.epsilon) / dpo for m in ("cdpo", "rdpo")]
-        print(f"| {bh:+.3f} | {ratios[0]:.3f} | {ratios[1]:.3f} |")
+    grid = torch.linspace(-q90, q90, 40, dtype=torch.float64)  # even: no pair sits on robust's kink at 0
+    dpo = grad_in_h("dpo", grid)
+    print(
+        "| method | gradient ÷ dpo, range over β·h in ±q90 | max ÷ min | acc_h = dpo's | mean abs Δ acc_h (pairs) |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for method in a.methods.split(","):
+        same, paired, mean_diff = agreement(cells, method)
+        if method in ON_H:
+            r = grad_in_h(method, grid) / dpo
+            lo, hi = r.min().item(), r.max().item()
+            ratio = f"{lo:.3f}–{hi:.3f} | {hi / lo:.2f}"
+        else:
+            ratio = (
+                "– | –"  # another margin (M, or HyPO's clipped reference): no ratio to DPO's gradient in h
+            )
+        print(f"| {method} | {ratio} | {same} of {paired} | {mean_diff:.2f} |")
     return 0
 
 

@@ -28,15 +28,15 @@ two_workers() {
     wait
     $R bench robustness "$@" > /dev/null
 }
-keep_report() {  # the next report in the directory overwrites this one
-    mkdir -p "outputs/results/verifiable-gen/$1"
-    cp outputs/results/verifiable-gen/report.md outputs/results/verifiable-gen/*.png "outputs/results/verifiable-gen/$1/"
+keep_report() {  # $1 = sweep directory, $2 = subfolder: the next report in the directory overwrites this one
+    mkdir -p "outputs/results/$1/$2"
+    cp "outputs/results/$1/report.md" "outputs/results/$1"/*.png "outputs/results/$1/$2/"
 }
 two_workers verifiable-gen $GOLD --methods dpo,rdpo,gapo --kinds flip,length,margin --rates 0,0.3
-keep_report kinds
+keep_report verifiable-gen kinds
 # The flip-rate curve: the same cells at every rate of the grid (rates 0 and 0.3 are cached above).
 two_workers verifiable-flip $GOLD --methods dpo,rdpo,gapo --kinds flip --rates 0,0.1,0.2,0.3,0.4
-keep_report flip-rates
+keep_report verifiable-gen flip-rates
 # Session 5: the other offline losses, then the online methods, at flip rates 0 and 0.3 (same cells, same budget).
 two_workers verifiable-offline $GOLD --kinds flip --rates 0.3,0 --methods ipo,hinge,cdpo,simpo,hypo,sympo,drdpo,robust
 two_workers verifiable-online $GOLD --kinds flip --rates 0.3,0 --methods sail,oracle_robust
@@ -54,15 +54,27 @@ $R bench robustness $GOLD --kinds flip,length --rates 0.3,0 --methods dpo,ipo,hi
 two_workers verifiable-length-rest $GOLD --kinds length --rates 0.3 --methods hypo,sympo,drdpo,robust,sail,oracle_robust
 $R bench robustness $GOLD --kinds flip,length --rates 0.3,0 \
     --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo,sail,oracle_robust --report-only > /dev/null
-keep_report length-all
+keep_report verifiable-gen length-all
 # Session 7: `margin` 0.3 for the offline losses that lacked it (online x margin is skipped, see bench.py).
 two_workers verifiable-margin $GOLD --kinds margin --rates 0.3 --methods ipo,cdpo,hinge,simpo,hypo,sympo,drdpo,robust
 $R bench robustness $GOLD --kinds flip,margin --rates 0.3,0 \
     --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo --report-only > /dev/null
-keep_report margin-all
+keep_report verifiable-gen margin-all
 # Session 7: `length` 0.3 on HH-RLHF for every offline method (HH has no scores, so no `margin` there); the
 # --kinds given after $COMMON replaces its `flip`.
 two_workers hh-length --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --kinds length --rates 0.3 \
     --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
 $R bench robustness --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --kinds flip,length \
     --rates 0.3,0 --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo --report-only > /dev/null
+# Sessions 8-9: the flip-rate curve on HH-RLHF for every offline method, then the `length` rates for four.
+HH="--data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --out outputs/results/hh"
+two_workers hh-rates $HH --rates 0.1,0.2,0.4 --methods dpo,rdpo,gapo,cdpo,robust,ipo,hinge,simpo,hypo,sympo,drdpo
+$R bench robustness $HH --rates 0,0.1,0.2,0.3,0.4 --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo \
+    --report-only > /dev/null
+keep_report hh flip-rates
+two_workers hh-length-rates $HH --kinds length --rates 0.1,0.2,0.4 --methods dpo,rdpo,gapo,cdpo
+$R bench robustness $HH --kinds flip,length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,gapo --report-only > /dev/null
+keep_report hh length-rates
+# Last, the report docs/results.md's session-6 and -7 HH sections quote (outputs/results/hh/report.md).
+$R bench robustness $HH --kinds flip,length --rates 0.3,0 --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo \
+    --report-only > /dev/null
