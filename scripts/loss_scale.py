@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         if method in ON_H:
             r = grad_in_h(method, grid) / dpo
             lo, hi = r.min().item(), r.max().item()
-            ratio = f"{lo:.3f}–{hi:.3f} | {hi / lo:.2f}"
+            spread = f"{hi / lo:.2f}" if lo > 0 else "sign changes"  # IPO pushes back once h > 1/(2β)
+            ratio = f"{lo:.3f}–{hi:.3f} | {spread}"
         else:
             ratio = (
                 "– | –"  # another margin (M, or HyPO's clipped reference): no ratio to DPO's gradient in h

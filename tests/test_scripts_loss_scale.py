@@ -63,6 +63,13 @@ def test_margins_ratios_and_agreement(tmp_path):
     assert table["simpo"][:2] == ["–", "–"] and table["simpo"][2] == "0 of 0"
 
 
+def test_ipo_gradient_turns_once_the_margin_passes_its_target(tmp_path):
+    write_cell(tmp_path, "dpo-flip-0-s0", [0.6, 0.7, 0.8])  # β·h past 0.5: h > 1/(2β) = 5
+    table = rows(run(str(tmp_path), "--methods", "ipo,cdpo").stdout)
+    assert table["ipo"][1] == "sign changes"
+    assert float(table["cdpo"][1]) > 1  # cDPO's ratio (1−ε) − ε e^{βh} stays positive below βh = log 4
+
+
 def test_no_cells_is_a_clear_error(tmp_path):
     proc = run(str(tmp_path))
     assert proc.returncode == 2 and "holds no sweep cells" in proc.stderr
