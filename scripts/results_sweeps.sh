@@ -64,17 +64,16 @@ keep_report verifiable-gen margin-all
 # --kinds given after $COMMON replaces its `flip`.
 two_workers hh-length --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --kinds length --rates 0.3 \
     --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
-$R bench robustness --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --kinds flip,length \
-    --rates 0.3,0 --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo --report-only > /dev/null
-# Sessions 8-9: the flip-rate curve on HH-RLHF for every offline method, then the `length` rates for four.
+# Sessions 8-9: the flip-rate curve on HH-RLHF for every offline method, then the `length` rates for eight;
+# their reports go to subfolders (--report-dir); the last call puts back the session-7 report.md that
+# docs/results.md quotes (two_workers' closing report replaced it).
 HH="--data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --out outputs/results/hh"
+ALL=dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
 two_workers hh-rates $HH --rates 0.1,0.2,0.4 --methods dpo,rdpo,gapo,cdpo,robust,ipo,hinge,simpo,hypo,sympo,drdpo
-$R bench robustness $HH --rates 0,0.1,0.2,0.3,0.4 --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo \
-    --report-only > /dev/null
-keep_report hh flip-rates
-two_workers hh-length-rates $HH --kinds length --rates 0.1,0.2,0.4 --methods dpo,rdpo,gapo,cdpo
-$R bench robustness $HH --kinds flip,length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,gapo --report-only > /dev/null
-keep_report hh length-rates
-# Last, the report docs/results.md's session-6 and -7 HH sections quote (outputs/results/hh/report.md).
-$R bench robustness $HH --kinds flip,length --rates 0.3,0 --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo \
-    --report-only > /dev/null
+$R bench robustness $HH --rates 0,0.1,0.2,0.3,0.4 --methods $ALL --report-only --report-dir outputs/results/hh/flip-rates > /dev/null
+$R bench robustness $HH --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,simpo,gapo --report-only \
+    --report-dir outputs/results/hh/flip-rates-5 > /dev/null
+two_workers hh-length-rates $HH --kinds length --rates 0.1,0.2,0.4 --methods dpo,rdpo,gapo,cdpo,simpo,ipo,robust,hypo
+$R bench robustness $HH --kinds flip,length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,gapo,simpo,ipo,robust,hypo \
+    --report-only --report-dir outputs/results/hh/length-rates > /dev/null
+$R bench robustness $HH --kinds flip,length --rates 0.3,0 --methods $ALL --report-only > /dev/null

@@ -30,6 +30,15 @@ def test_robustness_sweep_caches_cells_and_reports(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "4 of the grid's 6 cells are finished" in said and "dpo-flip-0.5-s0, rdpo-flip-0.5-s0" in said
     assert not (tmp_path / "cells" / "dpo-flip-0.5-s0").exists() and "| rdpo | flip |" in said
+    # --report-dir puts a partial report elsewhere and leaves the sweep's own report as it was.
+    before = (tmp_path / "report.md").read_text()
+    part = args[:args.index("dpo,rdpo")] + ["rdpo"] + args[args.index("dpo,rdpo") + 1:]
+    assert main(part + ["--report-only", "--report-dir", str(tmp_path / "rdpo-only")]) == 0
+    assert (tmp_path / "report.md").read_text() == before
+    partial = (tmp_path / "rdpo-only" / "report.md").read_text()
+    assert "| rdpo | flip |" in partial and "| dpo | flip |" not in partial
+    assert (tmp_path / "rdpo-only" / "accuracy_h_vs_noise.png").is_file()
+    assert (tmp_path / "rdpo-only" / "results.csv").read_text().count("rdpo") == 2
 
 
 def test_report_only_needs_a_sweep_and_a_finished_cell(tmp_path, capsys):

@@ -384,10 +384,12 @@ def plot_gapo_weights(results: list[dict], kinds: list[str], path: Path):
             ax.set_ylabel("mean weight σ(γ − βΓ)")
 
 
-def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
-    spec.out.mkdir(parents=True, exist_ok=True)
+def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None) -> Path:
+    """results.csv, report.md and the plots of `results`, in `dest` (default: the sweep's own directory)."""
+    dest = spec.out if dest is None else dest
+    dest.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for r in results for k in r})
-    with open(spec.out / "results.csv", "w", newline="") as fh:
+    with open(dest / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(results)
@@ -398,7 +400,7 @@ def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
         rows = aggregate(results, metric)
         if not rows:
             continue
-        plot_accuracy(rows, spec.kinds, spec.out / f"{metric}_vs_noise.png", metric)
+        plot_accuracy(rows, spec.kinds, dest / f"{metric}_vs_noise.png", metric)
         lines += [f"\n## {metric} (mean ± std over seeds)\n", _table(rows, spec.kinds),
                   f"\n![{metric}]({metric}_vs_noise.png)\n"]
     gold = {m: aggregate(results, m) for m in ("gold_reward_greedy", "win_rate_greedy", "kl")}
@@ -407,17 +409,17 @@ def write_outputs(spec: SweepSpec, results: list[dict]) -> Path:
             lines += [f"\n## {metric} (mean ± std over seeds; held-out prompts, greedy decoding"
                       f"{'' if metric != 'kl' else ', KL on samples at T = 1'})\n", _table(rows, spec.kinds)]
     if any(gold.values()):
-        plot_gold_vs_kl(results, spec.kinds, spec.out / "gold_reward_vs_kl.png")
+        plot_gold_vs_kl(results, spec.kinds, dest / "gold_reward_vs_kl.png")
         lines.append("\n![gold reward vs KL](gold_reward_vs_kl.png)\n")
     lines += _paired_sections(results, spec.kinds)
     flipped, clean = aggregate(results, "gapo_weight_flipped_mean"), aggregate(results, "gapo_weight_clean_mean")
     if flipped:
-        plot_gapo_weights(results, spec.kinds, spec.out / "gapo_weights_flipped_vs_clean.png")
+        plot_gapo_weights(results, spec.kinds, dest / "gapo_weights_flipped_vs_clean.png")
         lines += ["\n## GAPO weights, flipped vs clean pairs (last half of training; mean ± std over seeds)\n",
                   _table(flipped, spec.kinds).replace("| method |", "| flipped: method |"), "",
                   _table(clean, spec.kinds).replace("| method |", "| clean: method |"),
                   "\n![GAPO weights](gapo_weights_flipped_vs_clean.png)\n"]
-    report = spec.out / "report.md"
+    report = dest / "report.md"
     report.write_text("\n".join(lines))
     return report
 
@@ -526,7 +528,7 @@ def cmd_bench(args) -> int:
             raise UserError(f"bench: no cell of this grid is finished in {spec.out}; nothing to report")
     else:
         results = run_sweep(spec)
-    report = write_outputs(spec, results)
+    report = write_outputs(spec, results, Path(args.report_dir) if args.report_dir else None)
     print(report.read_text())
     return 0
 
@@ -559,4 +561,6 @@ def register_cli(sub):
     p.add_argument("--out", default="outputs/robustness")
     p.add_argument("--report-only", action="store_true", help="train nothing: report over the grid's cells "
                    "already finished in --out and name the ones that are not")
+    p.add_argument("--report-dir", default=None, help="where report.md, results.csv and the plots go (default: "
+                   "--out), so a report over part of a grid does not replace the one in --out")
     p.set_defaults(func=cmd_bench)
