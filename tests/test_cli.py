@@ -60,3 +60,13 @@ def test_noise_command_writes_flags(hh_path, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert sum(r["is_flipped"] for r in rows) == round(0.2 * len(rows))
+
+
+def test_a_closed_stdout_ends_quietly_without_a_traceback():
+    """`robalign config-keys | head -1`: the reader leaves early, robalign stops with 141 and says nothing."""
+    proc = subprocess.Popen([sys.executable, "-m", "robalign.cli", "config-keys"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # nobody reads: the first write fails with EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

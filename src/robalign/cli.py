@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robalign: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (`robalign ... | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 141
 
 
 if __name__ == "__main__":
