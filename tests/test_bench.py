@@ -47,6 +47,9 @@ def test_report_only_needs_a_sweep_and_a_finished_cell(tmp_path, capsys):
             "--report-only"]
     assert main(args) == 2
     assert "holds no sweep" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(args + ["--report-dir", str(tmp_path / "a-file")]) == 2
+    assert "is a file" in capsys.readouterr().err
     from robalign.bench import SweepSpec, _check_settings
 
     _check_settings(SweepSpec("verifiable", ["dpo"], ["flip"], [0.0], [0], "tiny-llama", 2, 4, 5e-4, 16, 8, 256, 16,

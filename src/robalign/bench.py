@@ -518,6 +518,8 @@ def cmd_bench(args) -> int:
                      batch_size=args.batch_size, lr=args.lr, train_pairs=args.train_pairs,
                      eval_pairs=args.eval_pairs, max_length=args.max_length, lora_r=args.lora_r, out=Path(args.out),
                      gen_prompts=_gen_prompts(args), gen_max_new_tokens=args.gen_max_new_tokens)
+    if args.report_dir and Path(args.report_dir).exists() and not Path(args.report_dir).is_dir():
+        raise UserError(f"bench: --report-dir {args.report_dir} is a file; name a folder for the report")
     if args.report_only:
         results, missing = cached_results(spec)
         names = [cell_dir(spec, *c).name for c in missing]
