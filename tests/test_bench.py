@@ -84,6 +84,21 @@ def test_paired_differences_subtract_the_same_seed_cell():
     assert abs(versus["rdpo", "flip", 0.3]["std"] - statistics.stdev(want)) < 1e-12
 
 
+def test_a_report_marks_values_that_rest_on_fewer_seeds(tmp_path):
+    from robalign.bench import SweepSpec, write_outputs
+
+    spec = SweepSpec("verifiable", ["dpo"], ["flip"], [0.0, 0.3], [0, 1, 2], "tiny-llama", 2, 4, 5e-4, 16, 8, 256, 16,
+                     tmp_path)
+    results = [_cell("dpo", "flip", 0.0, s, a) for s, a in enumerate([0.5, 0.6, 0.7])]
+    results.append(_cell("dpo", "flip", 0.3, 1, 0.55))  # seeds 0 and 2 of rate 0.3 unfinished
+    report = write_outputs(spec, results).read_text()
+    assert "| dpo | flip | 0.600 ± 0.100 | 0.550 ± 0.000 (n=1) |" in report
+    assert "rests on the k of the 3 seeds" in report
+    assert "| dpo | flip | -0.050 ± 0.000 (n=1) |" in report  # the paired cost: seed 1 only
+    complete = write_outputs(spec, results[:3], tmp_path / "complete").read_text()
+    assert "(n=" not in complete and "rests on" not in complete
+
+
 def test_bench_rejects_bad_rates(tmp_path, capsys):
     assert main(["bench", "robustness", "--rates", "0,1.5", "--out", str(tmp_path)]) == 2
     assert "rates" in capsys.readouterr().err

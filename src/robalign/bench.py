@@ -396,28 +396,31 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
     lines = [f"# Robustness sweep\n\nData `{spec.data}`, model `{spec.model}` (LoRA r={spec.lora_r}), "
              f"{spec.steps} steps x {spec.batch_size} pairs, lr {spec.lr}, {spec.train_pairs} training pairs, "
              f"{spec.eval_pairs} clean held-out pairs, seeds {spec.seeds}.\n"]
+    seeds = len(spec.seeds)
+    if any(r["n"] < seeds for r in aggregate(results, "accuracy_M")):
+        lines.append(f"A value marked (n=k) rests on the k of the {seeds} seeds whose cells are finished.\n")
     for metric in ("accuracy_h", "accuracy_M"):
         rows = aggregate(results, metric)
         if not rows:
             continue
         plot_accuracy(rows, spec.kinds, dest / f"{metric}_vs_noise.png", metric)
-        lines += [f"\n## {metric} (mean ± std over seeds)\n", _table(rows, spec.kinds),
+        lines += [f"\n## {metric} (mean ± std over seeds)\n", _table(rows, spec.kinds, seeds),
                   f"\n![{metric}]({metric}_vs_noise.png)\n"]
     gold = {m: aggregate(results, m) for m in ("gold_reward_greedy", "win_rate_greedy", "kl")}
     for metric, rows in gold.items():
         if rows:
             lines += [f"\n## {metric} (mean ± std over seeds; held-out prompts, greedy decoding"
-                      f"{'' if metric != 'kl' else ', KL on samples at T = 1'})\n", _table(rows, spec.kinds)]
+                      f"{'' if metric != 'kl' else ', KL on samples at T = 1'})\n", _table(rows, spec.kinds, seeds)]
     if any(gold.values()):
         plot_gold_vs_kl(results, spec.kinds, dest / "gold_reward_vs_kl.png")
         lines.append("\n![gold reward vs KL](gold_reward_vs_kl.png)\n")
-    lines += _paired_sections(results, spec.kinds)
+    lines += _paired_sections(results, spec.kinds, seeds)
     flipped, clean = aggregate(results, "gapo_weight_flipped_mean"), aggregate(results, "gapo_weight_clean_mean")
     if flipped:
         plot_gapo_weights(results, spec.kinds, dest / "gapo_weights_flipped_vs_clean.png")
         lines += ["\n## GAPO weights, flipped vs clean pairs (last half of training; mean ± std over seeds)\n",
-                  _table(flipped, spec.kinds).replace("| method |", "| flipped: method |"), "",
-                  _table(clean, spec.kinds).replace("| method |", "| clean: method |"),
+                  _table(flipped, spec.kinds, seeds).replace("| method |", "| flipped: method |"), "",
+                  _table(clean, spec.kinds, seeds).replace("| method |", "| clean: method |"),
                   "\n![GAPO weights](gapo_weights_flipped_vs_clean.png)\n"]
     report = dest / "report.md"
     report.write_text("\n".join(lines))
@@ -428,31 +431,36 @@ PAIRED_METRICS = ("accuracy_h", "accuracy_M", "gold_reward_greedy")  # h: what t
 PAIRED_BASELINE = "dpo"
 
 
-def _paired_sections(results: list[dict], kinds: list[str]) -> list[str]:
+def _paired_sections(results: list[dict], kinds: list[str], seeds: int) -> list[str]:
     """Differences paired by seed: what noise costs each method, and each method against DPO."""
     lines = []
     for metric in PAIRED_METRICS:
         cost = paired_noise_cost(results, metric)
         if cost:
             lines += [f"\n## {metric}: cost of noise, paired by seed (value at the rate − value at 0, "
-                      "same seed; mean ± std over seeds)\n", _table(cost, kinds)]
+                      "same seed; mean ± std over seeds)\n", _table(cost, kinds, seeds)]
         versus = paired_against(results, metric, PAIRED_BASELINE)
         if versus:
             lines += [f"\n## {metric}: each method − {PAIRED_BASELINE}, paired (same seed and noise; mean ± std "
-                      "over seeds)\n", _table(versus, kinds)]
+                      "over seeds)\n", _table(versus, kinds, seeds)]
     return lines
 
 
-def _table(rows: list[dict], kinds: list[str]) -> str:
+def _table(rows: list[dict], kinds: list[str], seeds: int) -> str:
+    """Markdown table of mean ± std per (method, kind) and rate; a value over fewer than `seeds` seeds says so."""
     rows = _with_clean(rows, kinds)
     rates = sorted({r["rate"] for r in rows})
     head = "| method | kind | " + " | ".join(f"{r:g}" for r in rates) + " |"
     out = [head, "|" + "---|" * (2 + len(rates))]
     for method, kind in sorted({(r["method"], r["kind"]) for r in rows}, key=lambda x: (x[1], x[0])):
         cell = {r["rate"]: r for r in rows if r["method"] == method and r["kind"] == kind}
-        vals = [f"{cell[x]['mean']:.3f} ± {cell[x]['std']:.3f}" if x in cell else "-" for x in rates]
+        vals = [_mean_std(cell[x], seeds) if x in cell else "-" for x in rates]
         out.append(f"| {method} | {kind} | " + " | ".join(vals) + " |")
     return "\n".join(out)
+
+
+def _mean_std(row: dict, seeds: int) -> str:
+    return f"{row['mean']:.3f} ± {row['std']:.3f}" + (f" (n={row['n']})" if row["n"] < seeds else "")
 
 
 def _floats(text: str) -> list[float]:
