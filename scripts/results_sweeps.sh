@@ -64,7 +64,7 @@ keep_report verifiable-gen margin-all
 # --kinds given after $COMMON replaces its `flip`.
 two_workers hh-length --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --kinds length --rates 0.3 \
     --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
-# Sessions 8-9: the flip-rate curve on HH-RLHF for every offline method, then the `length` rates for eight;
+# Sessions 8-9: the flip-rate curve on HH-RLHF for every offline method, then the `length` rates for seven;
 # their reports go to subfolders (--report-dir); the last call puts back the session-7 report.md that
 # docs/results.md quotes (two_workers' closing report replaced it).
 HH="--data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --out outputs/results/hh"
@@ -73,7 +73,7 @@ two_workers hh-rates $HH --rates 0.1,0.2,0.4 --methods dpo,rdpo,gapo,cdpo,robust
 $R bench robustness $HH --rates 0,0.1,0.2,0.3,0.4 --methods $ALL --report-only --report-dir outputs/results/hh/flip-rates > /dev/null
 $R bench robustness $HH --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,simpo,gapo --report-only \
     --report-dir outputs/results/hh/flip-rates-5 > /dev/null
-two_workers hh-length-rates $HH --kinds length --rates 0.1,0.2,0.4 --methods dpo,rdpo,gapo,cdpo,simpo,ipo,robust,hypo
-$R bench robustness $HH --kinds flip,length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,gapo,simpo,ipo,robust,hypo \
+two_workers hh-length-rates $HH --kinds length --rates 0.1,0.2,0.4 --methods dpo,rdpo,gapo,cdpo,simpo,ipo,robust
+$R bench robustness $HH --kinds flip,length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,gapo,simpo,ipo,robust \
     --report-only --report-dir outputs/results/hh/length-rates > /dev/null
 $R bench robustness $HH --kinds flip,length --rates 0.3,0 --methods $ALL --report-only > /dev/null
