@@ -76,4 +76,9 @@ $R bench robustness $HH --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,simpo,
 two_workers hh-length-rates $HH --kinds length --rates 0.1,0.2,0.4 --methods dpo,rdpo,gapo,cdpo,simpo,ipo,robust
 $R bench robustness $HH --kinds flip,length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,gapo,simpo,ipo,robust \
     --report-only --report-dir outputs/results/hh/length-rates > /dev/null
+# Session 10: the `length` rates for the last four losses, which completes HH's grid (11 offline methods x
+# flip, length x 5 rates x 3 seeds); its report goes to hh/grid.
+two_workers hh-length-rates-rest $HH --kinds length --rates 0.1,0.2,0.4 --methods hinge,sympo,drdpo,hypo
+$R bench robustness $HH --kinds flip,length --rates 0,0.1,0.2,0.3,0.4 --methods $ALL --report-only \
+    --report-dir outputs/results/hh/grid > /dev/null
 $R bench robustness $HH --kinds flip,length --rates 0.3,0 --methods $ALL --report-only > /dev/null
