@@ -230,3 +230,18 @@ def test_a_cell_left_half_written_by_a_kill_is_retrained_cleanly(tmp_path, capsy
     assert not stale.exists() and (cell / "adapter" / "adapter_model.safetensors").is_file()
     result = json.loads((cell / "result.json").read_text())
     assert result["gapo_pairs"] > 0 and not (cell / ".lock").exists()
+
+
+def test_the_clean_cell_is_shared_by_every_noise_kind(tmp_path):
+    """Rate 0 trains on the same clean pairs whatever the kind: a `length` sweep reuses the clean cell a
+    `flip` sweep left, and its report and plots start the `length` curve from it."""
+    base = ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo", "--seeds", "0", "--steps", "2",
+            "--train-pairs", "16", "--eval-pairs", "8", "--out", str(tmp_path)]
+    assert main(base + ["--kinds", "flip", "--rates", "0"]) == 0
+    clean = tmp_path / "cells" / "dpo-flip-0-s0" / "result.json"
+    stamp, accuracy = clean.stat().st_mtime_ns, json.loads(clean.read_text())["accuracy_h"]
+    assert main(base + ["--kinds", "length", "--rates", "0,0.25"]) == 0
+    assert clean.stat().st_mtime_ns == stamp  # reused, not retrained
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["dpo-flip-0-s0", "dpo-length-0.25-s0"]
+    report = (tmp_path / "report.md").read_text()
+    assert f"| dpo | length | {accuracy:.3f} ± 0.000 |" in report and "| dpo | flip |" not in report

@@ -31,6 +31,9 @@ METHOD_DEFAULTS = {"cdpo": {"epsilon": 0.2}, "rdpo": {"epsilon": 0.2}, "robust":
 # with weight rate. `margin`'s threshold is in reward units, not a rate: online x margin is skipped.
 ONLINE_GOLD = "bt:verifiable:0.1"
 ONLINE_NOISE = ("flip", "length")
+# Rate 0 is one clean run whatever the noise kind; it is stored under this kind's name (the first kind of
+# every sweep before this rule), so a later sweep of another kind reuses it rather than training it again.
+CLEAN_KIND = "flip"
 
 
 def is_online(method: str) -> bool:
@@ -64,12 +67,14 @@ class SweepSpec:
 
     def cells(self):
         online = {m for m in self.methods if is_online(m)}
+        seen = set()
         for kind, rate, seed, method in itertools.product(self.kinds, self.rates, self.seeds, self.methods):
-            if rate == 0 and kind != self.kinds[0]:
-                continue  # rate 0 is the same clean run for every noise kind
             if method in online and kind not in ONLINE_NOISE:
                 continue
-            yield method, kind, rate, seed
+            cell = (method, CLEAN_KIND if rate == 0 else kind, rate, seed)
+            if cell not in seen:
+                seen.add(cell)
+                yield cell
 
 
 def cell_dir(spec: SweepSpec, method, kind, rate, seed) -> Path:
@@ -318,11 +323,12 @@ def paired_against(results: list[dict], metric: str, baseline: str) -> list[dict
 
 
 def _with_clean(rows: list[dict], kinds: list[str]) -> list[dict]:
-    """Copies rate-0 rows to every noise kind, so each panel starts from the clean run."""
-    out = list(rows)
+    """Copies rate-0 rows to every noise kind of the sweep, so each panel starts from the clean run (stored
+    under CLEAN_KIND, which need not be one of the sweep's kinds)."""
+    out = [r for r in rows if r["rate"] != 0]
     for r in rows:
         if r["rate"] == 0:
-            out += [{**r, "kind": k} for k in kinds if k != r["kind"]]
+            out += [{**r, "kind": k} for k in kinds]
     return out
 
 
