@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from robalign.bench import SweepSpec, _data_split
+from robalign.bench import split_file
+from robalign.config import DataConfig
 from robalign.data import inject_noise
 from robalign.errors import UserError
 
@@ -31,20 +32,16 @@ def hypo_weight_ratio(delta_ref: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def reference_margins(model, tokenizer, pairs, max_length: int, batch_size: int = 8) -> torch.Tensor:
-    """Δ_ref = lp(chosen) − lp(rejected) of each pair (summed completion log-probs); NaN where it did not fit."""
-    from robalign.data.collate import collate
+    """Δ_ref = lp(chosen) − lp(rejected) of each pair (summed completion log-probs), tokenised as a sweep cell
+    tokenises them; NaN for a pair the tokeniser skips as invalid."""
     from robalign.data.tokenize import tokenize_pairs
-    from robalign.logprobs import sequence_logps
+    from robalign.reference import FrozenCopyReference, reference_logps
 
-    tokenized, _ = tokenize_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_length // 2,
-                                  skip_invalid=True)
-    out = torch.full((len(pairs),), float("nan"))
-    with torch.no_grad():
-        for start in range(0, len(tokenized), batch_size):
-            group = tokenized[start:start + batch_size]
-            lp = sequence_logps(model, collate(group, tokenizer.pad_token_id))
-            out[torch.tensor([p.index for p in group])] = (lp.chosen - lp.rejected).float()
-    return out
+    tokenized, _ = tokenize_pairs(tokenizer, pairs, max_length=max_length, skip_invalid=True,
+                                  max_prompt_length=DataConfig(max_length=max_length).prompt_budget)
+    chosen, rejected = reference_logps(FrozenCopyReference(model), tokenized, pad_id=tokenizer.pad_token_id,
+                                       batch_size=batch_size, size=len(pairs))
+    return chosen - rejected
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,13 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model, tok = load_model_and_tokenizer(a.model)
-        model.eval()
-        spec = SweepSpec(a.data, ["hypo"], ["length"], [0.0], [], a.model, 0, 0, 0.0, a.train_pairs, 0, 0, 0,
-                         Path("."))
         print("| seed | rate | relabelled | ref disagrees: relabelled / untouched | HyPO weight ÷ DPO: relabelled / "
               "untouched | relabelled share of pairs / of HyPO weight |\n|---:|---:|---:|---:|---:|---:|")
         for seed in (int(s) for s in a.seeds.split(",")):
-            train, _ = _data_split(spec, seed)
+            train, _ = split_file(a.data, seed, train_pairs=a.train_pairs, eval_pairs=0)
             clean_delta = reference_margins(model, tok, train, a.max_length)
             for rate in (float(r) for r in a.rates.split(",")):
                 noisy = inject_noise(train, "length", rate, seed)

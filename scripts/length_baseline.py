@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from robalign.bench import SweepSpec, _data_split
+from robalign.bench import split_file
 from robalign.data import inject_noise
 from robalign.data.noise import completion_length as chars  # what `length` noise compares
 from robalign.errors import UserError
@@ -40,13 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"length_baseline: {a.data} not found (a preference file, as given to bench --data)", file=sys.stderr)
         return 2
     rates = [float(r) for r in a.rates.split(",")]
-    spec = SweepSpec(a.data, ["dpo"], ["length"], [0.0], [], "", 0, 0, 0.0, a.train_pairs, a.eval_pairs, 0, 0,
-                     Path("."))
     print("| seed | held-out pairs | longer wins: accuracy | training pairs | shorter chosen | relabelled at "
           + " / ".join(f"{r:g}" for r in rates) + " |\n|---:|---:|---:|---:|---:|---:|")
     try:
         for seed in (int(s) for s in a.seeds.split(",")):
-            train, held = _data_split(spec, seed)
+            train, held = split_file(a.data, seed, train_pairs=a.train_pairs, eval_pairs=a.eval_pairs)
             shorter = sum(chars(p.chosen) < chars(p.rejected) for p in train)
             relabelled = [sum(p.is_flipped for p in inject_noise(train, "length", r, seed)) for r in rates]
             print(f"| {seed} | {len(held)} | {longer_wins_accuracy(held):.3f} | {len(train)} | {shorter} | "

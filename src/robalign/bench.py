@@ -86,8 +86,6 @@ GOLD_TASKS = ("verifiable", "verifiable-sampled")  # built-in data with a gold r
 
 def _data_split(spec: SweepSpec, seed: int, base=None):
     """(train, eval) pairs of one seed; the eval split is clean and disjoint from training."""
-    from robalign.data import load_pairs, train_eval_split
-
     if spec.data == "verifiable-sampled":  # responses sampled from the (untrained) model, cached
         from robalign.models import load_model_and_tokenizer
         from robalign.tasks.sampled import cache_sampled_pairs
@@ -101,9 +99,15 @@ def _data_split(spec: SweepSpec, seed: int, base=None):
 
         return (make_preference_pairs(spec.train_pairs, seed),
                 make_preference_pairs(spec.eval_pairs, 10_000 + seed))
-    pairs = load_pairs(spec.data, skip_invalid=True).pairs
-    train, held = train_eval_split(pairs, 0.2, seed)
-    return train[:spec.train_pairs], held[:spec.eval_pairs]
+    return split_file(spec.data, seed, train_pairs=spec.train_pairs, eval_pairs=spec.eval_pairs)
+
+
+def split_file(path, seed: int, *, train_pairs: int, eval_pairs: int):
+    """(train, eval) pairs of a preference file for one seed, as every sweep cell of that seed sees them."""
+    from robalign.data import load_pairs, train_eval_split
+
+    train, held = train_eval_split(load_pairs(path, skip_invalid=True).pairs, 0.2, seed)
+    return train[:train_pairs], held[:eval_pairs]
 
 
 def _holder_alive(lock: Path) -> bool:

@@ -82,13 +82,12 @@ def cache_key(model_id: str, model, pairs, settings: dict) -> str:
     return h.hexdigest()[:24]
 
 
-def build_cached_reference(provider, pairs, *, path: Path, pad_id: int, batch_size: int = 8,
-                           progress=None) -> CachedReference:
-    """Computes (or reads) the reference log-probs of `pairs`, stored in `path` (safetensors)."""
-    if path.is_file():
-        table = load_file(path)
-        return CachedReference(table["chosen"], table["rejected"])
-    size = max(p.index for p in pairs) + 1
+def reference_logps(provider, pairs, *, pad_id: int, batch_size: int = 8, size: int = 0,
+                    progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs (chosen, rejected) of tokenised `pairs` under `provider`, indexed by each
+    pair's dataset position (`size` entries at least; NaN where no pair sits). Batches group pairs of
+    similar length, so little of each forward is padding."""
+    size = max(size, max(p.index for p in pairs) + 1)
     chosen = torch.full((size,), float("nan"))
     rejected = torch.full((size,), float("nan"))
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
@@ -99,6 +98,16 @@ def build_cached_reference(provider, pairs, *, path: Path, pad_id: int, batch_si
         chosen[idx], rejected[idx] = out.chosen.float().cpu(), out.rejected.float().cpu()
         if progress:
             progress(len(group))
+    return chosen, rejected
+
+
+def build_cached_reference(provider, pairs, *, path: Path, pad_id: int, batch_size: int = 8,
+                           progress=None) -> CachedReference:
+    """Computes (or reads) the reference log-probs of `pairs`, stored in `path` (safetensors)."""
+    if path.is_file():
+        table = load_file(path)
+        return CachedReference(table["chosen"], table["rejected"])
+    chosen, rejected = reference_logps(provider, pairs, pad_id=pad_id, batch_size=batch_size, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"chosen": chosen, "rejected": rejected}, str(tmp))
