@@ -6,7 +6,7 @@ from robalign.cli import main
 def test_robustness_sweep_caches_cells_and_reports(tmp_path, capsys):
     args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo,rdpo", "--kinds", "flip",
             "--rates", "0,0.25", "--seeds", "0", "--steps", "2", "--train-pairs", "16", "--eval-pairs", "8",
-            "--out", str(tmp_path)]
+            "--gen-prompts", "0", "--out", str(tmp_path)]
     assert main(args) == 0
     cells = sorted(p.name for p in (tmp_path / "cells").iterdir())
     assert cells == ["dpo-flip-0-s0", "dpo-flip-0.25-s0", "rdpo-flip-0-s0", "rdpo-flip-0.25-s0"]
@@ -236,7 +236,7 @@ def test_the_clean_cell_is_shared_by_every_noise_kind(tmp_path):
     """Rate 0 trains on the same clean pairs whatever the kind: a `length` sweep reuses the clean cell a
     `flip` sweep left, and its report and plots start the `length` curve from it."""
     base = ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo", "--seeds", "0", "--steps", "2",
-            "--train-pairs", "16", "--eval-pairs", "8", "--out", str(tmp_path)]
+            "--train-pairs", "16", "--eval-pairs", "8", "--gen-prompts", "0", "--out", str(tmp_path)]
     assert main(base + ["--kinds", "flip", "--rates", "0"]) == 0
     clean = tmp_path / "cells" / "dpo-flip-0-s0" / "result.json"
     stamp, accuracy = clean.stat().st_mtime_ns, json.loads(clean.read_text())["accuracy_h"]
@@ -245,3 +245,26 @@ def test_the_clean_cell_is_shared_by_every_noise_kind(tmp_path):
     assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["dpo-flip-0-s0", "dpo-length-0.25-s0"]
     report = (tmp_path / "report.md").read_text()
     assert f"| dpo | length | {accuracy:.3f} ± 0.000 |" in report and "| dpo | flip |" not in report
+
+
+def test_cells_of_one_sweep_share_the_reference_log_probs_of_their_held_out_split(tmp_path, monkeypatch):
+    import robalign.evaluate as evaluate
+
+    caches = []
+    real_init = evaluate.PreferenceEvaluator.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        caches.append(self.reference_cache)
+
+    common = ["bench", "robustness", "--model", "tiny-llama", "--kinds", "flip", "--rates", "0.25", "--seeds", "0",
+              "--steps", "2", "--train-pairs", "16", "--eval-pairs", "8", "--gen-prompts", "0"]
+    monkeypatch.setattr(evaluate.PreferenceEvaluator, "__init__", recording_init)
+    assert main(common + ["--methods", "dpo,ipo", "--out", str(tmp_path / "both")]) == 0
+    assert len(caches) == 2 and caches[0] is caches[1] and len(caches[0]) == 1  # one split, scored once
+    # The second cell read the first one's numbers: alone (a fresh cache) it gives the same results.
+    assert main(common + ["--methods", "ipo", "--out", str(tmp_path / "ipo")]) == 0
+    alone, shared = (json.loads((tmp_path / d / "cells" / "ipo-flip-0.25-s0" / "result.json").read_text())
+                     for d in ("ipo", "both"))
+    assert alone.pop("seconds") > 0 and shared.pop("seconds") > 0
+    assert alone == shared and alone["accuracy_h"] is not None

@@ -150,8 +150,14 @@ def cell_lock(out: Path):
         lock.unlink(missing_ok=True)
 
 
-def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base=None) -> dict | None:
-    """The cell's result: read from its cache, or trained now; None while another process trains it."""
+def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base=None,
+             eval_reference_cache: dict | None = None) -> dict | None:
+    """The cell's result: read from its cache, or trained now; None while another process trains it.
+
+    `base` = (model, tokenizer) already loaded (else the trainer loads them); `eval_reference_cache` keeps
+    that base model's log-probs of a held-out split between cells (`PreferenceEvaluator`), so pass one dict
+    per loaded base model.
+    """
     out = cell_dir(spec, method, kind, rate, seed)
     done = out / "result.json"
     if done.is_file():
@@ -163,10 +169,11 @@ def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, ba
             return json.loads(done.read_text())
         # What a killed run left behind needs no cleaning: a fresh (non-resumed) trainer rewrites its logs
         # and checkpoints (tests/test_bench.py kills one mid-way).
-        return _train_cell(spec, method, kind, rate, seed, base, out)
+        return _train_cell(spec, method, kind, rate, seed, base, out, eval_reference_cache)
 
 
-def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base, out: Path) -> dict:
+def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base, out: Path,
+                eval_reference_cache: dict | None) -> dict:
     from robalign.config import build_config
     from robalign.data import inject_noise
     from robalign.trainer import Trainer
@@ -188,7 +195,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     t0 = time.perf_counter()
     model, tok = base if base is not None else (None, None)
     trainer = Trainer(cfg, train_pairs=noisy, eval_pairs=held, model=copy.deepcopy(model) if model else None,
-                      tokenizer=tok)
+                      tokenizer=tok, eval_reference_cache=eval_reference_cache)
     summary = trainer.train()
     result = {"method": method, "kind": kind, "rate": rate, "seed": seed, "seconds": time.perf_counter() - t0,
               **({"oracle": oracle} if oracle else {}),
@@ -262,8 +269,9 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
     cells = list(spec.cells())
     base = load_model_and_tokenizer(spec.model)
     results, elsewhere = [], 0
+    eval_reference_cache: dict = {}  # computed once per held-out split: the base model never changes
     for cell in tqdm(cells, desc="robustness sweep", unit="cell"):
-        result = run_cell(spec, *cell, base=base)
+        result = run_cell(spec, *cell, base=base, eval_reference_cache=eval_reference_cache)
         if result is None:
             elsewhere += 1
         else:

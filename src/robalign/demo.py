@@ -44,6 +44,7 @@ def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoP
     held_out = make_preference_pairs(preset.eval_pairs, seed + 10_000)  # clean: noise never touches eval
     base, tokenizer = load_model_and_tokenizer(model)
     rows, before = [], None
+    eval_reference_cache: dict = {}  # the held-out pairs' base-model log-probs, computed for the first method only
     for name in methods:
         t0 = time.perf_counter()
         method = {"name": name, **METHOD_PARAMS.get(name, {})}
@@ -54,7 +55,7 @@ def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoP
                                       "max_steps": preset.steps, "lr": lr, "warmup_steps": 2, "seed": seed,
                                       "eval_at_start": before is None}})
         trainer = Trainer(cfg, train_pairs=train, eval_pairs=held_out, model=copy.deepcopy(base),
-                          tokenizer=tokenizer)
+                          tokenizer=tokenizer, eval_reference_cache=eval_reference_cache)
         summary = trainer.train()
         before = before or summary["start"]
         summary["start"] = before

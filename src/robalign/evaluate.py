@@ -14,10 +14,19 @@ from robalign.logprobs import SequenceLogps, sequence_logps
 
 
 class PreferenceEvaluator:
-    """Evaluates a policy on fixed tokenised pairs; reference log-probs are computed once and kept."""
+    """Evaluates a policy on fixed tokenised pairs; reference log-probs are computed once and kept.
 
-    def __init__(self, pairs: list[TokenizedPair], pad_id: int, reference=None, batch_size: int = 8):
+    Args:
+        reference: a reference provider (`robalign.reference`), or None (then only M is reported).
+        reference_cache: a dict owned by the caller that keeps the reference log-probs between evaluators
+            of the same pairs (e.g. every cell of a sweep that shares a held-out split and a base model).
+            Only valid while every evaluator given it has a reference with the same weights.
+    """
+
+    def __init__(self, pairs: list[TokenizedPair], pad_id: int, reference=None, batch_size: int = 8,
+                 reference_cache: dict | None = None):
         self.pairs, self.pad_id, self.reference, self.batch_size = pairs, pad_id, reference, batch_size
+        self.reference_cache = reference_cache
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
         # Collated once: every evaluation (and the one reference pass) reuses the same tensors.
         self.batches = [collate([pairs[i] for i in order[s:s + batch_size]], pad_id)
@@ -29,9 +38,13 @@ class PreferenceEvaluator:
         if self._ref is None and self.reference is None:
             return None
         if self._ref is None:
-            self._ref = [self.reference.logps(b) for b in self.batches]
-            if self._ref and self._ref[0] is None:
-                self._ref = []
+            cache = self.reference_cache if self.reference_cache is not None else {}
+            key = (self.pad_id, self.batch_size,
+                   tuple((tuple(p.prompt_ids), tuple(p.chosen_ids), tuple(p.rejected_ids)) for p in self.pairs))
+            if key not in cache:
+                refs = [self.reference.logps(b) for b in self.batches]
+                cache[key] = [] if refs and refs[0] is None else refs
+            self._ref = cache[key]
         return self._ref or None
 
     def detach_reference(self):

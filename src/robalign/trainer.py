@@ -135,10 +135,12 @@ class Trainer:
         cfg: the validated run configuration.
         train_pairs / eval_pairs: already-loaded `PreferencePair` lists (else read from cfg.data).
         model / tokenizer: an already-built policy (else loaded from cfg.model).
+        eval_reference_cache: shared with other trainers of the same base model, so the reference
+            log-probs of the same held-out pairs are computed once (`PreferenceEvaluator`).
     """
 
     def __init__(self, cfg: RunConfig, *, train_pairs=None, eval_pairs=None, model=None, tokenizer=None,
-                 accelerator=None):
+                 accelerator=None, eval_reference_cache: dict | None = None):
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -157,7 +159,7 @@ class Trainer:
         train_pairs, eval_pairs = read_data(self.cfg, self.method.online, train_pairs, eval_pairs)  # bad data fails before a model loads
         self._setup_model(model, tokenizer)
         self._setup_data(train_pairs, eval_pairs)
-        self._setup_reference()
+        self._setup_reference(eval_reference_cache)
         self._setup_optimizer()
         self.step_num, self.position, self.skipped_batches = 0, 0, 0
 
@@ -194,7 +196,7 @@ class Trainer:
                                   pad_id=self.pad_id, world_size=self.acc.num_processes,
                                   rank=self.acc.process_index)
 
-    def _setup_reference(self):
+    def _setup_reference(self, eval_reference_cache: dict | None = None):
         mc = self.cfg.model
         if not self.method.needs_reference:
             self.reference = NoReference()
@@ -211,7 +213,8 @@ class Trainer:
             self.cache_build_s = time.perf_counter() - t0
         live_reference = self.frozen_reference or (
             AdapterDisabledReference(self.model) if self.cfg.model.lora_r > 0 else None)
-        self.evaluator = PreferenceEvaluator(self.eval_data, self.pad_id, reference=live_reference)
+        self.evaluator = PreferenceEvaluator(self.eval_data, self.pad_id, reference=live_reference,
+                                             reference_cache=eval_reference_cache)
         if mc.reference == "cached" and self.frozen_reference is not None:
             # Training and evaluation now read stored log-probs: free the model-sized frozen copy.
             self.evaluator.detach_reference()
