@@ -82,3 +82,8 @@ two_workers hh-length-rates-rest $HH --kinds length --rates 0.1,0.2,0.4 --method
 $R bench robustness $HH --kinds flip,length --rates 0,0.1,0.2,0.3,0.4 --methods $ALL --report-only \
     --report-dir outputs/results/hh/grid > /dev/null
 $R bench robustness $HH --kinds flip,length --rates 0.3,0 --methods $ALL --report-only > /dev/null
+# Session 12: the flip-rate curve on the built-in task for four more losses (cdpo, robust, sympo, drdpo; rates
+# 0 and 0.3 are cached above); its report goes to verifiable-gen/flip-rates-robust.
+two_workers verifiable-flip-robust $GOLD --kinds flip --rates 0.4,0.1,0.2 --methods cdpo,robust,sympo,drdpo
+$R bench robustness $GOLD --kinds flip --rates 0,0.1,0.2,0.3,0.4 --methods dpo,rdpo,gapo,cdpo,robust,sympo,drdpo \
+    --report-only --report-dir outputs/results/verifiable-gen/flip-rates-robust > /dev/null
