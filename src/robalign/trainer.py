@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,12 @@ def lr_lambda(cfg) -> callable:
         return 1.0
 
     return factor
+
+
+def _close(*logs) -> None:
+    for log_file in logs:
+        if log_file:
+            log_file.close()
 
 
 def _report_skipped(result) -> list:
@@ -268,7 +275,11 @@ class Trainer:
             self._nonfinite(records)
         self.method.after_optimizer_step(self.model)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped step still advances the schedule (it is a step of the budget); torch would
+            # warn that the optimizer never stepped when the skipped one is the first.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         self.step_num += 1
         totals = {k: self.acc.reduce(sums[k], "sum") / self.acc.reduce(counts[k], "sum") for k in sums}
         totals["grad_norm"] = grad_norm
@@ -340,21 +351,20 @@ class Trainer:
                         writer.write({"step": self.step_num, **ev})
                 if tc.save_every and self.step_num % tc.save_every == 0:
                     self.save_checkpoint()
+        except BaseException:
+            _close(writer, pair_log)  # e.g. NonFiniteError: the logs so far stay complete on disk
+            raise
         finally:
             bar.close()
         if self.step_num < tc.max_steps:  # stopped early on purpose: checkpoint only
             self.save_checkpoint()
-            for fh in (writer, pair_log):
-                if fh:
-                    fh.close()
+            _close(writer, pair_log)
             return {"start": start_eval, "final": {}, "steps": self.step_num,
                     "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes}
         final_eval = self.evaluate()
         if writer:
             writer.write({"step": self.step_num, **final_eval})
-            writer.close()
-        if pair_log:
-            pair_log.close()
+        _close(writer, pair_log)
         self.save_checkpoint()
         if tc.save_final:
             self.save_final()
