@@ -115,7 +115,10 @@ def _load_default():
         model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
         return model, tokenizer
     model, tokenizer = _load_gguf(default_gguf_directory(), _GGUF_NAME)
-    _save_atomically(model, tokenizer, converted)
+    if _save_atomically(model, tokenizer, converted):
+        # As if loaded from the cache, so the first run is like every later one: peft reads the base's
+        # config.json there (the GGUF folder has none, and it warns), and adapters name that folder.
+        model.name_or_path = str(converted)
     return model, tokenizer
 
 
@@ -133,16 +136,20 @@ def default_gguf_directory() -> Path:
     return directory
 
 
-def _save_atomically(model, tokenizer, target: Path):
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+def _save_atomically(model, tokenizer, target: Path) -> bool:
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
+        return True
     except OSError as err:  # a read-only cache only costs speed
         log.warning("could not cache the converted default model in %s: %s", target, err)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return False
 
 
 def byte_tokenizer():
