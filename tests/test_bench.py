@@ -249,19 +249,30 @@ def test_the_clean_cell_is_shared_by_every_noise_kind(tmp_path):
 
 def test_cells_of_one_sweep_share_the_reference_log_probs_of_their_held_out_split(tmp_path, monkeypatch):
     import robalign.evaluate as evaluate
+    import robalign.reference as reference
 
-    caches = []
+    caches, computed = [], []
     real_init = evaluate.PreferenceEvaluator.__init__
+    real_logps = reference.AdapterDisabledReference.logps
 
     def recording_init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         caches.append(self.reference_cache)
 
+    def counting_logps(self, batch):
+        computed.append(batch.num_pairs)
+        return real_logps(self, batch)
+
     common = ["bench", "robustness", "--model", "tiny-llama", "--kinds", "flip", "--rates", "0.25", "--seeds", "0",
               "--steps", "2", "--train-pairs", "16", "--eval-pairs", "8", "--gen-prompts", "0"]
     monkeypatch.setattr(evaluate.PreferenceEvaluator, "__init__", recording_init)
+    monkeypatch.setattr(reference.AdapterDisabledReference, "logps", counting_logps)
     assert main(common + ["--methods", "dpo,ipo", "--out", str(tmp_path / "both")]) == 0
     assert len(caches) == 2 and caches[0] is caches[1] and len(caches[0]) == 1  # one split, scored once
+    # The two methods train on the same batches: the reference scores each of them once, for dpo, and ipo
+    # reads them from the sweep's memo (2 training batches of 4 pairs + 1 held-out batch of 8).
+    assert sorted(computed) == [4, 4, 8]
+    assert len(list((tmp_path / "both" / "reference_memo").glob("*.safetensors"))) == 3
     # The second cell read the first one's numbers: alone (a fresh cache) it gives the same results.
     assert main(common + ["--methods", "ipo", "--out", str(tmp_path / "ipo")]) == 0
     alone, shared = (json.loads((tmp_path / d / "cells" / "ipo-flip-0.25-s0" / "result.json").read_text())

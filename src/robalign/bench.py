@@ -176,6 +176,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
                 eval_reference_cache: dict | None) -> dict:
     from robalign.config import build_config
     from robalign.data import inject_noise
+    from robalign.reference import DiskMemo
     from robalign.trainer import Trainer
 
     done = out / "result.json"
@@ -194,8 +195,11 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     cfg = build_config(tree)
     t0 = time.perf_counter()
     model, tok = base if base is not None else (None, None)
+    # The methods of one (kind, rate, seed) train on the same batches, so their reference log-probs are
+    # computed once, by whichever process meets a batch first (the sweep directory holds one base model).
+    memo = DiskMemo(spec.out / "reference_memo")
     trainer = Trainer(cfg, train_pairs=noisy, eval_pairs=held, model=copy.deepcopy(model) if model else None,
-                      tokenizer=tok, eval_reference_cache=eval_reference_cache)
+                      tokenizer=tok, eval_reference_cache=eval_reference_cache, reference_memo=memo)
     summary = trainer.train()
     result = {"method": method, "kind": kind, "rate": rate, "seed": seed, "seconds": time.perf_counter() - t0,
               **({"oracle": oracle} if oracle else {}),

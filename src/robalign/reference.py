@@ -55,6 +55,74 @@ class AdapterDisabledReference:
             self.model.train(was_training)
 
 
+class MemoizedReference:
+    """Another provider's log-probs, remembered by the batch's content in `memo`.
+
+    The same tokens give the same reference log-probs, so trainers of one base model that meet the same
+    batch (e.g. the methods of one sweep cell, which share data, noise and seed) compute it once. The key
+    also holds the thread count: a CPU forward with another count may differ in the last bits, and a
+    memoised value must be exactly what this process would compute.
+
+    Args:
+        inner: the provider that computes a batch not seen yet.
+        memo: a mapping from key to `SequenceLogps` (a dict, or a `DiskMemo` to share between processes).
+            Only valid for one base model: every provider using it must compute the same function.
+    """
+
+    def __init__(self, inner, memo):
+        self.inner, self.memo = inner, memo
+        self.hits = self.misses = 0
+
+    @torch.no_grad()
+    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+        key = batch_key(batch)
+        found = self.memo.get(key)
+        if found is not None:
+            self.hits += 1
+            return _moved(found, batch.input_ids.device)
+        self.misses += 1
+        out = self.inner.logps(batch)
+        self.memo[key] = _moved(out, "cpu")
+        return out
+
+
+def _moved(lp: SequenceLogps, device) -> SequenceLogps:
+    return SequenceLogps(lp.chosen.detach().to(device), lp.rejected.detach().to(device),
+                         lp.chosen_lengths.to(device), lp.rejected_lengths.to(device))
+
+
+def batch_key(batch: PreferenceBatch) -> str:
+    """Hash of everything a reference forward of `batch` reads, plus the thread count."""
+    h = hashlib.sha256(f"{torch.get_num_threads()}|{batch.packed is None}|{batch.input_ids.device.type}".encode())
+    for t in (batch.input_ids, batch.attention_mask, batch.completion_mask):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+class DiskMemo:
+    """A `MemoizedReference` memo in a directory (one small safetensors file per batch), shared by the
+    processes that use it; each entry is written atomically, so a reader never sees half of one."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def get(self, key: str) -> SequenceLogps | None:
+        path = self.directory / f"{key}.safetensors"
+        if not path.is_file():
+            return None
+        table = load_file(path)
+        return SequenceLogps(table["chosen"], table["rejected"], table["chosen_lengths"], table["rejected_lengths"])
+
+    def __setitem__(self, key: str, value: SequenceLogps):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{key}.safetensors"
+        tmp = path.with_name(f".{key}.{os.getpid()}.tmp")
+        save_file({name: getattr(value, name).contiguous() for name in
+                   ("chosen", "rejected", "chosen_lengths", "rejected_lengths")}, str(tmp))
+        os.replace(tmp, path)
+
+
 class CachedReference:
     """Precomputed reference log-probs, looked up by the pairs' dataset positions."""
 

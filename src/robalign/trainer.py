@@ -38,6 +38,7 @@ from robalign.recompute import enable_activation_checkpointing
 from robalign.reference import (
     AdapterDisabledReference,
     FrozenCopyReference,
+    MemoizedReference,
     NoReference,
     build_cached_reference,
     cache_key,
@@ -144,10 +145,14 @@ class Trainer:
         model / tokenizer: an already-built policy (else loaded from cfg.model).
         eval_reference_cache: shared with other trainers of the same base model, so the reference
             log-probs of the same held-out pairs are computed once (`PreferenceEvaluator`).
+        reference_memo: shared with other trainers of the same base model (a dict, or a
+            `robalign.reference.DiskMemo` shared with other processes): the reference log-probs of a
+            batch that one of them has already met are read, not recomputed (`MemoizedReference`).
+            Offline methods' training batches and every held-out batch use it.
     """
 
     def __init__(self, cfg: RunConfig, *, train_pairs=None, eval_pairs=None, model=None, tokenizer=None,
-                 accelerator=None, eval_reference_cache: dict | None = None):
+                 accelerator=None, eval_reference_cache: dict | None = None, reference_memo=None):
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -166,7 +171,7 @@ class Trainer:
         train_pairs, eval_pairs = read_data(self.cfg, self.method.online, train_pairs, eval_pairs)  # bad data fails before a model loads
         self._setup_model(model, tokenizer)
         self._setup_data(train_pairs, eval_pairs)
-        self._setup_reference(eval_reference_cache)
+        self._setup_reference(eval_reference_cache, reference_memo)
         self._setup_optimizer()
         self.step_num, self.position, self.skipped_batches = 0, 0, 0
 
@@ -203,7 +208,7 @@ class Trainer:
                                   pad_id=self.pad_id, world_size=self.acc.num_processes,
                                   rank=self.acc.process_index)
 
-    def _setup_reference(self, eval_reference_cache: dict | None = None):
+    def _setup_reference(self, eval_reference_cache: dict | None = None, memo=None):
         mc = self.cfg.model
         if not self.method.needs_reference:
             self.reference = NoReference()
@@ -211,6 +216,9 @@ class Trainer:
             self.reference = self.frozen_reference
         else:
             self.reference = AdapterDisabledReference(self.model)
+        # Online methods' batches are fresh generations, which no other run meets.
+        if memo is not None and self.method.needs_reference and not self.method.online and mc.reference != "cached":
+            self.reference = MemoizedReference(self.reference, memo)
         if self.method.needs_reference and mc.reference == "cached":
             settings = dataclasses.asdict(self.cfg.data)
             key = cache_key(mc.name, self.base_model, self.train_data, settings)
@@ -220,6 +228,8 @@ class Trainer:
             self.cache_build_s = time.perf_counter() - t0
         live_reference = self.frozen_reference or (
             AdapterDisabledReference(self.model) if self.cfg.model.lora_r > 0 else None)
+        if memo is not None and live_reference is not None:
+            live_reference = MemoizedReference(live_reference, memo)
         self.evaluator = PreferenceEvaluator(self.eval_data, self.pad_id, reference=live_reference,
                                              reference_cache=eval_reference_cache)
         if mc.reference == "cached" and self.frozen_reference is not None:
