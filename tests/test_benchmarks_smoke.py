@@ -62,3 +62,14 @@ def test_trl_first_step_agrees_on_tiny_llama():
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "PASS" in proc.stdout
+
+
+def test_sweep_memo_benchmark_runs_both_ways_and_checks_they_agree(tmp_path):
+    out = tmp_path / "memo.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "sweep_memo.py"), "--model", "tiny-llama", "--methods", "dpo,ipo",
+           "--steps", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["identical_results"] is True and report["speedup"] > 0
+    assert [len(v) for v in report["seconds"].values()] == [2, 2]

@@ -1,0 +1,87 @@
+"""What the sweep's reference memo saves: the same cells trained with and without it, side by side.
+
+    python benchmarks/sweep_memo.py [--methods dpo,ipo,hinge] [--rate 0.2] [--seed 0] [--steps 16] \
+        [--model smollm2-135m-instruct] [--threads 1] [--out benchmarks/results/sweep-memo.json]
+
+The methods of one (kind, rate, seed) train on the same batches, so a sweep computes each batch's
+reference log-probs once (`robalign.reference.MemoizedReference` over a `DiskMemo` in the sweep folder).
+This runs one cell per method twice, in two fresh sweep folders: with the memo, and with a memo that keeps
+nothing (every cell computes its own reference log-probs, as before the memo). The two runs alternate
+cell by cell, so a drift in the machine's speed hits both alike. It prints each cell's seconds and the
+total ratio, and checks that both runs give exactly the same results (the memo must change no number).
+Settings are the built-in task's documented sweep (docs/results.md) without generation (--gen-prompts 0
+there): generation does not touch the memo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+
+class KeepsNothing:
+    """A memo that never holds an entry: every batch is computed."""
+
+    def __init__(self, directory):
+        pass
+
+    def get(self, key):
+        return None
+
+    def __setitem__(self, key, value):
+        pass
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default="dpo,ipo,hinge")
+    ap.add_argument("--rate", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    common.set_threads(args.threads)
+    import robalign.reference as reference
+    from robalign.bench import SweepSpec, run_cell
+    from robalign.models import load_model_and_tokenizer
+
+    methods = args.methods.split(",")
+    base = load_model_and_tokenizer(args.model)
+    real_memo = reference.DiskMemo
+    root = Path(tempfile.mkdtemp(prefix="sweep-memo-"))
+    specs = {name: SweepSpec("verifiable", methods, ["flip"], [args.rate], [args.seed], args.model, args.steps, 4,
+                             5e-4, 256, 64, 192, 16, root / name) for name in ("memo", "no-memo")}
+    seconds = {name: [] for name in specs}
+    results = {name: [] for name in specs}
+    for method in methods:
+        for name, spec in specs.items():
+            reference.DiskMemo = real_memo if name == "memo" else KeepsNothing
+            t = time.perf_counter()
+            result = run_cell(spec, method, "flip", args.rate, args.seed, base=base, eval_reference_cache={})
+            seconds[name].append(time.perf_counter() - t)
+            result.pop("seconds")
+            results[name].append(result)
+            print(f"{method:8s} {name:8s} {seconds[name][-1]:7.1f} s", flush=True)
+    reference.DiskMemo = real_memo
+    same = results["memo"] == results["no-memo"]
+    ratio = sum(seconds["no-memo"]) / sum(seconds["memo"])
+    print(f"total: memo {sum(seconds['memo']):.1f} s, no memo {sum(seconds['no-memo']):.1f} s, "
+          f"speed-up {ratio:.2f}x; identical results: {same}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds,
+                                        "speedup": ratio, "identical_results": same, "methods": methods,
+                                        "machine": common.machine()},
+                                       indent=2))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
