@@ -87,3 +87,8 @@ $R bench robustness $HH --kinds flip,length --rates 0.3,0 --methods $ALL --repor
 two_workers verifiable-flip-robust $GOLD --kinds flip --rates 0.4,0.1,0.2 --methods cdpo,robust,sympo,drdpo
 $R bench robustness $GOLD --kinds flip --rates 0,0.1,0.2,0.3,0.4 --methods dpo,rdpo,gapo,cdpo,robust,sympo,drdpo \
     --report-only --report-dir outputs/results/verifiable-gen/flip-rates-robust > /dev/null
+# Session 13: the flip-rate curve on the built-in task for ipo, hinge, simpo, hypo (rates 0 and 0.3 are cached
+# above); its report goes to verifiable-gen/flip-rates-more.
+two_workers verifiable-flip-more $GOLD --kinds flip --rates 0.4,0.1,0.2 --methods ipo,hinge,simpo,hypo
+$R bench robustness $GOLD --kinds flip --rates 0,0.1,0.2,0.3,0.4 --methods dpo,ipo,hinge,simpo,hypo \
+    --report-only --report-dir outputs/results/verifiable-gen/flip-rates-more > /dev/null
