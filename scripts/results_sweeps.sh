@@ -92,3 +92,8 @@ $R bench robustness $GOLD --kinds flip --rates 0,0.1,0.2,0.3,0.4 --methods dpo,r
 two_workers verifiable-flip-more $GOLD --kinds flip --rates 0.4,0.1,0.2 --methods ipo,hinge,simpo,hypo
 $R bench robustness $GOLD --kinds flip --rates 0,0.1,0.2,0.3,0.4 --methods dpo,ipo,hinge,simpo,hypo \
     --report-only --report-dir outputs/results/verifiable-gen/flip-rates-more > /dev/null
+# Session 13: `length` 0.1 / 0.2 / 0.4 for dpo, rdpo, gapo (rates 0 and 0.3 are cached above); its report goes
+# to verifiable-gen/length-rates-3.
+two_workers verifiable-length-rates $GOLD --kinds length --rates 0.4,0.1,0.2 --methods dpo,rdpo,gapo
+$R bench robustness $GOLD --kinds length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,rdpo,gapo \
+    --report-only --report-dir outputs/results/verifiable-gen/length-rates-3 > /dev/null
