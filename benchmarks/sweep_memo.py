@@ -5,8 +5,8 @@
 
 The methods of one (kind, rate, seed) train on the same batches, so a sweep computes each batch's
 reference log-probs once (`robalign.reference.MemoizedReference` over a `DiskMemo` in the sweep folder).
-This runs one cell per method twice, in two fresh sweep folders: with the memo, and with a memo that keeps
-nothing (every cell computes its own reference log-probs, as before the memo). The two runs alternate
+This runs one cell per method twice, in two fresh sweep folders: with the memo, and without one (every
+cell computes its own reference log-probs, as before the memo). The two runs alternate
 cell by cell, and which goes first alternates too, so a drift in the machine's speed hits both alike.
 It prints each cell's seconds and the total ratio, and checks that both runs give exactly the same
 results (the memo must change no number).
@@ -26,19 +26,6 @@ from pathlib import Path
 import common
 
 
-class KeepsNothing:
-    """A memo that never holds an entry: every batch is computed."""
-
-    def __init__(self, directory):
-        pass
-
-    def get(self, key):
-        return None
-
-    def __setitem__(self, key, value):
-        pass
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="dpo,ipo,hinge")
@@ -50,33 +37,30 @@ def main():
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     common.set_threads(args.threads)
-    import robalign.reference as reference
     from robalign.bench import SweepSpec, run_cell
     from robalign.models import load_model_and_tokenizer
+    from robalign.reference import DiskMemo
 
     methods = args.methods.split(",")
     base = load_model_and_tokenizer(args.model)
-    real_memo = reference.DiskMemo
     root = Path(tempfile.mkdtemp(prefix="sweep-memo-"))
     specs = {name: SweepSpec("verifiable", methods, ["flip"], [args.rate], [args.seed], args.model, args.steps, 4,
                              5e-4, 256, 64, 192, 16, root / name) for name in ("memo", "no-memo")}
     # One held-out cache per run, as `run_sweep` keeps one per process: the memo's gain is then only what a
     # sweep gains from it (training batches, and held-out batches another process scored).
     eval_caches = {name: {} for name in specs}
+    memos = {"memo": DiskMemo(root / "memo" / "reference_memo"), "no-memo": None}
     seconds = {name: [] for name in specs}
     results = {name: [] for name in specs}
     for k, method in enumerate(methods):
         for name in list(specs)[::(-1) ** k]:  # each run goes first every other time (the first cell warms up)
-            spec = specs[name]
-            reference.DiskMemo = real_memo if name == "memo" else KeepsNothing
             t = time.perf_counter()
-            result = run_cell(spec, method, "flip", args.rate, args.seed, base=base,
-                              eval_reference_cache=eval_caches[name])
+            result = run_cell(specs[name], method, "flip", args.rate, args.seed, base=base,
+                              eval_reference_cache=eval_caches[name], reference_memo=memos[name])
             seconds[name].append(time.perf_counter() - t)
             result.pop("seconds")
             results[name].append(result)
             print(f"{method:8s} {name:8s} {seconds[name][-1]:7.1f} s", flush=True)
-    reference.DiskMemo = real_memo
     shutil.rmtree(root, ignore_errors=True)
     same = results["memo"] == results["no-memo"]
     ratio = sum(seconds["no-memo"]) / sum(seconds["memo"])

@@ -151,12 +151,13 @@ def cell_lock(out: Path):
 
 
 def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base=None,
-             eval_reference_cache: dict | None = None) -> dict | None:
+             eval_reference_cache: dict | None = None, reference_memo=None) -> dict | None:
     """The cell's result: read from its cache, or trained now; None while another process trains it.
 
     `base` = (model, tokenizer) already loaded (else the trainer loads them); `eval_reference_cache` keeps
     that base model's log-probs of a held-out split between cells (`PreferenceEvaluator`), so pass one dict
-    per loaded base model.
+    per loaded base model; `reference_memo` keeps the reference log-probs of every batch a cell has met
+    (`Trainer`; `run_sweep` passes the sweep folder's `DiskMemo`), None computes them all.
     """
     out = cell_dir(spec, method, kind, rate, seed)
     done = out / "result.json"
@@ -169,14 +170,13 @@ def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, ba
             return json.loads(done.read_text())
         # What a killed run left behind needs no cleaning: a fresh (non-resumed) trainer rewrites its logs
         # and checkpoints (tests/test_bench.py kills one mid-way).
-        return _train_cell(spec, method, kind, rate, seed, base, out, eval_reference_cache)
+        return _train_cell(spec, method, kind, rate, seed, base, out, eval_reference_cache, reference_memo)
 
 
 def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base, out: Path,
-                eval_reference_cache: dict | None) -> dict:
+                eval_reference_cache: dict | None, reference_memo) -> dict:
     from robalign.config import build_config
     from robalign.data import inject_noise
-    from robalign.reference import DiskMemo
     from robalign.trainer import Trainer
 
     done = out / "result.json"
@@ -195,11 +195,8 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     cfg = build_config(tree)
     t0 = time.perf_counter()
     model, tok = base if base is not None else (None, None)
-    # The methods of one (kind, rate, seed) train on the same batches, so their reference log-probs are
-    # computed once, by whichever process meets a batch first (the sweep directory holds one base model).
-    memo = DiskMemo(spec.out / "reference_memo")
     trainer = Trainer(cfg, train_pairs=noisy, eval_pairs=held, model=copy.deepcopy(model) if model else None,
-                      tokenizer=tok, eval_reference_cache=eval_reference_cache, reference_memo=memo)
+                      tokenizer=tok, eval_reference_cache=eval_reference_cache, reference_memo=reference_memo)
     summary = trainer.train()
     result = {"method": method, "kind": kind, "rate": rate, "seed": seed, "seconds": time.perf_counter() - t0,
               **({"oracle": oracle} if oracle else {}),
@@ -268,14 +265,18 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
     from tqdm.auto import tqdm
 
     from robalign.models import load_model_and_tokenizer
+    from robalign.reference import DiskMemo
 
     _check_settings(spec)
     cells = list(spec.cells())
     base = load_model_and_tokenizer(spec.model)
     results, elsewhere = [], 0
     eval_reference_cache: dict = {}  # computed once per held-out split: the base model never changes
+    # The methods of one (kind, rate, seed) train on the same batches, so their reference log-probs are
+    # computed once, by whichever process meets a batch first (the sweep directory holds one base model).
+    memo = DiskMemo(spec.out / "reference_memo")
     for cell in tqdm(cells, desc="robustness sweep", unit="cell"):
-        result = run_cell(spec, *cell, base=base, eval_reference_cache=eval_reference_cache)
+        result = run_cell(spec, *cell, base=base, eval_reference_cache=eval_reference_cache, reference_memo=memo)
         if result is None:
             elsewhere += 1
         else:

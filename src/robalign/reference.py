@@ -102,7 +102,7 @@ def batch_key(batch: PreferenceBatch) -> str:
 
 class DiskMemo:
     """A `MemoizedReference` memo in a directory (one small safetensors file per batch), shared by the
-    processes that use it; each entry is written atomically, so a reader never sees half of one."""
+    processes that use it; each entry is written atomically."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -115,12 +115,18 @@ class DiskMemo:
         return SequenceLogps(table["chosen"], table["rejected"], table["chosen_lengths"], table["rejected_lengths"])
 
     def __setitem__(self, key: str, value: SequenceLogps):
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{key}.safetensors"
-        tmp = path.with_name(f".{key}.{os.getpid()}.tmp")
-        save_file({name: getattr(value, name).contiguous() for name in
-                   ("chosen", "rejected", "chosen_lengths", "rejected_lengths")}, str(tmp))
-        os.replace(tmp, path)
+        _save_atomically({name: getattr(value, name).contiguous() for name in
+                          ("chosen", "rejected", "chosen_lengths", "rejected_lengths")},
+                         self.directory / f"{key}.safetensors")
+
+
+def _save_atomically(tensors: dict, path: Path):
+    """Writes next to `path`, then renames: a reader, or another process writing the same file, never
+    sees half of it (the temporary name is per process)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
 
 
 class CachedReference:
@@ -176,8 +182,5 @@ def build_cached_reference(provider, pairs, *, path: Path, pad_id: int, batch_si
         table = load_file(path)
         return CachedReference(table["chosen"], table["rejected"])
     chosen, rejected = reference_logps(provider, pairs, pad_id=pad_id, batch_size=batch_size, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"chosen": chosen, "rejected": rejected}, str(tmp))
-    os.replace(tmp, path)
+    _save_atomically({"chosen": chosen, "rejected": rejected}, path)
     return CachedReference(chosen, rejected)
