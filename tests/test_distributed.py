@@ -81,3 +81,32 @@ def test_accelerate_launch_cpu_runs_the_requested_processes(tmp_path):
     weights = load_file(glob.glob(str(out / "checkpoints" / "*" / "weights.safetensors"))[0])
     for k in one_w:
         assert (one_w[k] - weights[k]).abs().max().item() < 1e-5, k
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_train_destroys_the_process_group_when_it_ends(tmp_path, monkeypatch, fails):
+    # A rank that exits with a live gloo group can abort in its thread teardown after a finished run.
+    import torch.distributed as dist
+
+    from robalign.cli import main
+    from robalign.trainer import Trainer
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p.to_row()) + "\n" for p in make_pairs(8)))
+    if fails:
+        def broken(self, resume=False):
+            raise RuntimeError("step failed")
+        monkeypatch.setattr(Trainer, "train", broken)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        args = ["train", "--model", "tiny-llama", "--data", str(data), "--eval-fraction", "0", "--max-steps", "1",
+                "--progress", "false", "--max-length", "64", "--batch-size", "2", "--output-dir", str(tmp_path / "o")]
+        if fails:
+            with pytest.raises(RuntimeError, match="step failed"):
+                main(args)
+        else:
+            assert main(args) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -60,7 +60,13 @@ def cmd_train(args) -> int:
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg)
-    summary = trainer.train(resume=args.resume)
+    try:
+        summary = trainer.train(resume=args.resume)
+        trainer.acc.wait_for_everyone()  # ranks leave together, after the main one has written final/
+    finally:
+        # A rank that exits with its gloo group alive can abort in the group's thread teardown
+        # ("terminate called without an active exception"), failing a run that had finished.
+        trainer.acc.end_training()
     if trainer.acc.is_main_process:
         _print_summary(summary, cfg.train.output_dir)
     return 0
