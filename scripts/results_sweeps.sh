@@ -97,3 +97,11 @@ $R bench robustness $GOLD --kinds flip --rates 0,0.1,0.2,0.3,0.4 --methods dpo,i
 two_workers verifiable-length-rates $GOLD --kinds length --rates 0.4,0.1,0.2 --methods dpo,rdpo,gapo
 $R bench robustness $GOLD --kinds length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,rdpo,gapo \
     --report-only --report-dir outputs/results/verifiable-gen/length-rates-3 > /dev/null
+# Session 14: `length` 0.1 / 0.2 / 0.4 for the other eight offline losses (rates 0 and 0.3 are cached above);
+# reports go to verifiable-gen/length-rates-more and verifiable-gen/length-rates-robust.
+two_workers verifiable-length-more $GOLD --kinds length --rates 0.4,0.1,0.2 --methods ipo,hinge,simpo,hypo
+two_workers verifiable-length-robust $GOLD --kinds length --rates 0.4,0.1,0.2 --methods cdpo,robust,sympo,drdpo
+$R bench robustness $GOLD --kinds length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,ipo,hinge,simpo,hypo \
+    --report-only --report-dir outputs/results/verifiable-gen/length-rates-more > /dev/null
+$R bench robustness $GOLD --kinds length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,robust,sympo,drdpo \
+    --report-only --report-dir outputs/results/verifiable-gen/length-rates-robust > /dev/null
