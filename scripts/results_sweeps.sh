@@ -105,3 +105,8 @@ $R bench robustness $GOLD --kinds length --rates 0,0.1,0.2,0.3,0.4 --methods dpo
     --report-only --report-dir outputs/results/verifiable-gen/length-rates-more > /dev/null
 $R bench robustness $GOLD --kinds length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,robust,sympo,drdpo \
     --report-only --report-dir outputs/results/verifiable-gen/length-rates-robust > /dev/null
+# Session 14: `margin` 0.1 / 0.2 / 0.4 for dpo, ipo, hinge, simpo (rate 0 is cached above; 0.3 was run in
+# session 7); its report goes to verifiable-gen/margin-rates-4.
+two_workers verifiable-margin-4 $GOLD --kinds margin --rates 0.4,0.1,0.2 --methods dpo,ipo,hinge,simpo
+$R bench robustness $GOLD --kinds margin --rates 0,0.1,0.2,0.3,0.4 --methods dpo,ipo,hinge,simpo \
+    --report-only --report-dir outputs/results/verifiable-gen/margin-rates-4 > /dev/null
