@@ -110,3 +110,8 @@ $R bench robustness $GOLD --kinds length --rates 0,0.1,0.2,0.3,0.4 --methods dpo
 two_workers verifiable-margin-4 $GOLD --kinds margin --rates 0.4,0.1,0.2 --methods dpo,ipo,hinge,simpo
 $R bench robustness $GOLD --kinds margin --rates 0,0.1,0.2,0.3,0.4 --methods dpo,ipo,hinge,simpo \
     --report-only --report-dir outputs/results/verifiable-gen/margin-rates-4 > /dev/null
+# Session 15: `margin` 0.1 / 0.2 / 0.4 for the other seven offline methods (rate 0 is cached above; 0.3 was
+# run in session 7); its report goes to verifiable-gen/margin-rates-7.
+two_workers verifiable-margin-7 $GOLD --kinds margin --rates 0.4,0.1,0.2 --methods cdpo,rdpo,hypo,sympo,drdpo,robust,gapo
+$R bench robustness $GOLD --kinds margin --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,hypo,sympo,drdpo,robust,gapo \
+    --report-only --report-dir outputs/results/verifiable-gen/margin-rates-7 > /dev/null
