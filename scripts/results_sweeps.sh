@@ -115,3 +115,8 @@ $R bench robustness $GOLD --kinds margin --rates 0,0.1,0.2,0.3,0.4 --methods dpo
 two_workers verifiable-margin-7 $GOLD --kinds margin --rates 0.4,0.1,0.2 --methods cdpo,rdpo,hypo,sympo,drdpo,robust,gapo
 $R bench robustness $GOLD --kinds margin --rates 0,0.1,0.2,0.3,0.4 --methods dpo,cdpo,rdpo,hypo,sympo,drdpo,robust,gapo \
     --report-only --report-dir outputs/results/verifiable-gen/margin-rates-7 > /dev/null
+# Session 15: the online methods at flip 0.1 / 0.2 / 0.4 (rate 0 is cached above; 0.3 in session 5); its report
+# goes to verifiable-gen/flip-rates-online.
+two_workers verifiable-flip-online $GOLD --kinds flip --rates 0.4,0.1,0.2 --methods sail,oracle_robust
+$R bench robustness $GOLD --kinds flip --rates 0,0.1,0.2,0.3,0.4 --methods dpo,sail,oracle_robust \
+    --report-only --report-dir outputs/results/verifiable-gen/flip-rates-online > /dev/null
