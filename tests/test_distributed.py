@@ -110,3 +110,35 @@ def test_train_destroys_the_process_group_when_it_ends(tmp_path, monkeypatch, fa
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_a_rank_of_a_launch_leaves_through_os_exit_after_its_run(monkeypatch, capsys):
+    # The interpreter's teardown can abort a rank whose run had finished; a rank skips it, with its exit code.
+    import robalign.cli as cli
+    import robalign.launch as launch
+
+    class Left(Exception):
+        pass
+
+    codes, ran = [], []
+
+    def leave(code):
+        codes.append(code)
+        raise Left
+
+    def train(args):
+        ran.append(args.command)
+        print("summary")
+        return 0
+
+    monkeypatch.setattr(sys, "argv", ["robalign", "train", "--max-steps", "1"])
+    monkeypatch.setattr(launch, "relaunch_if_needed", lambda argv: None)
+    monkeypatch.setattr(cli, "cmd_train", train)
+    monkeypatch.setattr(os, "_exit", leave)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Left):
+        cli.main()
+    assert codes == [0] and ran == ["train"]
+    assert "summary" in capsys.readouterr().out
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: an ordinary return
+    assert cli.main() == 0 and codes == [0] and ran == ["train", "train"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -64,8 +65,7 @@ def cmd_train(args) -> int:
         summary = trainer.train(resume=args.resume)
         trainer.acc.wait_for_everyone()  # ranks leave together, after the main one has written final/
     finally:
-        # A rank that exits with its gloo group alive can abort in the group's thread teardown
-        # ("terminate called without an active exception"), failing a run that had finished.
+        # The process group goes with the run, also for library callers that go on in this process.
         trainer.acc.end_training()
     if trainer.acc.is_main_process:
         _print_summary(summary, cfg.train.output_dir)
@@ -201,6 +201,25 @@ def _plugins():
     return [importlib.import_module(n).register_cli for n in names if importlib.util.find_spec(n)]
 
 
+def _is_distributed_worker() -> bool:
+    """This process is one rank of a multi-process launch (torchrun, accelerate launch)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _leave_without_teardown(code: int):
+    """Ends a rank of a finished multi-process run without the interpreter's teardown.
+
+    A rank can abort in the teardown after its run is complete ("terminate called without an active
+    exception", SIGABRT, pytorch/pytorch#179291), even with its process group destroyed, and the launcher
+    then fails the whole run. Everything of the run is written by now (checkpoints and final/ before the
+    last barrier, metrics closed), so only the standard streams and logging need flushing.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("ROBALIGN_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -212,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             code = relaunch_if_needed(sys.argv[1:])  # accelerate launch --cpu --num_processes N
             if code is not None:
                 return code
+            if _is_distributed_worker():
+                faulthandler.enable(sys.__stderr__)  # a rank that dies of a signal shows where it was
+                _leave_without_teardown(args.func(args))
         return args.func(args)
     except UserError as err:
         print(f"robalign: error: {err}", file=sys.stderr)
