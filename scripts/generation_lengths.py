@@ -20,8 +20,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 
 def decode_greedy(model, tokenizer, prompts, max_new_tokens: int) -> tuple[list[str], list[int]]:
     """(completion texts, completion lengths in tokens, EOS included) of a greedy decode, as the sweep's."""
@@ -48,20 +46,20 @@ def describe(prompts, texts: list[str], lengths: list[int], max_new_tokens: int)
 def measure(sweep: Path, methods: list[str], cells: list[str], seeds: list[int], *, max_new_tokens: int,
             gen_prompts: int, model_name: str) -> list[dict]:
     """One row per policy (the reference first, then each finished cell) and seed; `swept` is the cell's
-    gold_reward_greedy from result.json (None for the reference, whose value is `ref_gold` of any cell)."""
+    gold_reward_greedy from result.json (None for the reference, whose value is any cell's
+    ref_gold_reward_greedy)."""
     from peft import PeftModel
 
+    from robalign.bench import held_out_prompts
     from robalign.models import load_model_and_tokenizer
-    from robalign.tasks.verifiable import make_prompts
 
     model, tok = load_model_and_tokenizer(model_name)
     model.eval()
     rows = []
     for seed in seeds:
-        prompts = make_prompts(gen_prompts, seed=20_000 + seed)  # the sweep's held-out prompts of this seed
+        prompts = held_out_prompts(gen_prompts, seed)
         chats = [[{"role": "user", "content": p.text}] for p in prompts]
-        with torch.no_grad():
-            got = describe(prompts, *decode_greedy(model, tok, chats, max_new_tokens), max_new_tokens)
+        got = describe(prompts, *decode_greedy(model, tok, chats, max_new_tokens), max_new_tokens)
         rows.append({"policy": "reference", "cell": "-", "seed": seed, **got, "swept": None})
         for method in methods:
             for cell in cells:
@@ -71,12 +69,25 @@ def measure(sweep: Path, methods: list[str], cells: list[str], seeds: list[int],
                     continue
                 policy = PeftModel.from_pretrained(model, path / "adapter")
                 policy.eval()
-                with torch.no_grad():
-                    got = describe(prompts, *decode_greedy(policy, tok, chats, max_new_tokens), max_new_tokens)
+                got = describe(prompts, *decode_greedy(policy, tok, chats, max_new_tokens), max_new_tokens)
                 model = policy.unload()  # the base model again, LoRA layers removed, weights untouched
                 swept = json.loads((path / "result.json").read_text()).get("gold_reward_greedy")
                 rows.append({"policy": method, "cell": cell, "seed": seed, **got, "swept": swept})
     return rows
+
+
+def mean_over_seeds(rows: list[dict]) -> dict:
+    """{(policy, cell): words, cut, gold, by_kind, seeds} averaged over the seeds' rows, in first-seen order."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["policy"], r["cell"])].append(r)
+    out = {}
+    for key, group in groups.items():
+        kinds = {k for r in group for k in r["by_kind"]}
+        out[key] = {m: statistics.fmean(r[m] for r in group) for m in ("words", "cut", "gold")}
+        out[key]["by_kind"] = {k: statistics.fmean(r["by_kind"][k] for r in group if k in r["by_kind"]) for k in kinds}
+        out[key]["seeds"] = len(group)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         same = "" if swept is None else ("yes" if abs(swept - r["gold"]) < 1e-6 else f"no ({swept:.3f})")
         print(f"| {r['policy']} | {r['cell']} | {r['seed']} | {r['words']:.1f} | {r['cut']:.2f} | {r['gold']:.3f} | "
               f"{same} | " + " | ".join(f"{r['by_kind'].get(k, float('nan')):.2f}" for k in kinds) + " |")
+    print("\nMeans over seeds (per kind: the mean of each seed's mean, over the seeds that have the kind):\n")
+    print("| policy | cell | seeds | words | cut | gold | " + " | ".join(kinds) + " |")
+    print("|---|---|---:|---:|---:|---:|" + "---:|" * len(kinds))
+    for (policy, cell), group in mean_over_seeds(rows).items():
+        print(f"| {policy} | {cell} | {group['seeds']} | {group['words']:.1f} | {group['cut']:.2f} | "
+              f"{group['gold']:.3f} | " + " | ".join(f"{group['by_kind'].get(k, float('nan')):.2f}" for k in kinds)
+              + " |")
     return 0
 
 

@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from generation_lengths import describe, main, measure  # noqa: E402
+from generation_lengths import describe, main, mean_over_seeds, measure  # noqa: E402
 
 from robalign.cli import main as cli  # noqa: E402
 from robalign.tasks.verifiable import make_prompts, score  # noqa: E402
@@ -28,6 +28,19 @@ def test_describe_counts_words_cuts_and_gold_per_kind():
     for kind in {p.kind for p in prompts}:
         mine = [g for p, g in zip(prompts, gold) if p.kind == kind]
         assert got["by_kind"][kind] == pytest.approx(sum(mine) / len(mine))
+
+
+def test_means_over_seeds_average_each_seeds_values_and_kinds_where_present():
+    rows = [{"policy": "dpo", "cell": "flip-0", "seed": 0, "words": 10.0, "cut": 0.5, "gold": 0.2,
+             "by_kind": {"a": 1.0, "b": 0.0}},
+            {"policy": "dpo", "cell": "flip-0", "seed": 1, "words": 20.0, "cut": 1.0, "gold": 0.4, "by_kind": {"a": 0.5}},
+            {"policy": "ref", "cell": "-", "seed": 0, "words": 3.0, "cut": 0.0, "gold": 0.9, "by_kind": {"b": 1.0}}]
+    got = mean_over_seeds(rows)
+    assert list(got) == [("dpo", "flip-0"), ("ref", "-")]
+    dpo = got[("dpo", "flip-0")]
+    assert (dpo["words"], dpo["cut"], dpo["seeds"]) == (15.0, 0.75, 2) and dpo["gold"] == pytest.approx(0.3)
+    assert dpo["by_kind"] == {"a": 0.75, "b": 0.0}  # b only in seed 0
+    assert got[("ref", "-")]["by_kind"] == {"b": 1.0}
 
 
 def test_a_cell_is_decoded_as_the_sweep_decoded_it(tmp_path, capsys):
@@ -47,7 +60,8 @@ def test_a_cell_is_decoded_as_the_sweep_decoded_it(tmp_path, capsys):
     capsys.readouterr()
     assert main([str(tmp_path), "--methods", "dpo", "--cells", "flip-0.5", "--seeds", "0", "--max-new-tokens", "6",
                  "--gen-prompts", "6", "--model", "tiny-llama"]) == 0
-    assert "| dpo | flip-0.5 | 0 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| dpo | flip-0.5 | 0 |" in out and "| dpo | flip-0.5 | 1 |" in out  # the seed row and the means row
 
 
 def test_a_missing_sweep_directory_is_a_clear_error(tmp_path, capsys):

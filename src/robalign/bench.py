@@ -227,12 +227,20 @@ def _keep_only_the_adapter(trainer, out: Path):
 _REFERENCE_DECODES: dict = {}  # the base model's completions, shared by every cell with the same prompts
 
 
+def held_out_prompts(n: int, seed: int) -> list:
+    """The built-in task's n held-out prompts of a cell with this seed (`VerifiablePrompt`s, from another
+    seed range than the training pairs)."""
+    from robalign.tasks.verifiable import make_prompts
+
+    return make_prompts(n, seed=20_000 + seed)
+
+
 def _gold_generation(spec: SweepSpec, trainer, seed: int, base) -> dict:
     """Gold reward, win rate against the reference and KL of the trained policy on held-out prompts."""
     from robalign.evaluate_generation import generation_eval
-    from robalign.tasks.verifiable import VerifiableReward, make_prompts
+    from robalign.tasks.verifiable import VerifiableReward
 
-    prompts = [[{"role": "user", "content": p.text}] for p in make_prompts(spec.gen_prompts, seed=20_000 + seed)]
+    prompts = [[{"role": "user", "content": p.text}] for p in held_out_prompts(spec.gen_prompts, seed)]
     lora = spec.lora_r > 0
     if not lora and base is None:
         return {}  # full fine-tuning needs the untouched base model as the reference (run_sweep passes it)
