@@ -458,7 +458,7 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
     return report
 
 
-PAIRED_METRICS = ("accuracy_h", "accuracy_M", "gold_reward_greedy")  # h: what the DPO family trains
+PAIRED_METRICS = ("accuracy_h", "accuracy_M", "gold_reward_greedy", "win_rate_greedy", "kl")  # h: what DPO trains
 PAIRED_BASELINE = "dpo"
 
 
