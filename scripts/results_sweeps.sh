@@ -120,3 +120,9 @@ $R bench robustness $GOLD --kinds margin --rates 0,0.1,0.2,0.3,0.4 --methods dpo
 two_workers verifiable-flip-online $GOLD --kinds flip --rates 0.4,0.1,0.2 --methods sail,oracle_robust
 $R bench robustness $GOLD --kinds flip --rates 0,0.1,0.2,0.3,0.4 --methods dpo,sail,oracle_robust \
     --report-only --report-dir outputs/results/verifiable-gen/flip-rates-online > /dev/null
+# Session 16: the online methods at `length` 0.1 / 0.2 / 0.4 (rate 0 is cached above; 0.3 in session 7); its
+# report goes to verifiable-gen/length-rates-online. With it the built-in grid (every method, every kind it
+# takes, rates 0-0.4, seeds 0-2: 483 cells) is complete.
+two_workers verifiable-length-online $GOLD --kinds length --rates 0.4,0.1,0.2 --methods sail,oracle_robust
+$R bench robustness $GOLD --kinds length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,sail,oracle_robust \
+    --report-only --report-dir outputs/results/verifiable-gen/length-rates-online > /dev/null

@@ -143,6 +143,7 @@ def test_online_methods_in_a_sweep_get_the_noise_in_their_oracle(tmp_path, capsy
     assert main(args) == 0
     cells = sorted(p.name for p in (tmp_path / "cells").iterdir())
     assert cells == ["oracle_robust-flip-0-s0", "oracle_robust-flip-0.3-s0"]  # no rate-like margin oracle
+    assert "take no ['margin'] noise" in capsys.readouterr().out  # the skipped cells are announced
     noisy = json.loads((tmp_path / "cells" / "oracle_robust-flip-0.3-s0" / "result.json").read_text())
     assert noisy["oracle"] == "bt:verifiable:0.1+flip:0.3" and "gold_reward_greedy" in noisy
     gens = [json.loads(x) for x in (tmp_path / "cells" / "oracle_robust-flip-0.3-s0" / "generations.jsonl")
