@@ -126,3 +126,12 @@ $R bench robustness $GOLD --kinds flip --rates 0,0.1,0.2,0.3,0.4 --methods dpo,s
 two_workers verifiable-length-online $GOLD --kinds length --rates 0.4,0.1,0.2 --methods sail,oracle_robust
 $R bench robustness $GOLD --kinds length --rates 0,0.1,0.2,0.3,0.4 --methods dpo,sail,oracle_robust \
     --report-only --report-dir outputs/results/verifiable-gen/length-rates-online > /dev/null
+# Session 16: the headline cells on seeds 3, 4, 5, which no earlier run used (a later --seeds overrides GOLD's);
+# reports for seeds 3-5 and for all six seeds go to verifiable-gen/held-out-seeds-345 and -012345.
+two_workers verifiable-seeds-margin $GOLD --seeds 3,4,5 --kinds margin --rates 0.4 --methods dpo,ipo,simpo,sympo,hypo
+two_workers verifiable-seeds-length $GOLD --seeds 3,4,5 --kinds length --rates 0.4 --methods dpo,simpo,gapo
+two_workers verifiable-seeds-flip $GOLD --seeds 3,4,5 --kinds flip --rates 0,0.4 --methods dpo,gapo
+for seeds in 3,4,5 0,1,2,3,4,5; do
+    $R bench robustness $GOLD --seeds $seeds --methods dpo,ipo,simpo,sympo,hypo,gapo --kinds flip,length,margin \
+        --rates 0,0.4 --report-only --report-dir "outputs/results/verifiable-gen/held-out-seeds-${seeds//,/}" > /dev/null
+done
