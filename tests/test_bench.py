@@ -280,3 +280,25 @@ def test_cells_of_one_sweep_share_the_reference_log_probs_of_their_held_out_spli
                      for d in ("ipo", "both"))
     assert alone.pop("seconds") > 0 and shared.pop("seconds") > 0
     assert alone == shared and alone["accuracy_h"] is not None
+
+
+def test_a_method_missing_from_a_panel_keeps_its_colour_and_its_legend_entry(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from robalign.bench import plot_accuracy
+
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), save(fig, *a, **k)))
+    rows = [{"method": m, "kind": k, "rate": rate, "mean": 0.6, "std": 0.01}
+            for m in ("dpo", "sail", "simpo") for k in ("flip", "margin") for rate in (0.1, 0.4)
+            if not (m == "sail" and k == "margin")]  # like an online method, absent from the margin panel
+    plot_accuracy(rows, ["flip", "margin"], tmp_path / "acc.png", "accuracy_M")
+    assert (tmp_path / "acc.png").is_file()
+    flip_ax, margin_ax = figures[0].axes[:2]
+
+    def colours(ax):
+        return {c.get_label(): tuple(c.lines[0].get_color()) for c in ax.containers}
+
+    assert colours(margin_ax)["simpo"] == colours(flip_ax)["simpo"]
+    assert [t.get_text() for t in margin_ax.get_legend().get_texts()] == ["dpo", "sail", "simpo"]

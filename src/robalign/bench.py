@@ -358,17 +358,18 @@ def _with_clean(rows: list[dict], kinds: list[str]) -> list[dict]:
 
 
 def plot_accuracy(rows: list[dict], kinds: list[str], path: Path, metric: str):
-    from robalign.plots import panels
+    from robalign.plots import panels, series_colours
 
     rows = _with_clean(rows, kinds)
+    colour = series_colours(sorted({r["method"] for r in rows}))
     with panels(kinds, path) as axes:
         for ax, kind in axes:
-            for method in sorted({r["method"] for r in rows}):
+            for method in colour:
                 pts = sorted((r["rate"], r["mean"], r["std"]) for r in rows
                              if r["kind"] == kind and r["method"] == method)
                 if pts:
                     x, y, e = zip(*pts)
-                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
+                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method, color=colour[method])
             ax.set_title(f"noise: {kind}")
             ax.set_xlabel("noise rate")
             ax.set_ylabel(f"clean held-out {metric}")
@@ -377,18 +378,19 @@ def plot_accuracy(rows: list[dict], kinds: list[str], path: Path, metric: str):
 
 def plot_gold_vs_kl(results: list[dict], kinds: list[str], path: Path):
     """Gold reward (greedy) against KL(π‖π_ref), one point per (method, rate) averaged over seeds."""
-    from robalign.plots import panels
+    from robalign.plots import panels, series_colours
 
     kl_at = {(r["method"], r["kind"], r["rate"]): r["mean"] for r in _with_clean(aggregate(results, "kl"), kinds)}
     rows = _with_clean(aggregate(results, "gold_reward_greedy"), kinds)
     refs = [r["ref_gold_reward_greedy"] for r in results if r.get("ref_gold_reward_greedy") is not None]
+    colour = series_colours(sorted({r["method"] for r in rows}))
     with panels(kinds, path) as axes:
         for ax, kind in axes:
-            for method in sorted({r["method"] for r in rows}):
+            for method in colour:
                 pts = sorted((r["rate"], kl_at[(method, kind, r["rate"])], r["mean"]) for r in rows
                              if r["kind"] == kind and r["method"] == method and (method, kind, r["rate"]) in kl_at)
                 if pts:  # joined in order of noise rate
-                    ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=method)
+                    ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=method, color=colour[method])
                     for rate, x, y in pts:
                         ax.annotate(f"{rate:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             if refs:
@@ -400,8 +402,9 @@ def plot_gold_vs_kl(results: list[dict], kinds: list[str], path: Path):
 
 def plot_gapo_weights(results: list[dict], kinds: list[str], path: Path):
     """GAPO's mean weight on flipped and on clean pairs against the noise rate."""
-    from robalign.plots import panels
+    from robalign.plots import panels, series_colours
 
+    colour = series_colours(["flipped", "clean"])
     with panels(kinds, path) as axes:
         for ax, kind in axes:
             for metric, label in (("gapo_weight_flipped_mean", "flipped"), ("gapo_weight_clean_mean", "clean")):
@@ -409,7 +412,7 @@ def plot_gapo_weights(results: list[dict], kinds: list[str], path: Path):
                              if r["kind"] == kind)
                 if pts:
                     x, y, e = zip(*pts)
-                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label)
+                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label, color=colour[label])
             ax.set_title(f"GAPO weights, noise: {kind}")
             ax.set_xlabel("noise rate")
             ax.set_ylabel("mean weight σ(γ − βΓ)")

@@ -51,16 +51,28 @@ def weight_histograms(weights: torch.Tensor, flipped: torch.Tensor, path: str | 
     return path
 
 
+def series_colours(labels) -> dict:
+    """A fixed colour per label (20 distinct ones: a sweep over every method has 13 series), so a series has
+    the same colour in every panel even where another is missing."""
+    plt = _pyplot()
+    return {label: plt.cm.tab20(k % 20) for k, label in enumerate(labels)}
+
+
 @contextlib.contextmanager
 def panels(titles: list[str], path: str | Path, *, width: float = 4.5, height: float = 3.6):
     """One row of subplots, one per title; yields [(ax, title)], then adds the legend and writes `path`."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(titles), figsize=(width * len(titles), height), squeeze=False)
-    for ax in axes[0]:  # 20 distinct colours: a sweep over every method has 13 lines per panel
-        ax.set_prop_cycle(color=[plt.cm.tab20(k) for k in range(20)])
     yield list(zip(axes[0], titles))
-    # Outside the axes: with 13 methods an inside legend covers points.
-    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    # One legend for all panels (a series may be missing from some), outside the axes: with 13 methods an
+    # inside legend covers points.
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        axes[0][-1].legend(list(handles.values()), list(handles), fontsize=8, loc="upper left",
+                           bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
