@@ -131,7 +131,8 @@ $R bench robustness $GOLD --kinds length --rates 0,0.1,0.2,0.3,0.4 --methods dpo
 two_workers verifiable-seeds-margin $GOLD --seeds 3,4,5 --kinds margin --rates 0.4 --methods dpo,ipo,simpo,sympo,hypo
 two_workers verifiable-seeds-length $GOLD --seeds 3,4,5 --kinds length --rates 0.4 --methods dpo,simpo,gapo
 two_workers verifiable-seeds-flip $GOLD --seeds 3,4,5 --kinds flip --rates 0,0.4 --methods dpo,gapo
+two_workers verifiable-seeds-online $GOLD --seeds 3,4,5 --kinds flip --rates 0.4,0 --methods sail,oracle_robust
 for seeds in 3,4,5 0,1,2,3,4,5; do
-    $R bench robustness $GOLD --seeds $seeds --methods dpo,ipo,simpo,sympo,hypo,gapo --kinds flip,length,margin \
-        --rates 0,0.4 --report-only --report-dir "outputs/results/verifiable-gen/held-out-seeds-${seeds//,/}" > /dev/null
+    $R bench robustness $GOLD --seeds $seeds --methods dpo,ipo,simpo,sympo,hypo,gapo,sail,oracle_robust \
+        --kinds flip,length,margin --rates 0,0.4 --report-only --report-dir "outputs/results/verifiable-gen/held-out-seeds-${seeds//,/}" > /dev/null
 done
