@@ -552,9 +552,10 @@ def cmd_bench(args) -> int:
                         "use --data verifiable or verifiable-sampled")
     if online and not set(kinds) & set(ONLINE_NOISE):
         raise UserError(f"bench: online methods {online} take only the noise kinds {sorted(ONLINE_NOISE)}")
-    if online and set(kinds) - set(ONLINE_NOISE):
-        print(f"bench: online methods {online} take no {sorted(set(kinds) - set(ONLINE_NOISE))} noise (a margin oracle's "
-              "threshold is in reward units, not a rate), so those cells are skipped")
+    skipped = [k for k in kinds if k not in ONLINE_NOISE]
+    if online and skipped:
+        print(f"bench: online methods {online} take no {skipped} noise (a margin oracle's threshold is in reward "
+              "units, not a rate), so those cells are skipped")
     if args.data not in GOLD_TASKS and not Path(args.data).exists():
         raise UserError(f"bench: --data {args.data} not found (a preference file, 'verifiable' or "
                         "'verifiable-sampled')")
