@@ -302,3 +302,23 @@ def test_a_method_missing_from_a_panel_keeps_its_colour_and_its_legend_entry(tmp
 
     assert colours(margin_ax)["simpo"] == colours(flip_ax)["simpo"]
     assert [t.get_text() for t in margin_ax.get_legend().get_texts()] == ["dpo", "sail", "simpo"]
+
+
+def test_an_epochs_sweep_on_the_cached_trunk_records_curves_and_computes_the_trunk_once(tmp_path):
+    args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo,gapo", "--kinds", "flip",
+            "--rates", "0,0.25", "--seeds", "0", "--epochs", "2", "--batch-size", "4", "--train-pairs", "16",
+            "--eval-pairs", "8", "--gen-prompts", "0", "--train-last-k", "1", "--trunk-cache", "disk",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    shards = list((tmp_path / "trunk").glob("*/shard-*.safetensors"))
+    assert len(shards) == 1  # the first cell computed every text; the other three read it
+    for cell in ("dpo-flip-0.25-s0", "gapo-flip-0-s0"):
+        result = json.loads((tmp_path / "cells" / cell / "result.json").read_text())
+        assert [r["epoch"] for r in result["curve"]] == [0.0, 1.0, 2.0]
+        assert result["best_epoch"] in (0.0, 1.0, 2.0)
+    noisy = json.loads((tmp_path / "cells" / "dpo-flip-0.25-s0" / "result.json").read_text())
+    assert "fit_flipped" in noisy["curve"][1] and "fit_clean" in noisy["curve"][1]
+    assert noisy["best_accuracy_h"] == max(r["accuracy_h"] for r in noisy["curve"])
+    assert (tmp_path / "cells" / "dpo-flip-0.25-s0" / "learning_curves.png").is_file()
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["epochs"] == 2 and settings["trunk_cache"] == "disk"

@@ -73,3 +73,19 @@ def test_sweep_memo_benchmark_runs_both_ways_and_checks_they_agree(tmp_path):
     report = json.loads(out.read_text())
     assert report["identical_results"] is True and report["speedup"] > 0
     assert [len(v) for v in report["seconds"].values()] == [2, 2]
+
+
+def test_long_training_benchmark_runs_every_configuration(tmp_path):
+    out = tmp_path / "lt.jsonl"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "long_training.py"), "--model", "tiny-llama", "--pairs", "24",
+           "--eval-pairs", "8", "--epochs", "1", "--k", "1", "--steps", "1", "--breakdown-steps", "1",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    header, *runs = json.loads(out.read_text())["run"]
+    assert header["ceiling"]["gflops"] > 0 and [r["kind"] for r in runs] == ["cached", "lora", "full"]
+    cached = runs[0]
+    assert cached["pair_passes"] == 24 and cached["cache_mib"] > 0 and cached["cache_build_s"] > 0
+    assert [r["epoch"] for r in cached["curve"]] == [0.0, 1.0]
+    assert set(cached["breakdown"]["seconds"]) == {"blocks", "head", "optimizer"}
+    assert "pair-passes/s" in proc.stdout and "of the ceiling" in proc.stdout

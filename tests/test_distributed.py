@@ -15,13 +15,13 @@ ONLINE = {"oracle_robust": ["--max-new-tokens", "4"],
           "sail": ["--max-new-tokens", "4", "--sail.r", "0.25", "--sail.p", "0.25", "--sail.g", "0.25"]}
 
 
-def _train(tmp_path, name, nproc, batch_size, method="dpo", lora_r="0"):
+def _train(tmp_path, name, nproc, batch_size, method="dpo", lora_r="0", extra=()):
     data = tmp_path / "pairs.jsonl"
     if not data.exists():
         data.write_text("".join(json.dumps(p.to_row()) + "\n" for p in make_pairs(16)))
     args = ["train", "--model", "tiny-llama", "--data", str(data), "--eval-fraction", "0", "--lora-r", lora_r,
             "--max-steps", "3", "--lr", "1e-3", "--progress", "false", "--max-length", "64", "--method", method,
-            "--batch-size", str(batch_size), "--output-dir", str(tmp_path / name), *ONLINE.get(method, [])]
+            "--batch-size", str(batch_size), "--output-dir", str(tmp_path / name), *ONLINE.get(method, []), *extra]
     if nproc == 1:
         cmd = [sys.executable, "-m", "robalign.cli", *args]
     else:
@@ -42,6 +42,17 @@ def test_two_processes_match_one(tmp_path, method, lora_r):
     two_loss, two_w = _train(tmp_path, "two", 2, 2, method, lora_r)
     assert one_loss == pytest.approx(two_loss, abs=1e-5)
     assert one_w.keys() == two_w.keys()
+    for k in one_w:
+        assert (one_w[k] - two_w[k]).abs().max().item() < 1e-5, k
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_two_processes_on_the_cached_trunk_match_one_process_on_the_whole_model(tmp_path, cache):
+    last_k = ["--train-last-k", "1", "--trunk-cache-dir", str(tmp_path / "trunk")]
+    one_loss, one_w = _train(tmp_path, "one", 1, 4, extra=last_k)
+    two_loss, two_w = _train(tmp_path, "two", 2, 2, extra=[*last_k, "--trunk-cache", cache])
+    assert one_loss == pytest.approx(two_loss, abs=1e-5)
+    assert one_w.keys() == two_w.keys() and all(".layers.1." in k for k in one_w)
     for k in one_w:
         assert (one_w[k] - two_w[k]).abs().max().item() < 1e-5, k
 

@@ -64,6 +64,12 @@ class SweepSpec:
     out: Path
     gen_prompts: int = 0  # held-out prompts decoded per cell for gold reward / win rate / KL (built-in task)
     gen_max_new_tokens: int = 32
+    # The long-training regime: an epochs budget (instead of `steps`), only the last k blocks trained, and
+    # their frozen trunk computed once for every cell over the same texts (robalign.trunk).
+    epochs: float = 0.0
+    train_last_k: int = 0
+    trunk_cache: str = "off"
+    eval_per_epoch: int = 1
 
     def cells(self):
         online = {m for m in self.methods if is_online(m)}
@@ -75,6 +81,11 @@ class SweepSpec:
             if cell not in seen:
                 seen.add(cell)
                 yield cell
+
+
+# Settings added after the first sweeps: left out of settings.json at their defaults, so that older sweep
+# folders keep matching the settings they were run with.
+_LATER_SETTINGS = {"epochs": 0.0, "train_last_k": 0, "trunk_cache": "off", "eval_per_epoch": 1}
 
 
 def cell_dir(spec: SweepSpec, method, kind, rate, seed) -> Path:
@@ -182,13 +193,18 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     done = out / "result.json"
     train, held = _data_split(spec, seed, base)
     noisy = inject_noise(train, kind, rate, seed)
+    steps = spec.steps if not spec.epochs else math.ceil(spec.epochs * (len(noisy) // spec.batch_size))
     tree = {
-        "model": {"name": spec.model, "lora_r": spec.lora_r},
+        "model": {"name": spec.model, "lora_r": spec.lora_r, "train_last_k": spec.train_last_k,
+                  "trunk_cache": spec.trunk_cache, "trunk_cache_dir": str(spec.out / "trunk")},
         "method": {"name": method, **METHOD_DEFAULTS.get(method, {})},
         "data": {"max_length": spec.max_length},
-        "train": {"output_dir": str(out), "batch_size": spec.batch_size, "max_steps": spec.steps, "lr": spec.lr,
-                  "seed": seed, "progress": False, "warmup_steps": max(1, spec.steps // 10),
-                  "save_final": False, "eval_at_start": False}}
+        "train": {"output_dir": str(out), "batch_size": spec.batch_size, "max_steps": steps, "lr": spec.lr,
+                  "epochs": spec.epochs, "eval_per_epoch": spec.eval_per_epoch,
+                  "seed": seed, "progress": False, "warmup_steps": max(1, steps // 10),
+                  "save_final": False, "eval_at_start": bool(spec.epochs)}}
+    if method == "gapo" and spec.trunk_cache != "off":  # the anchor may perturb only what trains
+        tree["gapo"] = {"scope": "last_k_layers", "last_k": spec.train_last_k}
     oracle = online_oracle(kind, rate) if is_online(method) else None
     if oracle:
         tree["online"] = {"oracle": oracle, "max_new_tokens": spec.gen_max_new_tokens}
@@ -202,6 +218,8 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
               **({"oracle": oracle} if oracle else {}),
               "flipped": sum(bool(p.is_flipped) for p in noisy), **{k.split("/")[-1]: v for k, v in
                                                                       summary["final"].items()}}
+    if spec.epochs:
+        result.update(curve_summary(summary["curve"]))
     if spec.gen_prompts > 0:
         result.update(_gold_generation(spec, trainer, seed, base))
         result["seconds"] = time.perf_counter() - t0
@@ -214,6 +232,19 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(done)
     return result
+
+
+def curve_summary(curve: list[dict]) -> dict:
+    """A cell's learning curve (held-out accuracy, margins, training-label fit per evaluation) and its best
+    epoch by held-out accuracy_h (accuracy_M for reference-free runs)."""
+    keys = ("epoch", "eval/accuracy_h", "eval/accuracy_M", "eval/margin_h", "eval/margin_M", "train/fit_flipped",
+            "train/fit_clean")
+    rows = [{k.split("/")[-1]: r[k] for k in keys if r.get(k) is not None} for r in curve]
+    if not rows:
+        return {}
+    score = "accuracy_h" if "accuracy_h" in rows[-1] else "accuracy_M"
+    best = max(rows, key=lambda r: r.get(score, -1.0))  # the first of equals: the earliest epoch
+    return {"curve": rows, "best_epoch": best["epoch"], f"best_{score}": best[score]}
 
 
 def _keep_only_the_adapter(trainer, out: Path):
@@ -298,7 +329,8 @@ def _check_settings(spec: SweepSpec, write: bool = True):
     """Cells are cached by (method, kind, rate, seed) only, so one output directory holds one setting."""
     skip = ("methods", "kinds", "rates", "seeds", "out") + (("gen_prompts", "gen_max_new_tokens")
                                                              if spec.gen_prompts == 0 else ())
-    keep = {k: v for k, v in vars(spec).items() if k not in skip}
+    keep = {k: v for k, v in vars(spec).items()
+            if k not in skip and not (k in _LATER_SETTINGS and v == _LATER_SETTINGS[k])}
     path = spec.out / "settings.json"
     if path.is_file() and json.loads(path.read_text()) != keep:
         raise UserError(f"bench: {spec.out} holds cells of other settings ({path}); use another --out")
@@ -563,7 +595,9 @@ def cmd_bench(args) -> int:
                      seeds=[int(s) for s in args.seeds.split(",")], model=args.model, steps=args.steps,
                      batch_size=args.batch_size, lr=args.lr, train_pairs=args.train_pairs,
                      eval_pairs=args.eval_pairs, max_length=args.max_length, lora_r=args.lora_r, out=Path(args.out),
-                     gen_prompts=_gen_prompts(args), gen_max_new_tokens=args.gen_max_new_tokens)
+                     gen_prompts=_gen_prompts(args), gen_max_new_tokens=args.gen_max_new_tokens,
+                     epochs=args.epochs, train_last_k=args.train_last_k, trunk_cache=args.trunk_cache,
+                     eval_per_epoch=args.eval_per_epoch)
     if args.report_dir and Path(args.report_dir).exists() and not Path(args.report_dir).is_dir():
         raise UserError(f"bench: --report-dir {args.report_dir} is a file; name a folder for the report")
     if args.report_only:
@@ -596,7 +630,14 @@ def register_cli(sub):
     p.add_argument("--rates", default="0,0.1,0.2,0.3,0.4")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--steps", type=int, default=16, help="optimiser steps per cell (unless --epochs)")
+    p.add_argument("--epochs", type=float, default=0.0, help="passes over each cell's training pairs instead of "
+                   "--steps; cells then evaluate every epoch and record their learning curve")
+    p.add_argument("--eval-per-epoch", type=int, default=1, help="held-out evaluations per epoch with --epochs")
+    p.add_argument("--train-last-k", type=int, default=0, help="train only the last k blocks (0 = all)")
+    p.add_argument("--trunk-cache", choices=["off", "memory", "disk"], default="off",
+                   help="compute the frozen blocks once: 'disk' shares them (and the reference log-probs) "
+                   "between every cell over the same texts, in <out>/trunk")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--train-pairs", type=int, default=256)

@@ -37,6 +37,12 @@ class ModelConfig:
                         "otherwise), 'copy', 'adapters_disabled', or 'cached' (precomputed on disk).")
     trust_remote_code: bool = _f(False, "Allow model code from the hub to run (off unless you trust it).")
     seed: int = _f(0, "Seed of the random weights of 'tiny-llama'.")
+    train_last_k: int = _f(0, "Train only the last k transformer blocks (their full weights, or LoRA on them "
+                           "only), everything below them frozen ('freeze' tuning); 0 = all blocks.")
+    trunk_cache: str = _f("off", "Compute the frozen blocks below train_last_k once per pair and run only the "
+                          "last k blocks afterwards: 'off', 'memory', or 'disk' (shared by every run over the same "
+                          "texts and base model). Exact; offline methods only.")
+    trunk_cache_dir: str = _f("", "Folder of the on-disk trunk cache ('' = $ROBALIGN_CACHE/trunk).")
 
     def validate(self):
         _check(self.lora_r >= 0, "model.lora_r", "must be >= 0")
@@ -45,6 +51,11 @@ class ModelConfig:
         _choice(self.reference, ("auto", "copy", "adapters_disabled", "cached"), "model.reference")
         if self.reference == "adapters_disabled" and self.lora_r == 0:
             raise ConfigError("model.reference: 'adapters_disabled' needs LoRA (lora_r > 0)")
+        _check(self.train_last_k >= 0, "model.train_last_k", "must be >= 0 (0 = train all blocks)")
+        _choice(self.trunk_cache, ("off", "memory", "disk"), "model.trunk_cache")
+        if self.trunk_cache != "off" and self.train_last_k == 0:
+            raise ConfigError("model.trunk_cache: needs a frozen trunk; set model.train_last_k (e.g. 2) so that "
+                              "only the last k blocks train")
 
 
 @dataclass
@@ -115,6 +126,9 @@ class TrainConfig:
     batch_size: int = _f(4, "Preference pairs per micro-batch per process.")
     grad_accum: int = _f(1, "Micro-batches accumulated per optimiser step.")
     max_steps: int = _f(100, "Optimiser steps of the whole run (sets the learning-rate schedule).")
+    epochs: float = _f(0.0, "Budget in passes over the training pairs instead of max_steps (> 0 sets max_steps "
+                       "to ceil(epochs x steps per epoch)); 0 = use max_steps.")
+    eval_per_epoch: int = _f(1, "Held-out evaluations per epoch (learning curves; 0 = none at epoch ends).")
     stop_after: int = _f(0, "Stop after this many steps with a checkpoint, schedule unchanged, so that "
                          "--resume continues the same run (0 = run to max_steps).")
     optimizer: str = _f("adamw", "'adamw' or 'sgd'.")
@@ -142,9 +156,10 @@ class TrainConfig:
         for key in ("batch_size", "grad_accum", "max_steps", "keep_last", "log_every"):
             _check(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
         for key in ("warmup_steps", "eval_every", "save_every", "threads", "weight_decay", "max_grad_norm",
-                    "stop_after"):
+                    "stop_after", "eval_per_epoch"):
             _check(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
         _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", "must be a positive number")
+        _check(0 <= self.epochs < 1e6 and math.isfinite(self.epochs), "train.epochs", "must be >= 0")
         _choice(self.optimizer, ("adamw", "sgd"), "train.optimizer")
         _choice(self.schedule, ("constant", "linear", "cosine"), "train.schedule")
         _choice(self.on_nonfinite, ("stop", "skip"), "train.on_nonfinite")

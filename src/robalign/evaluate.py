@@ -21,16 +21,19 @@ class PreferenceEvaluator:
         reference_cache: a dict owned by the caller that keeps the reference log-probs between evaluators
             of the same pairs (e.g. every cell of a sweep that shares a held-out split and a base model).
             Only valid while every evaluator given it has a reference with the same weights.
+        trunk: a `robalign.trunk.TrunkCache` holding these pairs; forwards then run only the top blocks.
     """
 
     def __init__(self, pairs: list[TokenizedPair], pad_id: int, reference=None, batch_size: int = 8,
-                 reference_cache: dict | None = None):
+                 reference_cache: dict | None = None, trunk=None):
         self.pairs, self.pad_id, self.reference, self.batch_size = pairs, pad_id, reference, batch_size
         self.reference_cache = reference_cache
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
         # Collated once: every evaluation (and the one reference pass) reuses the same tensors.
-        self.batches = [collate([pairs[i] for i in order[s:s + batch_size]], pad_id)
-                        for s in range(0, len(order), batch_size)]
+        groups = [[pairs[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+        self.batches = [collate(g, pad_id) for g in groups]
+        if trunk is not None:  # a `robalign.trunk.TrunkCache` holding these pairs: run only the top blocks
+            self.batches = [trunk.attach(b, g) for b, g in zip(self.batches, groups)]
         self._ref: list[SequenceLogps] | None = None
 
     @torch.no_grad()

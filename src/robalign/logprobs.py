@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from robalign.blocks import only_blocks
 from robalign.data.collate import PreferenceBatch
 
 
@@ -56,11 +57,17 @@ def completion_hidden_states(model, batch: PreferenceBatch) -> tuple[torch.Tenso
     """Runs the body once; returns (hidden [N, H], target ids [N], 2B-row index of each token [N]).
 
     N is the number of completion tokens in the batch; position t-1's state predicts token t.
-    With `batch.packed` the body runs over at most B shared-prompt rows instead of 2B rows.
+    With `batch.packed` the body runs over at most B shared-prompt rows instead of 2B rows; with
+    `batch.trunk` it runs only the blocks above the cached frozen trunk, from the cached states.
     """
     body, _ = split_body_and_head(model)
     pack = batch.packed
-    if pack is not None:
+    if batch.trunk is not None:
+        # The frozen blocks' output is cached: run only the blocks above them (robalign.trunk).
+        with only_blocks(body, batch.trunk.start):
+            hidden = body(inputs_embeds=batch.trunk.hidden, attention_mask=pack.attention,
+                          position_ids=pack.position_ids, use_cache=False).last_hidden_state
+    elif pack is not None:
         hidden = body(input_ids=pack.input_ids, attention_mask=pack.attention, position_ids=pack.position_ids,
                       use_cache=False).last_hidden_state
     else:

@@ -188,19 +188,42 @@ def tiny_llama(tokenizer, *, seed: int = 0, hidden: int = 64, layers: int = 2):
     return model.float()
 
 
-def apply_lora(model, *, r: int, alpha: float, dropout: float, target_modules: list):
-    """Wraps `model` with PEFT LoRA adapters; only adapter weights stay trainable."""
+def apply_lora(model, *, r: int, alpha: float, dropout: float, target_modules: list, first_block: int = 0):
+    """Wraps `model` with PEFT LoRA adapters; only adapter weights stay trainable.
+
+    Args:
+        first_block: adapters go only on blocks `first_block` and above (`model.train_last_k`); 0 = all.
+    """
     from peft import LoraConfig, get_peft_model
+
+    from robalign.blocks import block_list_name, decoder_layers
+    from robalign.logprobs import split_body_and_head
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [t for t in target_modules if t in present]
     if not targets:
         raise UserError(f"model.lora_target_modules: none of {target_modules} exist in this model")
+    layers = {}
+    if first_block:
+        body = split_body_and_head(model)[0]
+        layers = {"layers_to_transform": list(range(first_block, len(decoder_layers(body)))),
+                  "layers_pattern": block_list_name(body)}
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        bias="none", task_type="CAUSAL_LM")
+                        bias="none", task_type="CAUSAL_LM", **layers)
     with warnings.catch_warnings():  # peft still calls a transformers property deprecated in v5
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, config)
+
+
+def freeze_below(model, first_block: int) -> None:
+    """Full fine-tuning of the blocks from `first_block` up only: every other weight (embeddings, lower
+    blocks, final norm, LM head) is frozen, as LLaMA-Factory's 'freeze' tuning does."""
+    from robalign.blocks import decoder_layers
+    from robalign.logprobs import split_body_and_head
+
+    model.requires_grad_(False)
+    for block in decoder_layers(split_body_and_head(model)[0])[first_block:]:
+        block.requires_grad_(True)
 
 
 def disable_dropout(model):

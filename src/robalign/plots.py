@@ -76,3 +76,36 @@ def panels(titles: list[str], path: str | Path, *, width: float = 4.5, height: f
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def learning_curves(records: list[dict], path: str | Path, *, title: str = "") -> Path | None:
+    """Held-out accuracy and margins per epoch, and how much of the training labels the model fits.
+
+    Args:
+        records: evaluation rows of a run's metrics.jsonl (those with `eval/accuracy_M`), each with `epoch`.
+        path: the .png to write; nothing is written (None returned) with fewer than two evaluations.
+    """
+    rows = [r for r in records if r.get("eval/accuracy_M") is not None]
+    if len(rows) < 2:
+        return None
+    x = [r.get("epoch", r["step"]) for r in rows]
+    xlabel = "epoch" if all("epoch" in r for r in rows) else "step"
+    fit = [r for r in rows if r.get("train/fit_clean") is not None or r.get("train/fit_flipped") is not None]
+    titles = ["held-out accuracy", "held-out mean margin"] + (["training labels fitted"] if fit else [])
+    with panels(titles, path) as axes:
+        for ax, name in axes:
+            if name == "held-out accuracy":
+                series = (("eval/accuracy_h", "h (reference log-ratio)"), ("eval/accuracy_M", "M (length-normalised)"))
+            elif name == "held-out mean margin":
+                series = (("eval/margin_h", "h"), ("eval/margin_M", "M"))
+            else:
+                series = (("train/fit_clean", "clean pairs: observed label preferred"),
+                          ("train/fit_flipped", "flipped pairs: flipped label preferred"))
+            for key, label in series:
+                pts = [(xi, r[key]) for xi, r in zip(x, rows) if r.get(key) is not None]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
+            ax.set_xlabel(xlabel)
+            ax.set_title(f"{title}\n{name}" if title else name, fontsize=9)
+            ax.grid(alpha=0.3)
+    return Path(path)

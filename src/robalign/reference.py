@@ -38,6 +38,23 @@ class FrozenCopyReference:
         return sequence_logps(self.model, batch)
 
 
+class InitialPolicyReference:
+    """The policy itself, before its first update: the reference without a copy. Only valid until the
+    optimiser steps (used to fill the trunk cache's reference log-probs at start-up)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @torch.no_grad()
+    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return sequence_logps(self.model, batch)
+        finally:
+            self.model.train(was_training)
+
+
 class AdapterDisabledReference:
     """The LoRA policy with its adapters switched off: the base model, at no extra memory."""
 

@@ -32,17 +32,19 @@ from robalign.errors import ConfigError, UserError
 from robalign.evaluate import PreferenceEvaluator
 from robalign.methods import build_method
 from robalign.metrics import MetricsWriter
-from robalign.models import apply_lora, disable_dropout, load_model_and_tokenizer
+from robalign.models import apply_lora, cache_dir, disable_dropout, freeze_below, load_model_and_tokenizer
 from robalign.policy import PolicyLM
 from robalign.recompute import enable_activation_checkpointing
 from robalign.reference import (
     AdapterDisabledReference,
     FrozenCopyReference,
+    InitialPolicyReference,
     MemoizedReference,
     NoReference,
     build_cached_reference,
     cache_key,
 )
+from robalign.trunk import StoredReference, TrunkCache, check_split, model_fingerprint, split_index
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,11 @@ class Trainer:
         self.out = Path(tc.output_dir)
         self.method = build_method(cfg.method.name, cfg.method.loss_params(), cfg)
         refuse_sharded_weights(self.acc, cfg)
+        if cfg.model.trunk_cache != "off":
+            problem = self.method.trunk_cache_problem(cfg.model.train_last_k)
+            if problem:
+                raise ConfigError(f"model.trunk_cache: {cfg.model.trunk_cache!r} with method {self.method.name}: "
+                                  f"{problem} (or set model.trunk_cache: off)")
         problem = self.method.activation_checkpointing_problem(tc.activation_checkpointing)
         if problem:
             raise ConfigError(f"train.activation_checkpointing: {tc.activation_checkpointing!r} with method "
@@ -174,6 +181,7 @@ class Trainer:
         self._setup_reference(eval_reference_cache, reference_memo)
         self._setup_optimizer()
         self.step_num, self.position, self.skipped_batches = 0, 0, 0
+        self.fit = torch.zeros(4)  # since the last evaluation: flipped preferred, flipped seen, clean ..., clean ...
 
     # ----------------------------------------------------------------------------------- setup
     def _setup_model(self, model, tokenizer):
@@ -184,18 +192,27 @@ class Trainer:
         disable_dropout(model)
         self.base_model = model
         self.frozen_reference = None
+        self.first_block = split_index(model, mc.train_last_k)
+        self.trunk_dir = None
+        if mc.trunk_cache == "disk":  # keyed by the base weights, before adapters are added
+            root = Path(mc.trunk_cache_dir) if mc.trunk_cache_dir else cache_dir() / "trunk"
+            self.trunk_dir = root / model_fingerprint(mc.name, model, self.first_block)
         if mc.lora_r > 0:
             model = apply_lora(model, r=mc.lora_r, alpha=mc.lora_alpha, dropout=mc.lora_dropout,
-                               target_modules=mc.lora_target_modules)
-        elif self.method.needs_reference and mc.reference in ("auto", "copy", "cached"):
-            self.frozen_reference = FrozenCopyReference(model)
+                               target_modules=mc.lora_target_modules, first_block=self.first_block)
+        else:
+            if self.first_block:
+                freeze_below(model, self.first_block)
+            if self.method.needs_reference and mc.reference in ("auto", "copy", "cached") and not (
+                    mc.trunk_cache != "off" and mc.reference != "copy"):
+                self.frozen_reference = FrozenCopyReference(model)
         # After the reference copy, which only ever runs without gradients.
         enable_activation_checkpointing(model, self.cfg.train.activation_checkpointing)
         self.model = model.to(self.acc.device)
         self.model.train()
 
     def _setup_data(self, train_pairs, eval_pairs):
-        dc = self.cfg.data
+        dc, tc = self.cfg.data, self.cfg.train
         self.method.bind(self.tokenizer)
         kw = dict(max_length=dc.max_length, max_prompt_length=dc.prompt_budget, skip_invalid=dc.skip_invalid)
         self.train_data, skipped = tokenize_pairs(self.tokenizer, train_pairs, **kw)
@@ -204,12 +221,51 @@ class Trainer:
             log.warning("skipped %d training and %d evaluation pairs that do not fit max_length",
                         skipped, eval_skipped)
         self.pad_id = self.tokenizer.pad_token_id
-        self.stream = BatchStream(self.train_data, self.cfg.train.batch_size, seed=self.cfg.train.seed,
-                                  pad_id=self.pad_id, world_size=self.acc.num_processes,
-                                  rank=self.acc.process_index)
+        self.trunk = self._build_trunk() if self.cfg.model.trunk_cache != "off" else None
+        self.stream = BatchStream(self.train_data, tc.batch_size, seed=tc.seed, pad_id=self.pad_id,
+                                  world_size=self.acc.num_processes, rank=self.acc.process_index, trunk=self.trunk)
+        self.per_epoch = self.stream.micro_batches_per_epoch
+        if tc.epochs:  # the budget in passes over the data; the schedule follows from it
+            tc.max_steps = max(1, math.ceil(tc.epochs * self.per_epoch / tc.grad_accum))
+        if self.trunk is not None:
+            check_split(self.model, self.stream.batch(0).to(self.acc.device))
+
+    def _build_trunk(self) -> TrunkCache:
+        """The frozen trunk's states (and the reference's log-probs) of every training and held-out pair."""
+        from tqdm.auto import tqdm
+
+        trunk = TrunkCache(self.first_block, self.trunk_dir)
+        pairs = self.train_data + self.eval_data
+        # On disk, the main process fills what is missing and the others read its shard.
+        fills = self.trunk_dir is None or self.acc.is_main_process
+        with_ref = self.method.needs_reference and self.cfg.model.reference in ("auto", "cached")
+        todo = len(trunk.missing_states(pairs)) + (len(trunk.missing_ref(pairs)) if with_ref else 0)
+        if fills and todo:
+            t0 = time.perf_counter()
+            bar = tqdm(total=todo, desc="trunk cache", disable=not (self.cfg.train.progress and self.acc.is_main_process),
+                       dynamic_ncols=True)
+            trunk.fill_states(self.model, pairs, pad_id=self.pad_id, progress=bar.update)
+            if with_ref:
+                # Before the first update the policy is the base model (LoRA's B is 0; a full copy is not needed).
+                reference = AdapterDisabledReference(self.model) if self.cfg.model.lora_r > 0 else InitialPolicyReference(self.model)
+                trunk.fill_reference(reference, pairs, pad_id=self.pad_id, device=self.acc.device, progress=bar.update)
+            bar.close()
+            trunk.save()
+            self.trunk_build_s = time.perf_counter() - t0
+            log.info("trunk cache: %d pairs computed in %.1f s (%.0f MB)", todo, self.trunk_build_s, trunk.num_bytes / 2**20)
+        if self.trunk_dir is not None:
+            self.acc.wait_for_everyone()
+            if not fills:
+                trunk = TrunkCache(self.first_block, self.trunk_dir)
+        return trunk
 
     def _setup_reference(self, eval_reference_cache: dict | None = None, memo=None):
         mc = self.cfg.model
+        if self.trunk is not None and self.method.needs_reference and mc.reference in ("auto", "cached"):
+            self.reference = StoredReference()  # computed once per pair with the trunk (robalign.trunk)
+            self.evaluator = PreferenceEvaluator(self.eval_data, self.pad_id, reference=self.reference,
+                                                 reference_cache=eval_reference_cache, trunk=self.trunk)
+            return
         if not self.method.needs_reference:
             self.reference = NoReference()
         elif self.frozen_reference is not None:
@@ -231,7 +287,7 @@ class Trainer:
         if memo is not None and live_reference is not None:
             live_reference = MemoizedReference(live_reference, memo)
         self.evaluator = PreferenceEvaluator(self.eval_data, self.pad_id, reference=live_reference,
-                                             reference_cache=eval_reference_cache)
+                                             reference_cache=eval_reference_cache, trunk=self.trunk)
         if mc.reference == "cached" and self.frozen_reference is not None:
             # Training and evaluation now read stored log-probs: free the model-sized frozen copy.
             self.evaluator.detach_reference()
@@ -296,7 +352,32 @@ class Trainer:
         totals["tokens"] = self.acc.reduce(tokens.to(grad_norm.device), "sum")
         totals["step_time_s"] = torch.tensor(time.perf_counter() - t0)
         self.last_records = records
+        self._count_fit(records)
         return totals
+
+    def _count_fit(self, records):
+        """How many flipped / clean training pairs the model preferred the *observed* label of when it met them
+        (from the step's own margins, so measuring memorisation costs no extra pass; a tie counts half)."""
+        for batch, per_pair in records:
+            margin = per_pair.get("margin")
+            if margin is None:
+                continue
+            prefers = (margin > 0).float() + 0.5 * (margin == 0).float()
+            flags = batch.is_flipped.to(prefers.device)
+            flipped, clean = (flags == 1).float(), (flags == 0).float()
+            self.fit += torch.stack([(prefers * flipped).sum(), flipped.sum(), (prefers * clean).sum(),
+                                     clean.sum()]).cpu()
+
+    def _fit_metrics(self) -> dict:
+        """The shares `_count_fit` counted since the last call, over every process (all must call it)."""
+        totals = self.acc.reduce(self.fit.to(self.acc.device), "sum").cpu() if self.acc.num_processes > 1 else self.fit
+        self.fit = torch.zeros(4)
+        out = {}
+        if totals[1] > 0:
+            out["train/fit_flipped"] = float(totals[0] / totals[1])
+        if totals[3] > 0:
+            out["train/fit_clean"] = float(totals[2] / totals[3])
+        return out
 
     @property
     def _backward_kwargs(self) -> dict:
@@ -348,17 +429,16 @@ class Trainer:
         bar = self._progress()
         start_eval = self.evaluate() if self.step_num == 0 and tc.eval_at_start else {}
         if start_eval and writer:
-            writer.write({"step": 0, **start_eval})
+            writer.write({"step": 0, "epoch": 0.0, **start_eval})
         try:
             end = min(tc.max_steps, tc.stop_after or tc.max_steps)
             while self.step_num < end:
+                before = self.position
                 metrics = self.step()
                 self._log(writer, pair_log, metrics)
                 bar.update(1)
-                if tc.eval_every and self.step_num % tc.eval_every == 0 and self.step_num < tc.max_steps:
-                    ev = self.evaluate()
-                    if writer:
-                        writer.write({"step": self.step_num, **ev})
+                if self._evaluation_due(before) and self.step_num < tc.max_steps:
+                    self._write_eval(writer)
                 if tc.save_every and self.step_num % tc.save_every == 0:
                     self.save_checkpoint()
         except BaseException:
@@ -369,19 +449,53 @@ class Trainer:
         if self.step_num < tc.max_steps:  # stopped early on purpose: checkpoint only
             self.save_checkpoint()
             _close(writer, pair_log)
+            self._plot_curves()
             return {"start": start_eval, "final": {}, "steps": self.step_num,
                     "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes}
-        final_eval = self.evaluate()
-        if writer:
-            writer.write({"step": self.step_num, **final_eval})
+        final_eval = self._write_eval(writer)
         _close(writer, pair_log)
         self.save_checkpoint()
         if tc.save_final:
             self.save_final()
         if self.acc.is_main_process:
             self.method.finalize(self.out)
+        curve = self._plot_curves()
         return {"start": start_eval, "final": final_eval, "steps": self.step_num,
-                "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes}
+                "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes, "curve": curve}
+
+    @property
+    def epoch(self) -> float:
+        """Passes over the training pairs so far (micro-batches seen / micro-batches per epoch)."""
+        return self.position / self.per_epoch
+
+    def _evaluation_due(self, before: int) -> bool:
+        """After the step that moved the data position from `before`: `eval_every` steps, or an epoch
+        fraction (`eval_per_epoch`) crossed."""
+        tc = self.cfg.train
+        if tc.eval_every and self.step_num % tc.eval_every == 0:
+            return True
+        n = tc.eval_per_epoch
+        return bool(n) and (self.position * n) // self.per_epoch > (before * n) // self.per_epoch
+
+    def _write_eval(self, writer) -> dict:
+        """Evaluates on the held-out pairs and logs it with the training-fit shares and the epoch."""
+        fit = self._fit_metrics()
+        ev = self.evaluate()
+        if writer:
+            writer.write({"step": self.step_num, "epoch": round(self.epoch, 4), **ev, **fit})
+        return ev
+
+    def _plot_curves(self) -> list[dict]:
+        """The run's evaluation rows (its learning curve), drawn to learning_curves.png."""
+        from robalign.metrics import read_jsonl
+        from robalign.plots import learning_curves
+
+        path = self.out / "metrics.jsonl"
+        if not self.acc.is_main_process or not path.is_file():
+            return []
+        rows = [r for r in read_jsonl(path) if r.get("eval/accuracy_M") is not None]
+        learning_curves(rows, self.out / "learning_curves.png", title=f"{self.method.name}, {self.out.name}")
+        return rows
 
     def _progress(self):
         from tqdm.auto import tqdm
@@ -399,7 +513,7 @@ class Trainer:
     def _log(self, writer, pair_log, metrics: dict):
         if writer is None or self.step_num % self.cfg.train.log_every:
             return
-        record = {"step": self.step_num, "lr": self.scheduler.get_last_lr()[0]}
+        record = {"step": self.step_num, "epoch": round(self.epoch, 4), "lr": self.scheduler.get_last_lr()[0]}
         record.update({k: float(v) for k, v in metrics.items()})  # .item() only here, once per step
         writer.write(record)
         if pair_log is not None:
@@ -426,7 +540,8 @@ class Trainer:
         ckpt.save_checkpoint(self.out / "checkpoints", self.step_num, model=self.model,
                              optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
                              else self.optimizer, scheduler=self.scheduler,
-                             state={"position": self.position, "skipped_batches": self.skipped_batches},
+                             state={"position": self.position, "skipped_batches": self.skipped_batches,
+                                    "fit": self.fit.tolist()},
                              keep_last=self.cfg.train.keep_last)
 
     def _resume(self):
@@ -443,6 +558,7 @@ class Trainer:
                                      scheduler=self.scheduler)
         self.step_num, self.position = state["step"], state["position"]
         self.skipped_batches = state.get("skipped_batches", 0)
+        self.fit = torch.tensor(state.get("fit", [0.0] * 4))
         self._truncate_metrics()
         log.info("resumed from %s at step %d", found[-1], self.step_num)
 

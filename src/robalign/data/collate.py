@@ -23,10 +23,14 @@ same log-probs as the 2B-row layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from robalign.data.tokenize import TokenizedPair
+
+if TYPE_CHECKING:
+    from robalign.trunk import TrunkStates
 
 
 @dataclass
@@ -117,6 +121,8 @@ class PreferenceBatch:
         ids: B pair ids.
         packed: the same pairs as a `SharedPromptPack` (what the log-prob engine runs), or None to
             run the 2B rows directly.
+        trunk: the cached output of the frozen blocks for `packed` (`robalign.trunk`), or None: then the
+            log-prob engine runs only the blocks above it.
     """
 
     input_ids: torch.Tensor
@@ -126,6 +132,7 @@ class PreferenceBatch:
     is_flipped: torch.Tensor
     ids: list[str]
     packed: SharedPromptPack | None = None
+    trunk: TrunkStates | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -139,7 +146,8 @@ class PreferenceBatch:
         move = {k: getattr(self, k).to(device) for k in ("input_ids", "attention_mask", "completion_mask",
                                                           "index", "is_flipped")}
         packed = None if self.packed is None else self.packed.to(device)
-        return PreferenceBatch(**move, ids=self.ids, packed=packed)
+        trunk = None if self.trunk is None else self.trunk.to(device)
+        return PreferenceBatch(**move, ids=self.ids, packed=packed, trunk=trunk)
 
 
 def collate(pairs: list[TokenizedPair], pad_id: int, *, shared_prompt: bool = True) -> PreferenceBatch:
@@ -185,8 +193,8 @@ class BatchStream:
     """
 
     def __init__(self, pairs: list[TokenizedPair], batch_size: int, *, seed: int, pad_id: int,
-                 world_size: int = 1, rank: int = 0):
-        self.pairs, self.pad_id = pairs, pad_id
+                 world_size: int = 1, rank: int = 0, trunk=None):
+        self.pairs, self.pad_id, self.trunk = pairs, pad_id, trunk
         self.local, self.world, self.rank, self.seed = batch_size, world_size, rank, seed
         self.lengths = [len(p) for p in pairs]
         self._epoch, self._order = -1, []
@@ -198,11 +206,15 @@ class BatchStream:
 
     def batch(self, position: int) -> PreferenceBatch:
         """The local slice of global micro-batch number `position` (counting across epochs)."""
-        per_epoch = len(self.pairs) // (self.local * self.world)
-        epoch, k = divmod(position, per_epoch)
+        epoch, k = divmod(position, self.micro_batches_per_epoch)
         if epoch != self._epoch:
             self._order = epoch_batches(self.lengths, self.local * self.world, seed=self.seed, epoch=epoch)
             self._epoch = epoch
         chosen = self._order[k]
-        mine = chosen[self.rank * self.local:(self.rank + 1) * self.local]
-        return collate([self.pairs[i] for i in mine], self.pad_id)
+        mine = [self.pairs[i] for i in chosen[self.rank * self.local:(self.rank + 1) * self.local]]
+        batch = collate(mine, self.pad_id)
+        return batch if self.trunk is None else self.trunk.attach(batch, mine)
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        return len(self.pairs) // (self.local * self.world)

@@ -45,6 +45,12 @@ class Method:
         """Why this method cannot train with `train.activation_checkpointing: mode`, or None if it can."""
         return None
 
+    def trunk_cache_problem(self, train_last_k: int) -> str | None:
+        """Why this method cannot train from a cached frozen trunk (`model.trunk_cache`), or None if it can."""
+        if self.online:
+            return "its pairs are generated anew every step, so no trunk output is ever met twice"
+        return None
+
     def bind(self, tokenizer) -> None:
         """Receives the tokenizer before training (methods that decode their own generations)."""
 

@@ -51,6 +51,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from robalign.blocks import decoder_layers
 from robalign.config import _check, _choice, _f, register_section
 from robalign.errors import ConfigError, UserError
 from robalign.logprobs import SequenceLogps, sequence_logps, split_body_and_head
@@ -140,17 +141,6 @@ def build_gapo(params: dict, cfg=None) -> GapoMethod:
 # ------------------------------------------------------------------------------- scope and checks
 
 
-def _decoder_layers(body: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks of a model body (`layers`, `h`, `blocks`, or its only ModuleList)."""
-    for name in ("layers", "h", "blocks"):
-        if isinstance(getattr(body, name, None), nn.ModuleList):
-            return getattr(body, name)
-    lists = [m for m in body.children() if isinstance(m, nn.ModuleList)]
-    if len(lists) != 1:
-        raise UserError("gapo.scope: cannot find this model's list of transformer blocks; use 'backbone'")
-    return lists[0]
-
-
 def _adapter_prefix(model) -> str | None:
     """Name prefix of PEFT adapter parameters ('lora_'), or None for a plain model."""
     if not hasattr(model, "peft_config"):
@@ -171,7 +161,7 @@ def scoped_parameters(model, scope: str = "backbone", last_k: int = 1) -> list[t
     elif scope == "backbone":
         members = {id(p) for p in body.parameters()}
     elif scope == "last_k_layers":
-        members = {id(p) for block in _decoder_layers(body)[-last_k:] for p in block.parameters()}
+        members = {id(p) for block in decoder_layers(body)[-last_k:] for p in block.parameters()}
     else:
         raise ValueError(f"unknown gapo scope {scope!r}")
     prefix = _adapter_prefix(model)
@@ -382,6 +372,13 @@ class GapoMethod(Method):
                     "checkpointing forbids; use train.activation_checkpointing: full or gapo.reuse_graph: false")
         return None
 
+    def trunk_cache_problem(self, train_last_k: int) -> str | None:
+        c = self.cfg
+        if c.scope != "last_k_layers" or c.last_k > train_last_k:
+            return (f"the anchor must perturb only trainable blocks, or the cached trunk would not see it; set "
+                    f"gapo.scope: last_k_layers and gapo.last_k: {train_last_k} (= model.train_last_k)")
+        return None
+
     def anchor(self, model, batch, ref: SequenceLogps | None = None, *, keep_graph: bool = False) -> Anchor:
         """Probe, anchor step and anchor margins of one batch (SPEC §3 steps 1–3).
 
@@ -424,7 +421,7 @@ class GapoMethod(Method):
         c = self.cfg
         if not (c.tail_forward and c.scope == "last_k_layers"):
             return None
-        blocks = _decoder_layers(split_body_and_head(model)[0])
+        blocks = decoder_layers(split_body_and_head(model)[0])
         recorder = TailRecorder(model, blocks, max(len(blocks) - c.last_k, 0))
         return recorder if recorder.usable else None
 

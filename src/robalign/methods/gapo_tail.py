@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robalign.blocks import final_norm
 from robalign.logprobs import (
     SequenceLogps,
     completion_targets,
@@ -27,17 +28,6 @@ from robalign.logprobs import (
     split_body_and_head,
     token_logps,
 )
-
-_FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
-
-
-def final_norm(body: nn.Module) -> nn.Module | None:
-    """The body's norm after the last block (Llama `norm`, GPT-2 `ln_f`, …), None when not recognised."""
-    for name in _FINAL_NORMS:
-        module = getattr(body, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    return None
 
 
 class TailRecorder:

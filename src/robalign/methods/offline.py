@@ -28,4 +28,5 @@ class PreferenceLossMethod(Method):
             **self.params,
         )
         metrics = reward_metrics(lp, out.chosen_rewards, out.rejected_rewards)
-        return StepResult(out.loss, metrics, {"loss": out.per_pair.detach()})
+        margin = (out.chosen_rewards - out.rejected_rewards).detach()  # > 0: the observed label is preferred
+        return StepResult(out.loss, metrics, {"loss": out.per_pair.detach(), "margin": margin})
