@@ -53,12 +53,20 @@ def _config(args, out: Path, kind: str):
                          "train": train})
 
 
+def real_tokens(batch) -> int:
+    """Tokens of the pairs laid out as prompt + chosen + rejected (the packed layout without padding)."""
+    b = batch.num_pairs
+    prompts = batch.attention_mask[:b].sum() - batch.completion_mask[:b].sum()
+    return int(batch.attention_mask.sum() - prompts)
+
+
 def _floor(batch, dims) -> dict:
-    """FLOPs of a cached-trunk step: the top blocks over every packed position (forward, input and weight
-    gradients: 3x the forward) and the LM head over completion tokens (forward and input gradient)."""
-    rows, width = batch.packed.input_ids.shape
+    """FLOPs of a cached-trunk step that any exact implementation must do: the top blocks over the pairs' real
+    tokens (forward, input and weight gradients: 3x the forward) and the LM head over completion tokens
+    (forward and input gradient; the head is frozen). Padding positions the packed rows also run are not
+    counted (`padded_share` says how many there were)."""
     completion = len(batch.packed.targets)
-    return {"blocks": 3 * 2 * dims["block_params"] * dims["k"] * rows * width,
+    return {"blocks": 3 * 2 * dims["block_params"] * dims["k"] * real_tokens(batch),
             "head": 2 * 2 * dims["head_params"] * completion}
 
 
@@ -79,6 +87,7 @@ def _breakdown(trainer, dims, n: int) -> dict:
     opt = trainer.optimizer
     spent = {"blocks": 0.0, "head": 0.0, "optimizer": 0.0}
     floor = {"blocks": 0.0, "head": 0.0}
+    real = positions = 0
     for k in range(n):
         batch = trainer.stream.batch(trainer.position + k)
         t0 = time.perf_counter()
@@ -106,8 +115,10 @@ def _breakdown(trainer, dims, n: int) -> dict:
         spent["optimizer"] += t5 - t4
         for key, value in _floor(batch, dims).items():
             floor[key] += value
+        real += real_tokens(batch)
+        positions += pack.input_ids.numel()
     return {"seconds": spent, "gflop": {k: v / 1e9 for k, v in floor.items()},
-            "gflops": {k: floor[k] / spent[k] / 1e9 for k in floor}, "steps": n}
+            "gflops": {k: floor[k] / spent[k] / 1e9 for k in floor}, "steps": n, "padded_share": 1 - real / positions}
 
 
 def _dims(model, k: int) -> dict:
@@ -119,9 +130,50 @@ def _dims(model, k: int) -> dict:
     return {"block_params": sum(p.numel() for p in block.parameters()), "head_params": head.weight.numel(), "k": k}
 
 
+def shape_rates(args) -> dict:
+    """GFLOP/s of the cached step's own matmul shapes, each timed alone (best of 5): what the step's matmuls can
+    reach on this CPU at those shapes, as opposed to the square 2048 x 2048 ceiling. Shapes of an average batch
+    (packed positions P, completion tokens C) of SmolLM2-135M: hidden 576, MLP 1536, vocabulary 49,152."""
+    from transformers import AutoTokenizer
+
+    from robalign.data.collate import BatchStream
+    from robalign.data.tokenize import tokenize_pairs
+    from robalign.models import cache_dir, load_model_and_tokenizer
+
+    torch.set_num_threads(args.threads)
+    folder = cache_dir() / args.model
+    tok = AutoTokenizer.from_pretrained(folder) if folder.is_dir() else load_model_and_tokenizer(args.model)[1]
+    train, _ = _pairs(args)
+    pairs, _ = tokenize_pairs(tok, train, max_length=args.max_length, max_prompt_length=args.max_length // 2)
+    stream = BatchStream(pairs, args.batch_size, seed=args.seed, pad_id=tok.pad_token_id)
+    n = min(50, stream.micro_batches_per_epoch)
+    p = sum(stream.batch(k).packed.input_ids.numel() for k in range(n)) // n
+    c = sum(len(stream.batch(k).packed.targets) for k in range(n)) // n
+    h, inner, vocab = 576, 1536, 49152
+    shapes = {"head forward [C,H]x[H,V]": (c, h, vocab), "head input grad [C,V]x[V,H]": (c, vocab, h),
+              "block MLP forward [P,H]x[H,I]": (p, h, inner), "block MLP down [P,I]x[I,H]": (p, inner, h),
+              "block attention proj [P,H]x[H,H]": (p, h, h), "block weight grad [H,P]x[P,I]": (h, p, inner)}
+    out = {"P": p, "C": c}
+    for name, (m, k, n_) in shapes.items():
+        a, b = torch.randn(m, k), torch.randn(k, n_)
+        torch.mm(a, b)
+        best = min(_timed(torch.mm, a, b) for _ in range(5))
+        out[name] = 2 * m * k * n_ / best / 1e9
+    return out
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
 def run_one(args) -> dict:
     from robalign.trainer import Trainer
 
+    if args.kind == "shapes":
+        return {"kind": "shapes", **shape_rates(args), "pair_passes_per_s": 0.0,
+                "peak_rss_mib": memory_mib().get("VmHWM")}
     torch.set_num_threads(args.threads)
     train, held = _pairs(args)
     out = Path(args.workdir) / args.kind
@@ -204,6 +256,10 @@ def report(rows):
     ceiling = header["ceiling"]["gflops"]
     print(f"\nmatmul ceiling {ceiling:.0f} GFLOP/s ({header['ceiling']['threads']} threads)")
     for kind, r in runs.items():
+        if kind == "shapes":
+            print(f"matmul GFLOP/s at the cached step's shapes (P = {r['P']} packed positions, C = {r['C']} "
+                  "completion tokens): " + ", ".join(f"{k} {v:.0f}" for k, v in r.items() if "[" in k))
+            continue
         print(f"{kind:7s} {r['pair_passes_per_s']:.2f} pair-passes/s  peak RSS {r['peak_rss_mib']:.0f} MiB")
     if "cached" in runs:
         c = runs["cached"]
@@ -218,7 +274,8 @@ def report(rows):
         print(f"  step pieces over {b['steps']} steps: " + ", ".join(
             f"{k} {v / total:.0%}" + (f" ({b['gflops'][k]:.0f} GFLOP/s)" if k in b["gflops"] else "")
             for k, v in b["seconds"].items()))
-        print(f"  whole step at {useful / total:.0f} GFLOP/s = {useful / total / ceiling:.0%} of the ceiling")
+        print(f"  whole step at {useful / total:.0f} GFLOP/s = {useful / total / ceiling:.0%} of the ceiling "
+              f"(useful FLOPs; {b.get('padded_share', 0):.0%} of the packed positions are padding)")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ cell computes its own reference log-probs, as before the memo). The two runs alt
 cell by cell, and which goes first alternates too, so a drift in the machine's speed hits both alike.
 It prints each cell's seconds and the total ratio, and checks that both runs give exactly the same
 results (the memo must change no number).
-Settings are the built-in task's documented sweep (docs/results.md) without generation (--gen-prompts 0
+Settings are the built-in task's documented sweep (lab/results-64-pair-sweeps.md) without generation (--gen-prompts 0
 there): generation does not touch the memo.
 """
 

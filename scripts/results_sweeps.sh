@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the sweeps behind docs/results.md (SmolLM2-135M-Instruct, LoRA r=16, CPU, fp32). Each cell
+# Regenerates the sweeps behind lab/results-64-pair-sweeps.md (SmolLM2-135M-Instruct, LoRA r=16, CPU, fp32). Each cell
 # is cached under outputs/results/, so an interrupted run resumes where it stopped; cells are requested in
 # priority order (noisy cells first), and the last call of each sweep writes the full report. The two
 # sweeps run side by side with one thread each (2-core machine).
@@ -66,7 +66,7 @@ two_workers hh-length --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz 
     --out outputs/results/hh --methods dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
 # Sessions 8-9: the flip-rate curve on HH-RLHF for every offline method, then the `length` rates for seven;
 # their reports go to subfolders (--report-dir); the last call puts back the session-7 report.md that
-# docs/results.md quotes (two_workers' closing report replaced it).
+# lab/results-64-pair-sweeps.md quotes (two_workers' closing report replaced it).
 HH="--data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz $COMMON --out outputs/results/hh"
 ALL=dpo,ipo,hinge,cdpo,rdpo,simpo,hypo,sympo,drdpo,robust,gapo
 two_workers hh-rates $HH --rates 0.1,0.2,0.4 --methods dpo,rdpo,gapo,cdpo,robust,ipo,hinge,simpo,hypo,sympo,drdpo

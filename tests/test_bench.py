@@ -322,3 +322,9 @@ def test_an_epochs_sweep_on_the_cached_trunk_records_curves_and_computes_the_tru
     assert (tmp_path / "cells" / "dpo-flip-0.25-s0" / "learning_curves.png").is_file()
     settings = json.loads((tmp_path / "settings.json").read_text())
     assert settings["epochs"] == 2 and settings["trunk_cache"] == "disk"
+    report = (tmp_path / "report.md").read_text()
+    assert "2 epochs x 4 pairs" in report and "last 1 blocks" in report
+    assert "| dpo | flip 0.25 |" in report.split("at the last and at the best epoch")[1]
+    paired = report.split("− dpo's, paired")[1]
+    assert "| gapo | flip 0.25 |" in paired and "| 1 | 8 |" in paired  # one seed, 8 held-out pairs
+    assert (tmp_path / "learning_curves_accuracy_h.png").is_file()

@@ -44,3 +44,19 @@ def test_yaml_file(tmp_path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_hostile_yaml_gets_one_config_error(tmp_path):
+    cases = {
+        "latin1.yaml": ("train:\n  output_dir: caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+        "dup.yaml": (b"train:\n  lr: 1.0e-5\n  lr: 1.0e-3\n", "'lr' appears twice"),
+        "recursive.yaml": (b"model:\n  lora_target_modules: &a [q_proj, *a]\n", "list of plain values"),
+        "bomb.yaml": (b"a: &a [x, x]\n" + b"".join(f"a{i}: &a{i} [*a, *a]\n".encode() for i in range(120)),
+                      "aliases"),
+        "broken.yaml": (b"train: [\n", "invalid YAML"),
+    }
+    for name, (content, needle) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ConfigError, match=needle):
+            load_config(path)

@@ -105,7 +105,7 @@ def test_train_destroys_the_process_group_when_it_ends(tmp_path, monkeypatch, fa
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p.to_row()) + "\n" for p in make_pairs(8)))
     if fails:
-        def broken(self, resume=False):
+        def broken(self, resume=False, overwrite=False):
             raise RuntimeError("step failed")
         monkeypatch.setattr(Trainer, "train", broken)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)

@@ -76,3 +76,19 @@ def test_margin_per_pair_is_the_implicit_reward_margin(tmp_path):
     result = trainer.method.step(trainer.policy, trainer.reference, batch)
     # At step 0 the policy is the reference: every DPO margin is exactly 0.
     assert torch.equal(result.per_pair["margin"], torch.zeros(3))
+
+
+def test_each_evaluation_keeps_its_per_pair_held_out_margins_across_a_resume(tmp_path):
+    from safetensors.torch import load_file
+
+    trainer = _trainer(tmp_path, epochs=2, stop_after=6, eval_at_start=True)
+    trainer.train()
+    trainer = _trainer(tmp_path, epochs=2, eval_at_start=True)
+    summary = trainer.train(resume=True)
+    table = load_file(str(tmp_path / "run" / "heldout_margins.safetensors"))
+    assert table["step"].tolist() == [0, 6, 12] and table["epoch"].tolist() == [0.0, 1.0, 2.0]
+    assert table["h"].shape == table["M"].shape == (3, 4)
+    assert torch.equal(table["h"][0], torch.zeros(4))  # the policy is the reference at step 0
+    # The last row is the final evaluation: its accuracy is the summary's.
+    h = table["h"][-1]
+    assert ((h > 0).float() + 0.5 * (h == 0).float()).mean().item() == summary["final"]["eval/accuracy_h"]

@@ -81,3 +81,26 @@ def test_an_unwritable_cache_only_costs_the_conversion_again(tmp_path, monkeypat
     model, _ = models._load_default()
     assert model.name_or_path == str(gguf_dir)
     assert not (blocker / "cache").exists()
+
+
+def test_pickled_or_corrupt_model_folders_get_one_message(tmp_path):
+    import pytest
+
+    from robalign.errors import UserError
+    from robalign.models import byte_tokenizer, load_model_and_tokenizer, tiny_llama
+
+    tok = byte_tokenizer()
+    model = tiny_llama(tok)
+    pickled = tmp_path / "pickled"
+    model.save_pretrained(pickled, safe_serialization=False)
+    tok.save_pretrained(pickled)
+    if not list(pickled.glob("*.bin")):
+        pytest.skip("this transformers writes safetensors only")
+    with pytest.raises(UserError, match="pickled weights"):
+        load_model_and_tokenizer(str(pickled))
+    corrupt = tmp_path / "corrupt"
+    model.save_pretrained(corrupt)
+    tok.save_pretrained(corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="cannot load"):
+        load_model_and_tokenizer(str(corrupt))

@@ -70,6 +70,8 @@ def test_cached_trunk_from_disk_trains_like_the_whole_model(tmp_path, lora):
     cached = _run(tmp_path, "on", "disk", lora=lora)
     _assert_same_run(uncached, cached)
     assert list((tmp_path / "trunk").glob("*/shard-*.safetensors"))
+    start = cached[1]["start"]  # the policy is the reference before the first step: exactly
+    assert start["eval/margin_h"] == 0.0 and start["eval/accuracy_h"] == 0.5
     again = _run(tmp_path, "again", "disk", lora=lora)  # read back from disk: the same run bit for bit
     assert _losses(again[2]) == _losses(cached[2])
 
@@ -163,3 +165,29 @@ def test_cached_log_probs_equal_the_full_forward_for_any_batch_arrangement(tiny)
             cached = sequence_logps(model, trunk.attach(collate(group, tok.pad_token_id), group))
         torch.testing.assert_close(cached.chosen, full.chosen, rtol=1e-6, atol=1e-5)
         torch.testing.assert_close(cached.rejected, full.rejected, rtol=1e-6, atol=1e-5)
+
+
+def test_a_damaged_shard_is_ignored_and_its_sequences_computed_again(tmp_path, tiny):
+    _, tok = tiny
+    model = tiny_llama(tok, seed=0, layers=4)
+    pairs, _ = tokenize_pairs(tok, make_pairs(6), max_length=64, max_prompt_length=32)
+    first = TrunkCache(2, tmp_path / "cache")
+    first.fill_states(model, pairs, pad_id=tok.pad_token_id)
+    shard = first.save()
+    assert TrunkCache(2, tmp_path / "cache").missing_states(pairs) == []  # read back whole
+    shard.write_bytes(b"\x00" * 16)  # e.g. a truncated copy
+    again = TrunkCache(2, tmp_path / "cache")
+    assert len(again.missing_states(pairs)) == len(pairs)
+    assert again.fill_states(model, pairs, pad_id=tok.pad_token_id) == len(pairs)
+
+
+def test_an_unwritable_trunk_cache_folder_is_one_message(tmp_path, tiny):
+    _, tok = tiny
+    model = tiny_llama(tok, seed=0, layers=4)
+    pairs, _ = tokenize_pairs(tok, make_pairs(2), max_length=64, max_prompt_length=32)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cache = TrunkCache(2, blocker / "cache")  # a folder under a file cannot be made
+    cache.fill_states(model, pairs, pad_id=tok.pad_token_id)
+    with pytest.raises(UserError, match="trunk_cache_dir: cannot write"):
+        cache.save()

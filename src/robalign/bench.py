@@ -213,7 +213,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     model, tok = base if base is not None else (None, None)
     trainer = Trainer(cfg, train_pairs=noisy, eval_pairs=held, model=copy.deepcopy(model) if model else None,
                       tokenizer=tok, eval_reference_cache=eval_reference_cache, reference_memo=reference_memo)
-    summary = trainer.train()
+    summary = trainer.train(overwrite=True)  # a cell is never resumed: what a killed one left is replaced
     result = {"method": method, "kind": kind, "rate": rate, "seed": seed, "seconds": time.perf_counter() - t0,
               **({"oracle": oracle} if oracle else {}),
               "flipped": sum(bool(p.is_flipped) for p in noisy), **{k.split("/")[-1]: v for k, v in
@@ -454,13 +454,15 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
     """results.csv, report.md and the plots of `results`, in `dest` (default: the sweep's own directory)."""
     dest = spec.out if dest is None else dest
     dest.mkdir(parents=True, exist_ok=True)
-    keys = sorted({k for r in results for k in r})
+    keys = sorted({k for r in results for k, v in r.items() if not isinstance(v, (list, dict))})
     with open(dest / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")  # curves are in result.json
         writer.writeheader()
         writer.writerows(results)
-    lines = [f"# Robustness sweep\n\nData `{spec.data}`, model `{spec.model}` (LoRA r={spec.lora_r}), "
-             f"{spec.steps} steps x {spec.batch_size} pairs, lr {spec.lr}, {spec.train_pairs} training pairs, "
+    budget = f"{spec.epochs:g} epochs" if spec.epochs else f"{spec.steps} steps"
+    trained = f"last {spec.train_last_k} blocks" if spec.train_last_k else "all blocks"
+    lines = [f"# Robustness sweep\n\nData `{spec.data}`, model `{spec.model}` (LoRA r={spec.lora_r}, {trained}), "
+             f"{budget} x {spec.batch_size} pairs, lr {spec.lr}, {spec.train_pairs} training pairs, "
              f"{spec.eval_pairs} clean held-out pairs, seeds {spec.seeds}.\n"]
     seeds = len(spec.seeds)
     if any(r["n"] < seeds for r in aggregate(results, "accuracy_M")):
@@ -488,6 +490,9 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
                   _table(flipped, spec.kinds, seeds).replace("| method |", "| flipped: method |"), "",
                   _table(clean, spec.kinds, seeds).replace("| method |", "| clean: method |"),
                   "\n![GAPO weights](gapo_weights_flipped_vs_clean.png)\n"]
+    from robalign.curve_report import sections as curve_sections
+
+    lines += curve_sections(results, lambda r: cell_dir(spec, r["method"], r["kind"], r["rate"], r["seed"]), dest)
     report = dest / "report.md"
     report.write_text("\n".join(lines))
     return report

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from robalign.errors import UserError
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -101,7 +104,27 @@ def save_checkpoint(root: Path, step: int, *, model, optimizer, scheduler, state
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+        _write_into(tmp, step, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
+    except (OSError, SafetensorError) as err:  # e.g. a full disk: the previous checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = list_checkpoints(root)
+        raise UserError(f"checkpoint: cannot write {final} ({getattr(err, 'strerror', None) or err}); the last complete checkpoint, "
+                        f"{last[-1] if last else 'none'}, is intact: free space and continue with --resume") from None
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep_last]:
+        # Renamed first, so a kill mid-delete leaves a `.tmp-*` leftover, never a half-empty `step-*`.
+        doomed = root / f".tmp-del-{old.name}"
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    return final
+
+
+def _write_into(tmp: Path, step: int, *, model, optimizer, scheduler, state: dict) -> None:
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     rng_tensors, rng_meta = rng_state()
     save_file(trainable_state(model), str(tmp / "weights.safetensors"))
@@ -113,16 +136,6 @@ def save_checkpoint(root: Path, step: int, *, model, optimizer, scheduler, state
     _write_json(tmp / "state.json", {"step": step, "optimizer": opt_meta, "rng": rng_meta,
                                      "scheduler": scheduler.state_dict(), **state})
     _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    for old in list_checkpoints(root)[:-keep_last]:
-        # Renamed first, so a kill mid-delete leaves a `.tmp-*` leftover, never a half-empty `step-*`.
-        doomed = root / f".tmp-del-{old.name}"
-        os.replace(old, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
-    return final
 
 
 def remove_partial(root: Path):

@@ -32,10 +32,13 @@ def _train_parser(sub):
                        description="Train with a YAML config and/or flags; flags override the file. Every "
                                    "config key is a flag, as --section.key or, where unambiguous, --key.")
     p.add_argument("config", nargs="?", help="YAML config file")
-    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output directory from its last "
+                   "complete checkpoint, with its own settings")
+    p.add_argument("--overwrite", action="store_true", help="replace a run the output directory already holds "
+                   "(without it, or --resume, starting there is refused)")
     p.add_argument("--skip-invalid", dest="data.skip_invalid", nargs="?", const="true", default=None,
                    help="skip and count invalid data rows instead of stopping")
-    taken = {"--resume", "--skip-invalid", *COMMON_FLAGS}
+    taken = {"--resume", "--overwrite", "--skip-invalid", *COMMON_FLAGS}
     for flag, key in COMMON_FLAGS.items():
         p.add_argument(flag, dest=key, default=None, metavar="V", help=f"sets {key}")
     rows = describe_fields()
@@ -55,14 +58,21 @@ def _train_parser(sub):
 
 
 def cmd_train(args) -> int:
+    from pathlib import Path
+
     from robalign.config import load_config
+    from robalign.rundir import refuse_existing
     from robalign.trainer import Trainer
 
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     cfg = load_config(args.config, overrides)
+    # Before anything loads: a run may start in the output directory.
+    refuse_existing(Path(cfg.train.output_dir), resume=args.resume, overwrite=args.overwrite)
+    global _RUN_DIR
+    _RUN_DIR = Path(cfg.train.output_dir)
     trainer = Trainer(cfg)
     try:
-        summary = trainer.train(resume=args.resume)
+        summary = trainer.train(resume=args.resume, overwrite=args.overwrite)
         trainer.acc.wait_for_everyone()  # ranks leave together, after the main one has written final/
     finally:
         # The process group goes with the run, also for library callers that go on in this process.
@@ -72,7 +82,24 @@ def cmd_train(args) -> int:
     return 0
 
 
+_RUN_DIR = None  # the run `robalign train` is training, for the message when it is interrupted
+
+
+def _interrupted() -> str:
+    from robalign.checkpoint import list_checkpoints
+
+    if _RUN_DIR is None:
+        return "robalign: interrupted"
+    found = list_checkpoints(_RUN_DIR / "checkpoints") if (_RUN_DIR / "checkpoints").is_dir() else []
+    if not found:
+        return f"robalign: interrupted before the first checkpoint of {_RUN_DIR}; nothing to resume from"
+    return (f"robalign: interrupted; last complete checkpoint: {found[-1]}. Continue the run with the same "
+            "command and --resume")
+
+
 def _print_summary(summary: dict, out_dir: str):
+    if summary.get("finished_before"):
+        print(f"the run in {out_dir} had already finished (step {summary['steps']}); nothing was trained")
     start, final = summary.get("start", {}), summary.get("final", {})
     print(f"\nsteps: {summary['steps']}   skipped batches: {summary['skipped_batches']}   "
           f"processes: {summary.get('processes', 1)}")
@@ -239,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"robalign: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("robalign: interrupted", file=sys.stderr)
+        print(_interrupted(), file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout closed early (`robalign ... | head`): stop quietly, as `cat` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again

@@ -252,7 +252,11 @@ def _coerce(value, annotation, key: str):
             return str(value)
     elif tp is list or typing.get_origin(tp) is list:
         if isinstance(value, list):
-            return value
+            # Only plain values: a nested (or, through a YAML alias, self-containing) list is never a setting.
+            if all(isinstance(v, (str, int, float, bool)) for v in value):
+                return value
+            raise ConfigError(f"{key}: expected a list of plain values, got a list holding "
+                              f"{type(next(v for v in value if not isinstance(v, (str, int, float, bool)))).__name__}")
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
     elif tp is dict:
@@ -316,6 +320,46 @@ def _resolve_key(key: str, types_) -> tuple[str, str]:
     return owners[0], key
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML with two more refusals: a key given twice in one mapping (the second would silently win),
+    and more than `MAX_ALIASES` aliases (a config needs a few; thousands are an expansion bomb)."""
+
+    MAX_ALIASES = 100
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > self.MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {self.MAX_ALIASES} aliases (*name); write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path):
+    """A YAML file's content, or one ConfigError naming the file and what is wrong with it."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it: {err.strerror or err}") from None
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """Loads a YAML config file (optional) and applies command-line overrides."""
     tree = {}
@@ -323,10 +367,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        tree = read_yaml(path) or {}
     return build_config(tree, overrides, source=str(path or "config"))
 
 

@@ -56,7 +56,7 @@ def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoP
                                       "eval_at_start": before is None}})
         trainer = Trainer(cfg, train_pairs=train, eval_pairs=held_out, model=copy.deepcopy(base),
                           tokenizer=tokenizer, eval_reference_cache=eval_reference_cache)
-        summary = trainer.train()
+        summary = trainer.train(overwrite=True)  # the demo's own folders: a re-run replaces them
         before = before or summary["start"]
         summary["start"] = before
         rows.append({"method": name, "seconds": round(time.perf_counter() - t0, 1), **_row(summary, out / name)})

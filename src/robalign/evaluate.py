@@ -28,7 +28,7 @@ class PreferenceEvaluator:
                  reference_cache: dict | None = None, trunk=None):
         self.pairs, self.pad_id, self.reference, self.batch_size = pairs, pad_id, reference, batch_size
         self.reference_cache = reference_cache
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
+        order = self.order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
         # Collated once: every evaluation (and the one reference pass) reuses the same tensors.
         groups = [[pairs[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
         self.batches = [collate(g, pad_id) for g in groups]
@@ -70,7 +70,9 @@ class PreferenceEvaluator:
             if refs is not None:
                 h.append((lp.chosen - refs[k].chosen) - (lp.rejected - refs[k].rejected))
         model.train(was_training)
-        return summarize(torch.cat(h) if h else None, torch.cat(m))
+        # Per pair, in `self.order` (for paired comparisons between runs on the same held-out pairs).
+        self.last_margins = {"h": torch.cat(h) if h else None, "M": torch.cat(m)}
+        return summarize(self.last_margins["h"], self.last_margins["M"])
 
 
 def accuracy(margin: torch.Tensor) -> float:

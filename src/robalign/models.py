@@ -64,15 +64,23 @@ def load_model_and_tokenizer(name: str, *, seed: int = 0, trust_remote_code: boo
 
 
 def _load_pretrained(name: str, trust_remote_code: bool):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    local = Path(name)
+    if local.is_dir() and not list(local.glob("*.safetensors")) and list(local.glob("*.bin")) + list(local.glob("*.pt")):
+        raise UserError(f"model: {name} holds only pickled weights (.bin/.pt), which robalign does not load (a "
+                        "pickle can run code); convert them to safetensors (model.save_pretrained(dir, "
+                        "safe_serialization=True) where you trust the file)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32,
+        # safetensors only: never unpickle weights (SPEC: no pickle of untrusted files).
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise UserError(f"model: cannot load {name!r}: {str(err).splitlines()[0]} "
-                        "(give a local directory, a .gguf file, 'smollm2-135m-instruct' or 'tiny-llama')") from None
+    except (OSError, ValueError, SafetensorError, RuntimeError) as err:
+        raise UserError(f"model: cannot load {name!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__} "
+                        "(give a local directory with safetensors weights, a .gguf file, 'smollm2-135m-instruct' "
+                        "or 'tiny-llama')") from None
     return model, tokenizer
 
 

@@ -6,17 +6,29 @@ All providers answer `logps(batch) -> SequenceLogps` without gradient. Reference
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from robalign.atomic import write_tensors
 from robalign.data.collate import PreferenceBatch, collate
 from robalign.logprobs import SequenceLogps, sequence_logps
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """`model` in eval mode inside, back in the mode it had afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class NoReference:
@@ -47,12 +59,8 @@ class InitialPolicyReference:
 
     @torch.no_grad()
     def logps(self, batch: PreferenceBatch) -> SequenceLogps:
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with evaluating(self.model):
             return sequence_logps(self.model, batch)
-        finally:
-            self.model.train(was_training)
 
 
 class AdapterDisabledReference:
@@ -63,13 +71,8 @@ class AdapterDisabledReference:
 
     @torch.no_grad()
     def logps(self, batch: PreferenceBatch) -> SequenceLogps:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.model.disable_adapter():
-                return sequence_logps(self.model, batch)
-        finally:
-            self.model.train(was_training)
+        with evaluating(self.model), self.model.disable_adapter():
+            return sequence_logps(self.model, batch)
 
 
 class MemoizedReference:
@@ -132,18 +135,9 @@ class DiskMemo:
         return SequenceLogps(table["chosen"], table["rejected"], table["chosen_lengths"], table["rejected_lengths"])
 
     def __setitem__(self, key: str, value: SequenceLogps):
-        _save_atomically({name: getattr(value, name).contiguous() for name in
+        write_tensors({name: getattr(value, name).contiguous() for name in
                           ("chosen", "rejected", "chosen_lengths", "rejected_lengths")},
                          self.directory / f"{key}.safetensors")
-
-
-def _save_atomically(tensors: dict, path: Path):
-    """Writes next to `path`, then renames: a reader, or another process writing the same file, never
-    sees half of it (the temporary name is per process)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
 
 
 class CachedReference:
@@ -199,5 +193,5 @@ def build_cached_reference(provider, pairs, *, path: Path, pad_id: int, batch_si
         table = load_file(path)
         return CachedReference(table["chosen"], table["rejected"])
     chosen, rejected = reference_logps(provider, pairs, pad_id=pad_id, batch_size=batch_size, progress=progress)
-    _save_atomically({"chosen": chosen, "rejected": rejected}, path)
+    write_tensors({"chosen": chosen, "rejected": rejected}, path)
     return CachedReference(chosen, rejected)

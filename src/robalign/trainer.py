@@ -44,6 +44,7 @@ from robalign.reference import (
     build_cached_reference,
     cache_key,
 )
+from robalign.rundir import RunLock, check_resume_config, prepare
 from robalign.trunk import StoredReference, TrunkCache, check_split, model_fingerprint, split_index
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,16 @@ def read_data(cfg, online: bool, train_pairs=None, eval_pairs=None) -> tuple[lis
     from robalign.data.prompts import is_prompt_only, load_online_data
 
     dc = cfg.data
+    if train_pairs is not None and not _is_pair_list(train_pairs):
+        # A `datasets.Dataset` / `DatasetDict`, or rows: read and checked as a file's rows are.
+        train_pairs = _report_skipped(load_pairs(train_pairs, skip_invalid=dc.skip_invalid))
+        if eval_pairs is None and dc.eval:
+            eval_pairs = dc.eval
+        elif eval_pairs is None:
+            train_pairs, eval_pairs = train_eval_split(train_pairs, dc.eval_fraction, cfg.train.seed,
+                                                       stream="eval-split")
+    if eval_pairs is not None and not _is_pair_list(eval_pairs):
+        eval_pairs = _report_skipped(load_pairs(eval_pairs, skip_invalid=dc.skip_invalid))
     if train_pairs is None:
         if not dc.train:
             raise UserError("data.train: no training data given (use --data PATH)")
@@ -136,6 +147,12 @@ def read_data(cfg, online: bool, train_pairs=None, eval_pairs=None) -> tuple[lis
     if restored:
         log.info("evaluation: %d held-out pairs carry is_flipped and are scored with their true label", restored)
     return train_pairs, eval_pairs
+
+
+def _is_pair_list(obj) -> bool:
+    from robalign.data.pairs import PreferencePair
+
+    return isinstance(obj, list) and all(isinstance(p, PreferencePair) for p in obj)
 
 
 class Trainer:
@@ -238,7 +255,8 @@ class Trainer:
         pairs = self.train_data + self.eval_data
         # On disk, the main process fills what is missing and the others read its shard.
         fills = self.trunk_dir is None or self.acc.is_main_process
-        with_ref = self.method.needs_reference and self.cfg.model.reference in ("auto", "cached")
+        # Also for reference-free methods: held-out accuracy on h is then reported for every method.
+        with_ref = self.cfg.model.reference in ("auto", "cached")
         todo = len(trunk.missing_states(pairs)) + (len(trunk.missing_ref(pairs)) if with_ref else 0)
         if fills and todo:
             t0 = time.perf_counter()
@@ -261,10 +279,17 @@ class Trainer:
 
     def _setup_reference(self, eval_reference_cache: dict | None = None, memo=None):
         mc = self.cfg.model
-        if self.trunk is not None and self.method.needs_reference and mc.reference in ("auto", "cached"):
-            self.reference = StoredReference()  # computed once per pair with the trunk (robalign.trunk)
-            self.evaluator = PreferenceEvaluator(self.eval_data, self.pad_id, reference=self.reference,
+        if self.trunk is not None and mc.reference in ("auto", "cached"):
+            # Training reads the reference log-probs stored with the trunk (robalign.trunk). Evaluation computes
+            # them on its own batches, now, before any update: the same arrangement as the policy's held-out
+            # forward, so every held-out margin is exactly 0 at step 0 (stored values, computed in other
+            # batches, differ in the last bits).
+            self.reference = StoredReference() if self.method.needs_reference else NoReference()
+            initial = AdapterDisabledReference(self.model) if mc.lora_r > 0 else InitialPolicyReference(self.model)
+            self.evaluator = PreferenceEvaluator(self.eval_data, self.pad_id, reference=initial,
                                                  reference_cache=eval_reference_cache, trunk=self.trunk)
+            if self.acc.is_main_process:
+                self.evaluator.detach_reference()
             return
         if not self.method.needs_reference:
             self.reference = NoReference()
@@ -412,13 +437,32 @@ class Trainer:
                              f"{last[-1] if last else 'none'} (set train.on_nonfinite: skip to skip such batches)")
 
     # ------------------------------------------------------------------------------- the loop
-    def train(self, resume: bool = False) -> dict:
-        """Runs to `max_steps`, evaluating, logging and checkpointing; returns the final summary."""
+    def train(self, resume: bool = False, overwrite: bool = False) -> dict:
+        """Runs to `max_steps`, evaluating, logging and checkpointing; returns the final summary.
+
+        Args:
+            resume: continue the run in `train.output_dir` from its last complete checkpoint (with the
+                settings in its config.yaml; other settings are refused).
+            overwrite: replace a run that `train.output_dir` already holds (else starting there is refused).
+        """
+        lock = RunLock(self.out)
+        if self.acc.is_main_process:
+            prepare(self.out, resume=resume, overwrite=overwrite)
+            lock.acquire()
+        try:
+            self.acc.wait_for_everyone()
+            return self._train(resume)
+        finally:
+            lock.release()
+
+    def _train(self, resume: bool) -> dict:
         tc = self.cfg.train
         if resume:
+            check_resume_config(self.out, self.cfg.to_dict())
             self._resume()
+            if self.step_num >= tc.max_steps and self._finished_before():
+                return self._finished_summary()
         elif self.acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
             self._write_config()
         resumed = resume and self.step_num > 0
         self.acc.wait_for_everyone()
@@ -427,9 +471,15 @@ class Trainer:
         logs_pairs = self.method.log_pairs and self.acc.is_main_process
         pair_log = open(self.out / "pairs.jsonl", "a" if resumed else "w") if logs_pairs else None
         bar = self._progress()
-        start_eval = self.evaluate() if self.step_num == 0 and tc.eval_at_start else {}
-        if start_eval and writer:
-            writer.write({"step": 0, "epoch": 0.0, **start_eval})
+        start_eval = {}
+        if self.step_num == 0 and tc.eval_at_start:
+            start_eval = self.evaluate()
+            if start_eval and writer:
+                writer.write({"step": 0, "epoch": 0.0, **start_eval})
+                self._keep_margins()
+        elif resumed and self.acc.is_main_process:  # the 'before' column of a resumed run: what it logged then
+            first = next((r for r in self._eval_rows() if r["step"] == 0), {})
+            start_eval = {k: v for k, v in first.items() if k.startswith("eval/")}
         try:
             end = min(tc.max_steps, tc.stop_after or tc.max_steps)
             while self.step_num < end:
@@ -456,7 +506,7 @@ class Trainer:
         _close(writer, pair_log)
         self.save_checkpoint()
         if tc.save_final:
-            self.save_final()
+            self.save_final(final_eval)
         if self.acc.is_main_process:
             self.method.finalize(self.out)
         curve = self._plot_curves()
@@ -483,19 +533,62 @@ class Trainer:
         ev = self.evaluate()
         if writer:
             writer.write({"step": self.step_num, "epoch": round(self.epoch, 4), **ev, **fit})
+        if ev:
+            self._keep_margins()
         return ev
+
+    def _keep_margins(self):
+        """Appends this evaluation's per-pair held-out margins to heldout_margins.safetensors (rows: evaluations,
+        columns: held-out pairs in the evaluator's order, the same for every run on these pairs), so runs can be
+        compared pair by pair (paired bootstrap) at any evaluated epoch."""
+        from safetensors.torch import load_file
+
+        from robalign.atomic import write_tensors
+
+        path = self.out / "heldout_margins.safetensors"
+        table = load_file(str(path)) if path.is_file() and self.step_num > 0 else {}
+        steps = table.get("step", torch.zeros(0, dtype=torch.long))
+        keep = steps < self.step_num  # a resumed run rewrites what it logged after its checkpoint
+        new = {"step": torch.tensor([self.step_num]), "epoch": torch.tensor([self.epoch], dtype=torch.float64)}
+        for key, value in self.evaluator.last_margins.items():
+            if value is not None:
+                new[key] = value.detach().float().cpu()[None]
+        out = {k: torch.cat([table[k][keep], v]) if k in table else v for k, v in new.items()}
+        write_tensors(out, path)
 
     def _plot_curves(self) -> list[dict]:
         """The run's evaluation rows (its learning curve), drawn to learning_curves.png."""
-        from robalign.metrics import read_jsonl
         from robalign.plots import learning_curves
 
-        path = self.out / "metrics.jsonl"
-        if not self.acc.is_main_process or not path.is_file():
+        if not self.acc.is_main_process:
             return []
-        rows = [r for r in read_jsonl(path) if r.get("eval/accuracy_M") is not None]
+        rows = self._eval_rows()
         learning_curves(rows, self.out / "learning_curves.png", title=f"{self.method.name}, {self.out.name}")
         return rows
+
+    def _finished_before(self) -> bool:
+        """The run reached max_steps and wrote its end (final evaluation, final/ when asked) before."""
+        return (self.out / "final").is_dir() or not self.cfg.train.save_final
+
+    def _finished_summary(self) -> dict:
+        """A resumed run that had already finished: its recorded start and end, nothing trained or appended."""
+        log.warning("--resume: the run in %s had already finished at step %d; nothing to do", self.out,
+                    self.step_num)
+        rows = self._eval_rows()
+        start = next((r for r in rows if r["step"] == 0), {})
+        final = rows[-1] if rows and rows[-1]["step"] == self.step_num else {}
+        strip = lambda r: {k: v for k, v in r.items() if k.startswith("eval/")}  # noqa: E731
+        return {"start": strip(start), "final": strip(final), "steps": self.step_num, "finished_before": True,
+                "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes,
+                "curve": rows}
+
+    def _eval_rows(self) -> list[dict]:
+        from robalign.metrics import read_jsonl
+
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [r for r in read_jsonl(path) if r.get("eval/accuracy_M") is not None]
 
     def _progress(self):
         from tqdm.auto import tqdm
@@ -577,20 +670,28 @@ class Trainer:
                     break  # a line cut by the crash ends the usable log
             path.write_text("".join(k + "\n" for k in kept))
 
-    def save_final(self):
-        """`final/`: a plain transformers model (LoRA merged) plus the adapter in `final/adapter/`."""
+    def save_final(self, final_eval: dict | None = None):
+        """`final/`: a plain transformers model (LoRA merged) plus the adapter in `final/adapter/`, each with a
+        model card; an adapter names its base by hub id, so it loads on any machine."""
+        from robalign import model_card
+
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return
         model = self.model
+        base = model_card.base_model_id(self.cfg.model.name)
         final, tmp = self.out / "final", self.out / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
         if hasattr(model, "merge_and_unload"):
+            for adapter_cfg in model.peft_config.values():
+                adapter_cfg.base_model_name_or_path = base
             model.save_pretrained(tmp / "adapter")
+            model_card.write(tmp / "adapter", self.cfg, final_eval or {}, base=base, adapter=True)
             merged = copy.deepcopy(model).merge_and_unload()
             merged.save_pretrained(tmp)
         else:
             model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
+        model_card.write(tmp, self.cfg, final_eval or {}, base=base)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

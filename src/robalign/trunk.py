@@ -30,11 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robalign.atomic import write_tensors
 from robalign.blocks import decoder_layers, only_blocks
 from robalign.data.collate import PreferenceBatch, collate
 from robalign.data.tokenize import TokenizedPair
 from robalign.errors import UserError
 from robalign.logprobs import SequenceLogps, split_body_and_head
+from robalign.reference import evaluating
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,8 @@ class TrunkCache:
     def _read_shards(self):
         from safetensors import safe_open
 
+        if not self.directory.is_dir():
+            return
         for shard in sorted(self.directory.glob("shard-*.safetensors")):
             try:
                 with safe_open(str(shard), framework="pt") as fh:
@@ -132,8 +136,6 @@ class TrunkCache:
 
     def save(self) -> Path | None:
         """Writes what this process computed as one new shard (atomically); returns its path."""
-        from safetensors.torch import save_file
-
         if self.directory is None or not (self.new_states or self.new_ref):
             return None
         keys = sorted(set(self.new_states) | set(self.new_ref))
@@ -147,15 +149,11 @@ class TrunkCache:
             offset += length
         some = next(iter(self.states.values()))
         table = torch.cat(pieces) if pieces else torch.zeros((0, some.shape[1]), dtype=some.dtype)
-        self.directory.mkdir(parents=True, exist_ok=True)
         name = hashlib.blake2b("".join(keys).encode(), digest_size=8).hexdigest()
         path = self.directory / f"shard-{name}-{os.getpid()}.safetensors"
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            save_file({"states": table.contiguous()}, str(tmp), metadata={"index": json.dumps(index)})
-            os.replace(tmp, path)
+            write_tensors({"states": table}, path, metadata={"index": json.dumps(index)})
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise UserError(f"model.trunk_cache_dir: cannot write {path}: {err.strerror or err}") from None
         self.new_states, self.new_ref = {}, {}
         return path
@@ -173,9 +171,7 @@ class TrunkCache:
         """Runs the trunk (embeddings and blocks below `start`) over the pairs not yet cached; returns how many."""
         todo = self.missing_states(pairs)
         body, _ = split_body_and_head(model)
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             for group in _length_groups(todo, batch_size):
                 batch = collate(group, pad_id).to(_device(model))
                 pack = batch.packed
@@ -191,8 +187,6 @@ class TrunkCache:
                             self.states[key] = self.new_states[key] = piece.clone()
                 if progress:
                     progress(len(group))
-        finally:
-            model.train(was_training)
         return len(todo)
 
     @torch.no_grad()
@@ -285,17 +279,13 @@ def check_split(model, batch: PreferenceBatch, rtol: float = 1e-4) -> None:
     """
     from robalign.logprobs import sequence_logps
 
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         cached = sequence_logps(model, batch)
         trunk, batch.trunk = batch.trunk, None
         try:
             full = sequence_logps(model, batch)
         finally:
             batch.trunk = trunk
-    finally:
-        model.train(was_training)
     got = torch.cat([cached.chosen, cached.rejected])
     want = torch.cat([full.chosen, full.rejected])
     err = float((got - want).abs().max())

@@ -165,6 +165,8 @@ def _open_source(source: Any, split: str) -> tuple[str, Rows]:
         path = os.fspath(source)
         if isinstance(path, str) and path.startswith("hf:"):
             return path, _hub_rows(path, split)
+        if os.path.isdir(path):
+            return str(path), _saved_dataset_rows(str(path), split)
         return str(path), _file_rows(str(path))
     if isinstance(source, dict):  # a DatasetDict is a dict of splits
         if split not in source:
@@ -198,6 +200,24 @@ def _file_rows(path: str) -> Rows:
     if lower.endswith((".json", ".json.gz")):
         return _json_rows(path)
     return _parquet_rows(path)
+
+
+def _saved_dataset_rows(path: str, split: str) -> Rows:
+    """Rows of a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        raise DataError(path, None, "a folder, but not one written by datasets' save_to_disk",
+                        f"give a file ({', '.join(SUFFIXES)}) or a save_to_disk folder")
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(path)
+    except Exception as exc:  # datasets raises many unrelated types for a damaged folder
+        raise DataError(path, None, f"could not read the saved dataset: {exc}", "write it again with save_to_disk") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(path, None, f"split '{split}' not found (splits: {sorted(ds)})", "pass an existing split")
+        ds = ds[split]
+    return ((i + 1, row) for i, row in enumerate(ds))
 
 
 def _hub_rows(spec: str, split: str) -> Rows:

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The long-training study (docs/results.md): each stage is a cached sweep, so re-running resumes it.
+# Usage: bash lab/study.sh pilot      (the other stages are added as the design's stages are run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RB=.venv/bin/robalign
+LONG=(--epochs 8 --train-last-k 2 --trunk-cache disk --lora-r 0 --batch-size 8 --lr 2e-5 --max-length 256)
+case "${1:-}" in
+  pilot)  # DPO on the built-in task, clean and 40 % flipped: does held-out accuracy rise, then fall?
+    $RB bench robustness --data verifiable --methods dpo --kinds flip --rates 0.4,0 --seeds 0 "${LONG[@]}" \
+        --train-pairs 500 --eval-pairs 500 --gen-prompts 0 --out outputs/study/pilot ;;
+  *) echo "usage: $0 pilot" >&2; exit 2 ;;
+esac

@@ -1,0 +1,122 @@
+"""The long-training part of a sweep report: learning curves, best vs last epoch, and paired intervals.
+
+Cells of one seed share their held-out pairs (and, offline, their training pairs and noise), and each keeps
+the per-pair margins of every evaluation (`heldout_margins.safetensors`, written by the trainer), so two
+methods are compared pair by pair and seeds are combined by a hierarchical bootstrap (`robalign.stats`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import torch
+
+from robalign.stats import correctness, hierarchical_bootstrap
+
+BASELINE = "dpo"
+
+
+def _margins(cell: Path, key: str) -> dict | None:
+    from safetensors.torch import load_file
+
+    path = cell / "heldout_margins.safetensors"
+    if not path.is_file():
+        return None
+    table = load_file(str(path))
+    if key not in table:
+        return None
+    return {"epoch": table["epoch"].tolist(), "values": table[key]}
+
+
+def _key(results: list[dict]) -> str:
+    return "h" if all(r.get("accuracy_h") is not None for r in results) else "M"
+
+
+def _row_label(method, kind, rate) -> str:
+    return f"| {method} | {kind} {rate:g} |"
+
+
+def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
+    """Report lines for the cells of `results` that have a learning curve; `cell_of(r)` is a cell's folder."""
+    curved = [r for r in results if r.get("curve")]
+    if not curved:
+        return []
+    key = _key(curved)
+    acc = f"accuracy_{key}"
+    lines = [f"\n## Long training: held-out {acc} at the last and at the best epoch\n",
+             "Best epoch = the evaluation with the highest clean held-out accuracy (an oracle choice: it "
+             "shows what stopping at the right time would keep). fit_flipped = share of flipped training "
+             "labels the model preferred in its last epoch (how much noise it memorised). Mean ± std over seeds.\n",
+             "| method | noise | last | best | best epoch | last − best | fit_flipped | fit_clean | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in curved:
+        groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r)
+    for (method, kind, rate), rows in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
+        last = [r["curve"][-1].get(acc) for r in rows]
+        best = [max(c.get(acc, -1.0) for c in r["curve"]) for r in rows]
+        fit_f = [r["curve"][-1].get("fit_flipped") for r in rows]
+        fit_c = [r["curve"][-1].get("fit_clean") for r in rows]
+        lines.append(f"{_row_label(method, kind, rate)} {_ms(last)} | {_ms(best)} | "
+                     f"{_ms([r['best_epoch'] for r in rows], 1)} | {_ms([a - b for a, b in zip(last, best)])} | "
+                     f"{_ms(fit_f)} | {_ms(fit_c)} | {len(rows)} |")
+    lines += _versus_baseline(curved, cell_of, key)
+    plot_curves(curved, dest / f"learning_curves_{acc}.png", acc)
+    lines.append(f"\n![learning curves](learning_curves_{acc}.png)\n")
+    return lines
+
+
+def _versus_baseline(results: list[dict], cell_of, key: str) -> list[str]:
+    """Last-epoch accuracy of each method − DPO's on the same seed's held-out pairs, 95 % interval."""
+    base = {(r["kind"], r["rate"], r["seed"]): r for r in results if r["method"] == BASELINE}
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for r in results:
+        other = base.get((r["kind"], r["rate"], r["seed"]))
+        if r["method"] == BASELINE or other is None:
+            continue
+        mine, theirs = _margins(cell_of(r), key), _margins(cell_of(other), key)
+        if mine is None or theirs is None or mine["values"].shape[1] != theirs["values"].shape[1]:
+            continue
+        diff = correctness(mine["values"][-1]) - correctness(theirs["values"][-1])
+        groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(diff)
+    if not groups:
+        return []
+    lines = [f"\n## Long training: last-epoch accuracy_{key} − {BASELINE}'s, paired (95 % interval: bootstrap over "
+             "seeds and held-out pairs)\n", "| method | noise | difference | 95 % interval | seeds | pairs |",
+             "|---|---|---|---|---|---|"]
+    for (method, kind, rate), diffs in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
+        ci = hierarchical_bootstrap(diffs)
+        lines.append(f"{_row_label(method, kind, rate)} {ci['mean']:+.3f} | [{ci['low']:+.3f}, {ci['high']:+.3f}] | "
+                     f"{ci['seeds']} | {ci['pairs']} |")
+    return lines
+
+
+def _ms(values, digits: int = 3) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    mean = statistics.fmean(vals)
+    return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(vals):.{digits}f}" if len(vals) > 1 else "")
+
+
+def plot_curves(results: list[dict], path: Path, acc: str):
+    """Held-out accuracy per epoch, one panel per noise setting, one line per method (mean over seeds)."""
+    from robalign.plots import panels, series_colours
+
+    settings = sorted({(r["kind"], r["rate"]) for r in results}, key=lambda s: (s[1], s[0]))
+    colour = series_colours(sorted({r["method"] for r in results}))
+    with panels([f"{kind} {rate:g}" for kind, rate in settings], path) as axes:
+        for (ax, title), (kind, rate) in zip(axes, settings):
+            for method in colour:
+                curves = [r["curve"] for r in results if (r["kind"], r["rate"], r["method"]) == (kind, rate, method)]
+                if not curves:
+                    continue
+                epochs = [c["epoch"] for c in curves[0]]
+                means = [statistics.fmean(c[i][acc] for c in curves if i < len(c) and acc in c[i])
+                         for i in range(len(epochs))]
+                ax.plot(epochs, means, marker="o", markersize=3, label=method, color=colour[method])
+            ax.set_title(f"noise: {title}")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(f"clean held-out {acc}")
+            ax.axhline(0.5, color="grey", lw=0.8, ls=":")

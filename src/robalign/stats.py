@@ -1,0 +1,47 @@
+"""Intervals for held-out accuracies: paired by held-out pair within a seed, then over seeds.
+
+Two runs evaluated on the same held-out pairs (the cells of one seed of a sweep) are compared pair by pair:
+the difference of their accuracies is the mean of per-pair differences of correctness, whose sampling noise
+comes only from the pairs on which they disagree. Over seeds (each seed draws its own training and
+held-out pairs, noise and data order) the bootstrap resamples seeds, then pairs within each seed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def correctness(margins: torch.Tensor) -> torch.Tensor:
+    """Per-pair accuracy of an implicit-reward margin: 1 when > 0, 0.5 on a tie, 0 otherwise (float64)."""
+    m = margins.double()
+    return (m > 0).double() + 0.5 * (m == 0).double()
+
+
+def hierarchical_bootstrap(per_seed: list[torch.Tensor], *, n_boot: int = 2000, seed: int = 0,
+                           level: float = 0.95) -> dict:
+    """Mean of per-pair values (e.g. correctness differences) over seeds, with a percentile interval.
+
+    Args:
+        per_seed: one [n_s] tensor of per-pair values per seed.
+        n_boot: resamples; each draws seeds with replacement, then pairs with replacement within each drawn
+            seed, and averages the per-seed means.
+    Returns:
+        {"mean", "low", "high", "seeds", "pairs"}; with one seed the interval is over pairs only.
+    """
+    if not per_seed:
+        raise ValueError("hierarchical_bootstrap: no values")
+    values = [v.double().flatten() for v in per_seed]
+    gen = torch.Generator().manual_seed(seed)
+    k = len(values)
+    stats = torch.empty(n_boot, dtype=torch.float64)
+    for b in range(n_boot):
+        picks = torch.randint(k, (k,), generator=gen) if k > 1 else torch.zeros(1, dtype=torch.long)
+        means = []
+        for s in picks.tolist():
+            v = values[s]
+            means.append(v[torch.randint(len(v), (len(v),), generator=gen)].mean())
+        stats[b] = torch.stack(means).mean()
+    alpha = (1 - level) / 2
+    low, high = torch.quantile(stats, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return {"mean": float(torch.stack([v.mean() for v in values]).mean()), "low": low, "high": high,
+            "seeds": k, "pairs": sum(len(v) for v in values)}
