@@ -95,16 +95,18 @@ def learning_curves(records: list[dict], path: str | Path, *, title: str = "") -
     with panels(titles, path) as axes:
         for ax, name in axes:
             if name == "held-out accuracy":
-                series = (("eval/accuracy_h", "h (reference log-ratio)"), ("eval/accuracy_M", "M (length-normalised)"))
+                series = (("eval/accuracy_h", "h: reference log-ratio", "tab:blue"),
+                          ("eval/accuracy_M", "M: length-normalised", "tab:orange"))
             elif name == "held-out mean margin":
-                series = (("eval/margin_h", "h"), ("eval/margin_M", "M"))
+                series = (("eval/margin_h", "h: reference log-ratio", "tab:blue"),
+                          ("eval/margin_M", "M: length-normalised", "tab:orange"))
             else:
-                series = (("train/fit_clean", "clean pairs: observed label preferred"),
-                          ("train/fit_flipped", "flipped pairs: flipped label preferred"))
-            for key, label in series:
+                series = (("train/fit_clean", "clean training pairs: observed label preferred", "tab:green"),
+                          ("train/fit_flipped", "flipped training pairs: flipped label preferred", "tab:red"))
+            for key, label, colour in series:
                 pts = [(xi, r[key]) for xi, r in zip(x, rows) if r.get(key) is not None]
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
+                    ax.plot(*zip(*pts), marker="o", markersize=3, label=label, color=colour)
             ax.set_xlabel(xlabel)
             ax.set_title(f"{title}\n{name}" if title else name, fontsize=9)
             ax.grid(alpha=0.3)
