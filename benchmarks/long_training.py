@@ -146,14 +146,15 @@ def shape_rates(args) -> dict:
     train, _ = _pairs(args)
     pairs, _ = tokenize_pairs(tok, train, max_length=args.max_length, max_prompt_length=args.max_length // 2)
     stream = BatchStream(pairs, args.batch_size, seed=args.seed, pad_id=tok.pad_token_id)
-    n = min(50, stream.micro_batches_per_epoch)
-    p = sum(stream.batch(k).packed.input_ids.numel() for k in range(n)) // n
-    c = sum(len(stream.batch(k).packed.targets) for k in range(n)) // n
+    batches = [stream.batch(k) for k in range(stream.micro_batches_per_epoch)]  # one epoch
+    p = sum(b.packed.input_ids.numel() for b in batches) // len(batches)
+    c = sum(len(b.packed.targets) for b in batches) // len(batches)
+    padded = 1 - sum(real_tokens(b) for b in batches) / sum(b.packed.input_ids.numel() for b in batches)
     h, inner, vocab = 576, 1536, 49152
     shapes = {"head forward [C,H]x[H,V]": (c, h, vocab), "head input grad [C,V]x[V,H]": (c, vocab, h),
               "block MLP forward [P,H]x[H,I]": (p, h, inner), "block MLP down [P,I]x[I,H]": (p, inner, h),
               "block attention proj [P,H]x[H,H]": (p, h, h), "block weight grad [H,P]x[P,I]": (h, p, inner)}
-    out = {"P": p, "C": c}
+    out = {"P": p, "C": c, "padded_share": padded}
     for name, (m, k, n_) in shapes.items():
         a, b = torch.randn(m, k), torch.randn(k, n_)
         torch.mm(a, b)
@@ -257,6 +258,7 @@ def report(rows):
     print(f"\nmatmul ceiling {ceiling:.0f} GFLOP/s ({header['ceiling']['threads']} threads)")
     for kind, r in runs.items():
         if kind == "shapes":
+            print(f"one epoch's batches: {r['padded_share']:.0%} of packed positions are padding")
             print(f"matmul GFLOP/s at the cached step's shapes (P = {r['P']} packed positions, C = {r['C']} "
                   "completion tokens): " + ", ".join(f"{k} {v:.0f}" for k, v in r.items() if "[" in k))
             continue

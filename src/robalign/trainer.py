@@ -255,9 +255,10 @@ class Trainer:
         pairs = self.train_data + self.eval_data
         # On disk, the main process fills what is missing and the others read its shard.
         fills = self.trunk_dir is None or self.acc.is_main_process
-        # Also for reference-free methods: held-out accuracy on h is then reported for every method.
-        with_ref = self.cfg.model.reference in ("auto", "cached")
-        todo = len(trunk.missing_states(pairs)) + (len(trunk.missing_ref(pairs)) if with_ref else 0)
+        # Training pairs' reference log-probs, for reference-based methods (the evaluator computes the held-out
+        # ones on its own batches, `_setup_reference`).
+        with_ref = self.method.needs_reference and self.cfg.model.reference in ("auto", "cached")
+        todo = len(trunk.missing_states(pairs)) + (len(trunk.missing_ref(self.train_data)) if with_ref else 0)
         if fills and todo:
             t0 = time.perf_counter()
             bar = tqdm(total=todo, desc="trunk cache", disable=not (self.cfg.train.progress and self.acc.is_main_process),
@@ -266,7 +267,8 @@ class Trainer:
             if with_ref:
                 # Before the first update the policy is the base model (LoRA's B is 0; a full copy is not needed).
                 reference = AdapterDisabledReference(self.model) if self.cfg.model.lora_r > 0 else InitialPolicyReference(self.model)
-                trunk.fill_reference(reference, pairs, pad_id=self.pad_id, device=self.acc.device, progress=bar.update)
+                trunk.fill_reference(reference, self.train_data, pad_id=self.pad_id, device=self.acc.device,
+                                     progress=bar.update)
             bar.close()
             trunk.save()
             self.trunk_build_s = time.perf_counter() - t0
@@ -390,12 +392,13 @@ class Trainer:
             prefers = (margin > 0).float() + 0.5 * (margin == 0).float()
             flags = batch.is_flipped.to(prefers.device)
             flipped, clean = (flags == 1).float(), (flags == 0).float()
-            self.fit += torch.stack([(prefers * flipped).sum(), flipped.sum(), (prefers * clean).sum(),
-                                     clean.sum()]).cpu()
+            counts = torch.stack([(prefers * flipped).sum(), flipped.sum(), (prefers * clean).sum(), clean.sum()])
+            self.fit = self.fit.to(counts.device) + counts  # stays on the device: read once per evaluation
 
     def _fit_metrics(self) -> dict:
         """The shares `_count_fit` counted since the last call, over every process (all must call it)."""
-        totals = self.acc.reduce(self.fit.to(self.acc.device), "sum").cpu() if self.acc.num_processes > 1 else self.fit
+        totals = self.fit.to(self.acc.device)
+        totals = (self.acc.reduce(totals, "sum") if self.acc.num_processes > 1 else totals).cpu()
         self.fit = torch.zeros(4)
         out = {}
         if totals[1] > 0:
@@ -478,8 +481,7 @@ class Trainer:
                 writer.write({"step": 0, "epoch": 0.0, **start_eval})
                 self._keep_margins()
         elif resumed and self.acc.is_main_process:  # the 'before' column of a resumed run: what it logged then
-            first = next((r for r in self._eval_rows() if r["step"] == 0), {})
-            start_eval = {k: v for k, v in first.items() if k.startswith("eval/")}
+            start_eval = self._logged_eval(self._eval_rows(), 0)
         try:
             end = min(tc.max_steps, tc.stop_after or tc.max_steps)
             while self.step_num < end:
@@ -575,12 +577,16 @@ class Trainer:
         log.warning("--resume: the run in %s had already finished at step %d; nothing to do", self.out,
                     self.step_num)
         rows = self._eval_rows()
-        start = next((r for r in rows if r["step"] == 0), {})
-        final = rows[-1] if rows and rows[-1]["step"] == self.step_num else {}
-        strip = lambda r: {k: v for k, v in r.items() if k.startswith("eval/")}  # noqa: E731
-        return {"start": strip(start), "final": strip(final), "steps": self.step_num, "finished_before": True,
+        return {"start": self._logged_eval(rows, 0), "final": self._logged_eval(rows, self.step_num),
+                "steps": self.step_num, "finished_before": True,
                 "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes,
                 "curve": rows}
+
+    @staticmethod
+    def _logged_eval(rows: list[dict], step: int) -> dict:
+        """The `eval/` metrics logged at `step` (the last such row), or {}."""
+        found = [r for r in rows if r["step"] == step]
+        return {k: v for k, v in found[-1].items() if k.startswith("eval/")} if found else {}
 
     def _eval_rows(self) -> list[dict]:
         from robalign.metrics import read_jsonl
@@ -634,7 +640,7 @@ class Trainer:
                              optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
                              else self.optimizer, scheduler=self.scheduler,
                              state={"position": self.position, "skipped_batches": self.skipped_batches,
-                                    "fit": self.fit.tolist()},
+                                    "fit": self.fit.cpu().tolist()},
                              keep_last=self.cfg.train.keep_last)
 
     def _resume(self):

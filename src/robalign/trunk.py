@@ -49,7 +49,8 @@ class TrunkStates:
         hidden: [R, L, H] the states entering block `start` at every packed position (zeros at padding,
             which no real query attends to).
         start: index of the first block the forward still runs (L − k).
-        ref_chosen, ref_rejected: [B] the reference's summed completion log-probs, or None when not stored.
+        ref_chosen, ref_rejected: [B] the reference's summed completion log-probs, or None unless stored for
+            every pair of the batch (the training pairs of a reference-based method).
     """
 
     hidden: torch.Tensor
@@ -222,8 +223,8 @@ class TrunkCache:
                 hidden[row, at:at + piece.shape[0]] = piece
                 at += piece.shape[0]
         ref_c = ref_r = None
-        if with_ref and self.ref:
-            keys = [pair_keys(p) for p in pairs]
+        keys = [pair_keys(p) for p in pairs]
+        if with_ref and all(k[1] in self.ref and k[2] in self.ref for k in keys):
             ref_c = torch.tensor([self.ref[k[1]] for k in keys], dtype=torch.float32)
             ref_r = torch.tensor([self.ref[k[2]] for k in keys], dtype=torch.float32)
         batch.trunk = TrunkStates(hidden, self.start, ref_c, ref_r)
