@@ -328,3 +328,40 @@ def test_an_epochs_sweep_on_the_cached_trunk_records_curves_and_computes_the_tru
     paired = report.split("− dpo's, paired")[1]
     assert "| gapo | flip 0.25 |" in paired and "| 1 | 8 |" in paired  # one seed, 8 held-out pairs
     assert (tmp_path / "learning_curves_accuracy_h.png").is_file()
+
+
+def test_param_sets_a_method_setting_in_its_cells_and_the_report(tmp_path):
+    from robalign.bench import SweepSpec, _settings_line, cell_config, parse_params
+
+    params = parse_params(["cdpo.epsilon=0.4", "sympo.kind=ramp", "gapo.radius=0.5"], ["dpo", "cdpo", "sympo", "gapo"])
+    assert params == {"cdpo": {"epsilon": 0.4}, "sympo": {"kind": "ramp"}, "gapo": {"radius": 0.5}}
+    spec = SweepSpec(data="verifiable", methods=["dpo", "cdpo", "sympo"], kinds=["flip"], rates=[0.4], seeds=[0],
+                     model="tiny-llama", steps=2, batch_size=2, lr=1e-3, train_pairs=8, eval_pairs=4,
+                     max_length=64, lora_r=0, out=tmp_path, params=params)
+    cfg, _ = cell_config(spec, "cdpo", "flip", 0.4, 0, tmp_path / "c", 8)
+    assert cfg.method.epsilon == 0.4  # over the sweep's default of 0.2
+    assert cell_config(spec, "rdpo", "flip", 0.4, 0, tmp_path / "c", 8)[0].method.epsilon == 0.2
+    assert cell_config(spec, "sympo", "flip", 0.4, 0, tmp_path / "c", 8)[0].method.kind == "ramp"
+    line = _settings_line(spec)
+    assert "cdpo epsilon=0.4" in line and "sympo kind=ramp" in line and "dpo " not in line.replace("cdpo", "")
+
+
+def test_param_errors_are_one_message_before_anything_loads(tmp_path, capsys):
+    for bad, says in ((["--param", "cdpo.epsilon"], "METHOD.KEY=VALUE"),
+                      (["--param", "ipo.epsilon=0.1"], "not one of --methods"),
+                      (["--param", "cdpo.rho=0.1"], "rho"),
+                      (["--param", "cdpo.epsilon=0.7"], "[0, 0.5)")):
+        assert main(["bench", "robustness", "--methods", "dpo,cdpo", "--out", str(tmp_path / "out"), *bad]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("error:") == 1, err
+        assert not (tmp_path / "out").exists()
+
+
+def test_param_of_a_method_section_goes_to_that_section(tmp_path):
+    from robalign.bench import SweepSpec, cell_config
+
+    spec = SweepSpec(data="verifiable", methods=["gapo"], kinds=["flip"], rates=[0.4], seeds=[0],
+                     model="tiny-llama", steps=2, batch_size=2, lr=1e-3, train_pairs=8, eval_pairs=4,
+                     max_length=64, lora_r=0, out=tmp_path, params={"gapo": {"radius": 0.5}})
+    cfg, _ = cell_config(spec, "gapo", "flip", 0.4, 0, tmp_path / "c", 8)
+    assert cfg.extra["gapo"].radius == 0.5

@@ -19,12 +19,34 @@ import os
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from robalign.errors import UserError
 
 METHOD_DEFAULTS = {"cdpo": {"epsilon": 0.2}, "rdpo": {"epsilon": 0.2}, "robust": {"rho": 0.2}}
+
+
+def method_settings(method: str, params: dict | None = None) -> dict:
+    """The settings a cell of `method` trains with: the sweep's defaults, then the user's `--param`s."""
+    return {**METHOD_DEFAULTS.get(method, {}), **(params or {}).get(method, {})}
+
+
+def parse_params(texts: list[str], methods: list[str]) -> dict[str, dict]:
+    """`--param METHOD.KEY=VALUE` (repeatable) -> {method: {key: value}}; values are read as YAML scalars, so
+    numbers, booleans and words arrive typed. The keys are checked when each cell's config is built."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        method, dot, key = name.partition(".")
+        if not sep or not dot or not key:
+            raise UserError(f"bench: --param {text!r}: expected METHOD.KEY=VALUE, e.g. --param cdpo.epsilon=0.4")
+        if method not in methods:
+            raise UserError(f"bench: --param {text!r}: {method!r} is not one of --methods ({', '.join(methods)})")
+        out.setdefault(method, {})[key] = yaml.safe_load(value)
+    return out
 # Online methods label their own generations: the cell's noise goes into their oracle as well (on top of
 # the noisy pairs, which SAIL's data route still reads), through the oracle wrapper of the same name whose
 # parameter is the rate: `flip` flips each label with probability rate, `length` mixes a length judge in
@@ -70,6 +92,7 @@ class SweepSpec:
     train_last_k: int = 0
     trunk_cache: str = "off"
     eval_per_epoch: int = 1
+    params: dict = field(default_factory=dict)  # {method: {key: value}} from --param, over METHOD_DEFAULTS
 
     def cells(self):
         online = {m for m in self.methods if is_online(m)}
@@ -85,7 +108,7 @@ class SweepSpec:
 
 # Settings added after the first sweeps: left out of settings.json at their defaults, so that older sweep
 # folders keep matching the settings they were run with.
-_LATER_SETTINGS = {"epochs": 0.0, "train_last_k": 0, "trunk_cache": "off", "eval_per_epoch": 1}
+_LATER_SETTINGS = {"epochs": 0.0, "train_last_k": 0, "trunk_cache": "off", "eval_per_epoch": 1, "params": {}}
 
 
 def cell_dir(spec: SweepSpec, method, kind, rate, seed) -> Path:
@@ -186,29 +209,13 @@ def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, ba
 
 def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, base, out: Path,
                 eval_reference_cache: dict | None, reference_memo) -> dict:
-    from robalign.config import build_config
     from robalign.data import inject_noise
     from robalign.trainer import Trainer
 
     done = out / "result.json"
     train, held = _data_split(spec, seed, base)
     noisy = inject_noise(train, kind, rate, seed)
-    steps = spec.steps if not spec.epochs else math.ceil(spec.epochs * (len(noisy) // spec.batch_size))
-    tree = {
-        "model": {"name": spec.model, "lora_r": spec.lora_r, "train_last_k": spec.train_last_k,
-                  "trunk_cache": spec.trunk_cache, "trunk_cache_dir": str(spec.out / "trunk")},
-        "method": {"name": method, **METHOD_DEFAULTS.get(method, {})},
-        "data": {"max_length": spec.max_length},
-        "train": {"output_dir": str(out), "batch_size": spec.batch_size, "max_steps": steps, "lr": spec.lr,
-                  "epochs": spec.epochs, "eval_per_epoch": spec.eval_per_epoch,
-                  "seed": seed, "progress": False, "warmup_steps": max(1, steps // 10),
-                  "save_final": False, "eval_at_start": bool(spec.epochs)}}
-    if method == "gapo" and spec.trunk_cache != "off":  # the anchor may perturb only what trains
-        tree["gapo"] = {"scope": "last_k_layers", "last_k": spec.train_last_k}
-    oracle = online_oracle(kind, rate) if is_online(method) else None
-    if oracle:
-        tree["online"] = {"oracle": oracle, "max_new_tokens": spec.gen_max_new_tokens}
-    cfg = build_config(tree)
+    cfg, oracle = cell_config(spec, method, kind, rate, seed, out, len(noisy))
     t0 = time.perf_counter()
     model, tok = base if base is not None else (None, None)
     trainer = Trainer(cfg, train_pairs=noisy, eval_pairs=held, model=copy.deepcopy(model) if model else None,
@@ -232,6 +239,38 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(done)
     return result
+
+
+def cell_config(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, out: Path, n_train: int):
+    """(the run config of one cell, its online oracle or None)."""
+    from robalign.config import build_config
+
+    steps = spec.steps if not spec.epochs else math.ceil(spec.epochs * (n_train // spec.batch_size))
+    tree = {
+        "model": {"name": spec.model, "lora_r": spec.lora_r, "train_last_k": spec.train_last_k,
+                  "trunk_cache": spec.trunk_cache, "trunk_cache_dir": str(spec.out / "trunk")},
+        "method": {"name": method},
+        "data": {"max_length": spec.max_length},
+        "train": {"output_dir": str(out), "batch_size": spec.batch_size, "max_steps": steps, "lr": spec.lr,
+                  "epochs": spec.epochs, "eval_per_epoch": spec.eval_per_epoch,
+                  "seed": seed, "progress": False, "warmup_steps": max(1, steps // 10),
+                  "save_final": False, "eval_at_start": bool(spec.epochs)}}
+    if method == "gapo" and spec.trunk_cache != "off":  # the anchor may perturb only what trains
+        tree["gapo"] = {"scope": "last_k_layers", "last_k": spec.train_last_k}
+    oracle = online_oracle(kind, rate) if is_online(method) else None
+    if oracle:
+        tree["online"] = {"oracle": oracle, "max_new_tokens": spec.gen_max_new_tokens}
+    for key, value in method_settings(method, spec.params).items():
+        tree.setdefault(_param_section(method, key), {})[key] = value
+    return build_config(tree, source=f"bench cell {out.name}"), oracle
+
+
+def _param_section(method: str, key: str) -> str:
+    """A method's own config section (gapo:, sail:, ...) when it has `key`, else `method:`."""
+    from robalign.config import section_types
+
+    section = section_types().get(method)
+    return method if section is not None and key in {f.name for f in fields(section)} else "method"
 
 
 def curve_summary(curve: list[dict]) -> dict:
@@ -463,7 +502,7 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
     trained = f"last {spec.train_last_k} blocks" if spec.train_last_k else "all blocks"
     lines = [f"# Robustness sweep\n\nData `{spec.data}`, model `{spec.model}` (LoRA r={spec.lora_r}, {trained}), "
              f"{budget} x {spec.batch_size} pairs, lr {spec.lr}, {spec.train_pairs} training pairs, "
-             f"{spec.eval_pairs} clean held-out pairs, seeds {spec.seeds}.\n"]
+             f"{spec.eval_pairs} clean held-out pairs, seeds {spec.seeds}.\n", _settings_line(spec)]
     seeds = len(spec.seeds)
     if any(r["n"] < seeds for r in aggregate(results, "accuracy_M")):
         lines.append(f"A value marked (n=k) rests on the k of the {seeds} seeds whose cells are finished.\n")
@@ -496,6 +535,13 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
     report = dest / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def _settings_line(spec: SweepSpec) -> str:
+    """The settings each method trained with beyond its own defaults (e.g. the ε rDPO was told)."""
+    told = {m: method_settings(m, spec.params) for m in spec.methods}
+    told = [f"{m} " + ", ".join(f"{k}={v}" for k, v in kv.items()) for m, kv in told.items() if kv]
+    return ("Method settings (the rest are each method's defaults): " + "; ".join(told) + ".\n") if told else ""
 
 
 PAIRED_METRICS = ("accuracy_h", "accuracy_M", "gold_reward_greedy", "win_rate_greedy", "kl")  # h: what DPO trains
@@ -602,7 +648,9 @@ def cmd_bench(args) -> int:
                      eval_pairs=args.eval_pairs, max_length=args.max_length, lora_r=args.lora_r, out=Path(args.out),
                      gen_prompts=_gen_prompts(args), gen_max_new_tokens=args.gen_max_new_tokens,
                      epochs=args.epochs, train_last_k=args.train_last_k, trunk_cache=args.trunk_cache,
-                     eval_per_epoch=args.eval_per_epoch)
+                     eval_per_epoch=args.eval_per_epoch, params=parse_params(args.param, methods))
+    for method in methods:  # a misspelt --param key stops here, before any model loads
+        cell_config(spec, method, kinds[0], 0.0, 0, spec.out / "cells" / method, spec.train_pairs)
     if args.report_dir and Path(args.report_dir).exists() and not Path(args.report_dir).is_dir():
         raise UserError(f"bench: --report-dir {args.report_dir} is a file; name a folder for the report")
     if args.report_only:
@@ -652,6 +700,10 @@ def register_cli(sub):
     p.add_argument("--gen-prompts", type=int, default=-1, help="held-out prompts decoded per cell for gold "
                    "reward, win rate and KL (built-in task only); -1 = 16 there, 0 elsewhere")
     p.add_argument("--gen-max-new-tokens", type=int, default=32)
+    p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="a method's setting, repeatable (e.g. --param cdpo.epsilon=0.4 --param sympo.kind=ramp); "
+                   f"defaults: {', '.join(f'{m}.{k}={v}' for m, kv in METHOD_DEFAULTS.items() for k, v in kv.items())}"
+                   ", the rest the method's own (robalign train --help)")
     p.add_argument("--out", default="outputs/robustness")
     p.add_argument("--report-only", action="store_true", help="train nothing: report over the grid's cells "
                    "already finished in --out and name the ones that are not")

@@ -205,7 +205,7 @@ def register_section(name: str):
     return wrap
 
 
-def _all_section_types() -> dict[str, type]:
+def section_types() -> dict[str, type]:
     # Importing robalign.methods registers the method-specific sections.
     import robalign.methods  # noqa: F401
 
@@ -278,7 +278,7 @@ def build_config(tree: dict | None = None, overrides: dict | None = None, source
         overrides: `{"key": value}` or `{"section.key": value}`; a bare key must name exactly one field.
         source: where `tree` came from, for error messages.
     """
-    types_ = _all_section_types()
+    types_ = section_types()
     values: dict[str, dict] = {name: {} for name in types_}
     tree = tree or {}
     if not isinstance(tree, dict):
@@ -374,7 +374,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 def describe_fields() -> list[tuple[str, str, object]]:
     """(dotted key, help, default) for every field, for --help output and docs."""
     rows = []
-    for section, cls in _all_section_types().items():
+    for section, cls in section_types().items():
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((f"{section}.{f.name}", f.metadata.get("help", ""), default))
