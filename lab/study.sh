@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The long-training study (docs/results.md): each stage is a cached sweep, so re-running resumes it.
-# Usage: bash lab/study.sh pilot      (the other stages are added as the design's stages are run)
+# Usage: bash lab/study.sh pilot|pilot2   (the other stages are added as the design's stages are run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RB=.venv/bin/robalign
@@ -9,5 +9,9 @@ case "${1:-}" in
   pilot)  # DPO on the built-in task, clean and 40 % flipped: does held-out accuracy rise, then fall?
     $RB bench robustness --data verifiable --methods dpo --kinds flip --rates 0.4,0 --seeds 0 "${LONG[@]}" \
         --train-pairs 500 --eval-pairs 500 --gen-prompts 0 --out outputs/study/pilot ;;
-  *) echo "usage: $0 pilot" >&2; exit 2 ;;
+  pilot2)  # a higher lr and a smaller training set, so that DPO memorises the flipped labels within the budget
+    $RB bench robustness --data verifiable --methods dpo,sympo --kinds flip --rates 0.4,0 --seeds 0 \
+        --epochs 10 --train-last-k 2 --trunk-cache disk --lora-r 0 --batch-size 8 --lr 1e-4 --max-length 256 \
+        --train-pairs 256 --eval-pairs 500 --gen-prompts 0 --out outputs/study/pilot2 ;;
+  *) echo "usage: $0 pilot|pilot2" >&2; exit 2 ;;
 esac

@@ -1,20 +1,53 @@
+"""The main job on a tiny model: learning curves, intervals, early stopping and a paragraph that follows them."""
+
 import json
 
 from robalign.cli import main
+from robalign.demo import meaning
 
 
-def test_demo_on_tiny_model_writes_report_and_plot(tmp_path, capsys):
-    code = main(["demo", "--model", "tiny-llama", "--methods", "dpo,rdpo", "--quick", "--steps", "2",
-                 "--out", str(tmp_path)])
+def test_demo_on_tiny_model_writes_curves_intervals_and_report(tmp_path, capsys):
+    code = main(["demo", "--model", "tiny-llama", "--methods", "dpo,cdpo", "--quick", "--epochs", "2",
+                 "--progress", "false", "--out", str(tmp_path)])
     assert code == 0
-    rows = json.loads((tmp_path / "results.json").read_text())
-    assert [r["method"] for r in rows] == ["dpo", "rdpo"]
-    assert all(0 <= r["acc_M_after"] <= 1 for r in rows)
-    assert (tmp_path / "demo_accuracy.png").stat().st_size > 1000
-    assert "| dpo |" in (tmp_path / "report.md").read_text()
-    assert "| rdpo |" in capsys.readouterr().out
+    result = json.loads((tmp_path / "results.json").read_text())
+    runs = result["runs"]
+    assert [r["label"] for r in runs] == ["DPO, clean labels", "dpo, flipped labels", "cdpo, flipped labels"]
+    assert runs[2]["settings"] == {"epsilon": 0.4}  # told the true flip rate
+    for r in runs:
+        assert [c["epoch"] for c in r["curve"]] == [0.0, 1.0, 2.0]
+        assert r["curve"][0]["accuracy_h"] == 0.5  # step 0: every margin is exactly 0, a tie counts half
+        ci = r["last_minus_peak"]
+        assert ci["low"] <= ci["mean"] <= ci["high"] and ci["mean"] <= 0  # last − the best: never above 0
+    for r in runs[1:]:
+        assert r["noise"] == 0.4 and "minus_clean" in r and 0 <= r["fit_flipped"] <= 1
+        assert r["stopped"]["epoch"] in (0.0, 1.0, 2.0)
+    assert "fit_flipped" not in runs[0] or runs[0]["noise"] == 0.0
+    assert (tmp_path / "demo_learning_curves.png").stat().st_size > 1000
+    report = (tmp_path / "report.md").read_text()
+    assert "| dpo, flipped labels |" in report and "## What it means" in report
+    assert "came to prefer" in capsys.readouterr().out
 
 
-def test_demo_rejects_unknown_method(tmp_path, capsys):
+def _row(minus_clean, fall, gain):
+    def ci(lo, hi):
+        return {"mean": (lo + hi) / 2, "low": lo, "high": hi}
+
+    return {"label": "dpo, flipped labels", "method": "dpo", "fit_flipped": 0.9, "peak_epoch": 3,
+            "minus_clean": ci(*minus_clean), "last_minus_peak": ci(*fall), "stopped": {"gain": ci(*gain)}}
+
+
+def test_the_paragraph_says_only_what_the_intervals_support():
+    clean = {"label": "DPO, clean labels", "method": "dpo"}
+    hurt = meaning([clean, _row((-0.1, -0.02), (-0.05, -0.01), (0.01, 0.04))], 0.4)
+    assert "cost it clean held-out accuracy" in hurt and "then fell" in hurt and "kept" in hurt
+    unclear = meaning([clean, _row((-0.05, 0.01), (-0.02, 0.0), (-0.01, 0.02))], 0.4)
+    assert "did not end measurably below" in unclear and "did not fall measurably" in unclear
+    assert "not measurably" in unclear and "cost it" not in unclear
+
+
+def test_demo_rejects_unknown_method_and_bad_noise(tmp_path, capsys):
     assert main(["demo", "--model", "tiny-llama", "--methods", "dpo,nope", "--out", str(tmp_path)]) == 2
     assert "nope" in capsys.readouterr().err
+    assert main(["demo", "--model", "tiny-llama", "--noise", "0.5", "--out", str(tmp_path)]) == 2
+    assert "--noise" in capsys.readouterr().err

@@ -117,6 +117,7 @@ class MethodConfig:
 
 
 ACTIVATION_CHECKPOINTING = ("none", "selective", "full")
+BEST_METRICS = ("auto", "accuracy_h", "accuracy_M", "margin_h", "margin_M")
 
 
 @dataclass
@@ -139,6 +140,14 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = no clipping).")
     eval_every: int = _f(0, "Evaluate every N steps (0 = only at the end).")
     eval_at_start: bool = _f(True, "Also evaluate before the first step (the 'before' column).")
+    load_best_model_at_end: bool = _f(False, "End with the weights of the best evaluation (metric_for_best_model): "
+                                      "final/ and the final metrics are the best evaluation's; the last weights stay "
+                                      "in checkpoints/. Against memorised label noise (docs/long_training.md).")
+    metric_for_best_model: str = _f("auto", "Evaluation metric that picks the best evaluation, higher is better: "
+                                    "'auto' (accuracy_h when the run has a reference, else accuracy_M), "
+                                    "'accuracy_h', 'accuracy_M', 'margin_h' or 'margin_M'.")
+    early_stopping_patience: int = _f(0, "Stop after this many evaluations in a row without a new best "
+                                      "(metric_for_best_model); 0 = never stop early.")
     save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
     keep_last: int = _f(2, "Checkpoints kept on disk (older ones are deleted).")
     save_final: bool = _f(True, "Write final/ (a plain transformers model, LoRA merged) at the end.")
@@ -156,7 +165,7 @@ class TrainConfig:
         for key in ("batch_size", "grad_accum", "max_steps", "keep_last", "log_every"):
             _check(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
         for key in ("warmup_steps", "eval_every", "save_every", "threads", "weight_decay", "max_grad_norm",
-                    "stop_after", "eval_per_epoch"):
+                    "stop_after", "eval_per_epoch", "early_stopping_patience"):
             _check(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
         _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", "must be a positive number")
         _check(0 <= self.epochs < 1e6 and math.isfinite(self.epochs), "train.epochs", "must be >= 0")
@@ -164,6 +173,11 @@ class TrainConfig:
         _choice(self.schedule, ("constant", "linear", "cosine"), "train.schedule")
         _choice(self.on_nonfinite, ("stop", "skip"), "train.on_nonfinite")
         _choice(self.activation_checkpointing, ACTIVATION_CHECKPOINTING, "train.activation_checkpointing")
+        _choice(self.metric_for_best_model, BEST_METRICS, "train.metric_for_best_model")
+        if (self.load_best_model_at_end or self.early_stopping_patience) and not (self.eval_every or
+                                                                                   self.eval_per_epoch):
+            raise ConfigError("train.load_best_model_at_end / early_stopping_patience: need evaluations during the "
+                              "run; set train.eval_per_epoch (e.g. 1) or train.eval_every")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from robalign import checkpoint as ckpt
+from robalign.best import BestKeeper
 from robalign.config import RunConfig
 from robalign.data.collate import BatchStream
 from robalign.data.tokenize import tokenize_pairs
@@ -199,6 +200,11 @@ class Trainer:
         self._setup_optimizer()
         self.step_num, self.position, self.skipped_batches = 0, 0, 0
         self.fit = torch.zeros(4)  # since the last evaluation: flipped preferred, flipped seen, clean ..., clean ...
+        self.best = None  # keeps the best evaluation (train.load_best_model_at_end / early_stopping_patience)
+        if tc.load_best_model_at_end or tc.early_stopping_patience:
+            self.best = BestKeeper(self.out, tc.metric_for_best_model, tc.early_stopping_patience,
+                                   tc.load_best_model_at_end)
+        self.stopped_early = False
 
     # ----------------------------------------------------------------------------------- setup
     def _setup_model(self, model, tokenizer):
@@ -463,7 +469,7 @@ class Trainer:
         if resume:
             check_resume_config(self.out, self.cfg.to_dict())
             self._resume()
-            if self.step_num >= tc.max_steps and self._finished_before():
+            if (self.step_num >= tc.max_steps or self.stopped_early) and self._finished_before():
                 return self._finished_summary()
         elif self.acc.is_main_process:
             self._write_config()
@@ -480,17 +486,22 @@ class Trainer:
             if start_eval and writer:
                 writer.write({"step": 0, "epoch": 0.0, **start_eval})
                 self._keep_margins()
+            self._note_best(start_eval)
         elif resumed and self.acc.is_main_process:  # the 'before' column of a resumed run: what it logged then
             start_eval = self._logged_eval(self._eval_rows(), 0)
         try:
             end = min(tc.max_steps, tc.stop_after or tc.max_steps)
-            while self.step_num < end:
+            last_eval = {}
+            while self.step_num < end and not self.stopped_early:
                 before = self.position
                 metrics = self.step()
                 self._log(writer, pair_log, metrics)
                 bar.update(1)
                 if self._evaluation_due(before) and self.step_num < tc.max_steps:
-                    self._write_eval(writer)
+                    last_eval = self._write_eval(writer)
+                    if self._patience_exhausted():
+                        self.stopped_early = True
+                        break
                 if tc.save_every and self.step_num % tc.save_every == 0:
                     self.save_checkpoint()
         except BaseException:
@@ -498,22 +509,62 @@ class Trainer:
             raise
         finally:
             bar.close()
-        if self.step_num < tc.max_steps:  # stopped early on purpose: checkpoint only
+        if self.step_num < tc.max_steps and not self.stopped_early:  # train.stop_after: checkpoint only
             self.save_checkpoint()
             _close(writer, pair_log)
             self._plot_curves()
             return {"start": start_eval, "final": {}, "steps": self.step_num,
                     "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes}
-        final_eval = self._write_eval(writer)
+        # Early stopping ends right after an evaluation of these very weights: it is the last point.
+        if not self.stopped_early:
+            final_eval = self._write_eval(writer)
+        else:  # a resumed run that had stopped early reads that evaluation from its log
+            final_eval = last_eval or (self._logged_eval(self._eval_rows(), self.step_num)
+                                       if self.acc.is_main_process else {})
         _close(writer, pair_log)
-        self.save_checkpoint()
+        self.save_checkpoint()  # the last weights, so that --resume stays exact
+        if tc.load_best_model_at_end and self.best is not None:
+            final_eval = self._restore_best(final_eval)
         if tc.save_final:
             self.save_final(final_eval)
         if self.acc.is_main_process:
             self.method.finalize(self.out)
         curve = self._plot_curves()
         return {"start": start_eval, "final": final_eval, "steps": self.step_num,
-                "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes, "curve": curve}
+                "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes, "curve": curve,
+                **self._best_summary()}
+
+    def _note_best(self, evaluation: dict) -> None:
+        if self.best is not None and evaluation:
+            self.best.update(evaluation, self.step_num, round(self.epoch, 4), self.model)
+
+    def _patience_exhausted(self) -> bool:
+        """Early stopping, decided on the main process (which evaluates) and shared with the others."""
+        if self.best is None or not self.best.patience:
+            return False
+        flag = torch.tensor([float(self.acc.is_main_process and self.best.exhausted)], device=self.acc.device)
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            flag = broadcast(flag, from_process=0)
+        if flag.item():
+            log.info("early stopping: %d evaluations without a better %s than %.4f (step %d)", self.best.since,
+                     self.best.metric, self.best.value, self.best.step)
+        return bool(flag.item())
+
+    def _restore_best(self, last_eval: dict) -> dict:
+        """Loads the best evaluation's weights on every process; returns that evaluation as logged."""
+        self.acc.wait_for_everyone()
+        best = self.best.describe() if self.acc.is_main_process else None
+        if best is not None and best["step"] == self.step_num:
+            return last_eval  # the last evaluation is the best: the weights are already these
+        self.best.restore(self.model)
+        return self._logged_eval(self._eval_rows(), self.best.step) if self.acc.is_main_process else {}
+
+    def _best_summary(self) -> dict:
+        if self.best is None or not self.acc.is_main_process:
+            return {}
+        return {"best": self.best.describe(), "stopped_early": self.stopped_early}
 
     @property
     def epoch(self) -> float:
@@ -537,6 +588,7 @@ class Trainer:
             writer.write({"step": self.step_num, "epoch": round(self.epoch, 4), **ev, **fit})
         if ev:
             self._keep_margins()
+        self._note_best(ev)
         return ev
 
     def _keep_margins(self):
@@ -577,7 +629,8 @@ class Trainer:
         log.warning("--resume: the run in %s had already finished at step %d; nothing to do", self.out,
                     self.step_num)
         rows = self._eval_rows()
-        return {"start": self._logged_eval(rows, 0), "final": self._logged_eval(rows, self.step_num),
+        at = self.best.step if self.best is not None and self.cfg.train.load_best_model_at_end else self.step_num
+        return {"start": self._logged_eval(rows, 0), "final": self._logged_eval(rows, at), **self._best_summary(),
                 "steps": self.step_num, "finished_before": True,
                 "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes,
                 "curve": rows}
@@ -640,7 +693,8 @@ class Trainer:
                              optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
                              else self.optimizer, scheduler=self.scheduler,
                              state={"position": self.position, "skipped_batches": self.skipped_batches,
-                                    "fit": self.fit.cpu().tolist()},
+                                    "fit": self.fit.cpu().tolist(), "stopped_early": self.stopped_early,
+                                    **({"best": self.best.state()} if self.best is not None else {})},
                              keep_last=self.cfg.train.keep_last)
 
     def _resume(self):
@@ -658,6 +712,9 @@ class Trainer:
         self.step_num, self.position = state["step"], state["position"]
         self.skipped_batches = state.get("skipped_batches", 0)
         self.fit = torch.tensor(state.get("fit", [0.0] * 4))
+        self.stopped_early = bool(state.get("stopped_early", False))
+        if self.best is not None:
+            self.best.load_state(state.get("best"))
         self._truncate_metrics()
         log.info("resumed from %s at step %d", found[-1], self.step_num)
 
