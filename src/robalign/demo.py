@@ -17,8 +17,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from robalign.errors import UserError
 
 
@@ -270,7 +268,7 @@ def register_cli(sub):
                        "curves with intervals, and what early stopping keeps")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--methods", default="dpo", help="methods trained on the flipped labels, beside DPO on clean "
-                   f"labels (cdpo / rdpo are told the true flip rate); default: dpo")
+                   "labels (cdpo / rdpo are told the true flip rate); default: dpo")
     p.add_argument("--noise", type=float, default=0.4, help="share of flipped training labels (default 0.4)")
     p.add_argument("--quick", action="store_true", help="a smaller preset (about 2 minutes on 2 CPU cores)")
     p.add_argument("--epochs", type=float, default=0, help="override the preset's epochs")
