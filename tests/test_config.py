@@ -13,7 +13,7 @@ def test_defaults_validate_and_overrides_coerce():
 @pytest.mark.parametrize("tree,overrides,match", [
     ({"method": {"name": "rdpo", "epsilon": 0.5}}, {}, "epsilon"),
     ({"method": {"name": "cdpo"}}, {"epsilon": "-0.1"}, "epsilon"),
-    ({"method": {"name": "robust", "rho": 0.7}}, {}, "rho"),
+    ({"method": {"name": "oracle_robust_offline", "rho": 0.7}}, {}, "rho"),
     ({"method": {"name": "dpo", "beta": -1}}, {}, "beta"),
     ({"method": {"name": "nope"}}, {}, "unknown method"),
     ({"train": {"lr": "fast"}}, {}, "train.lr"),

@@ -86,10 +86,12 @@ class DataConfig:
 @dataclass
 class MethodConfig:
     name: str = _f("dpo", "Training method: a loss of SPEC §2 (dpo ipo hinge cdpo rdpo simpo hypo sympo "
-                   "drdpo robust), gapo, sail or oracle_robust.")
+                   "drdpo oracle_robust_offline), gapo, sail or oracle_robust. TRL's loss_type names: sigmoid "
+                   "= dpo, robust = rdpo (label_smoothing = epsilon), hinge = hinge; TRL's ipo = ipo with "
+                   "normalize_length: true.")
     beta: float | None = _f(None, "Inverse temperature β of the implicit reward (None = method default).")
     epsilon: float | None = _f(None, "Assumed flip rate ε of cdpo / rdpo, in [0, 0.5).")
-    rho: float | None = _f(None, "Robustness radius ρ of `robust` / oracle_robust, in [0, 0.5).")
+    rho: float | None = _f(None, "Robustness radius ρ of oracle_robust_offline / oracle_robust, in [0, 0.5).")
     gamma: float | None = _f(None, "Target margin γ of simpo / gapo.")
     beta_prime: float | None = _f(None, "Dr.DPO temperature β′ of the batch-level log-mean-exp.")
     normalize_length: bool | None = _f(None, "IPO on length-averaged log-ratios instead of sums.")
@@ -106,11 +108,12 @@ class MethodConfig:
         return params
 
     def validate(self):
-        from robalign.methods import validate_method
+        from robalign.methods import canonical_name, validate_method
 
         _check(self.sft_weight >= 0, "method.sft_weight", "must be >= 0")
         _choice(self.sft_reduction, ("mean", "sum"), "method.sft_reduction")
         try:
+            self.name = canonical_name(self.name, self.loss_params())  # TRL's loss names -> ours
             validate_method(self.name, self.loss_params())
         except (ValueError, TypeError) as err:
             raise ConfigError(f"method: {err}") from None

@@ -26,7 +26,7 @@ class DemoPreset:
 PRESETS = {"full": DemoPreset(steps=16, batch_size=4, train_pairs=256, eval_pairs=48),
            "quick": DemoPreset(steps=4, batch_size=4, train_pairs=64, eval_pairs=16)}
 METHOD_PARAMS = {"dpo": {}, "rdpo": {"epsilon": 0.3}, "gapo": {}, "cdpo": {"epsilon": 0.3},
-                 "simpo": {}, "robust": {"rho": 0.2}, "ipo": {}, "hinge": {}, "hypo": {}, "sympo": {},
+                 "simpo": {}, "oracle_robust_offline": {"rho": 0.2}, "ipo": {}, "hinge": {}, "hypo": {}, "sympo": {},
                  "drdpo": {}}
 
 
