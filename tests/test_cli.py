@@ -18,7 +18,7 @@ def test_train_tiny_llama_on_hh(hh_path, tmp_path):
             "--epsilon", "0.2", "--max-steps", "3", "--batch-size", "2", "--lora-r", "4", "--max-length", "96",
             "--limit", "40", "--eval-limit", "8", "--output-dir", out, "--progress", "false")
     assert r.returncode == 0, r.stderr
-    assert "eval/accuracy_h" in r.stdout
+    assert "eval/accuracy_h" in r.stdout and "0.5 is chance" in r.stdout  # the summary says what it means
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3]
     assert (out / "config.yaml").is_file() and (out / "final" / "config.json").is_file()

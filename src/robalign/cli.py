@@ -28,9 +28,13 @@ class _Parser(argparse.ArgumentParser):
 def _train_parser(sub):
     from robalign.config import describe_fields
 
+    from robalign.evaluate import ACCURACY_EXPLAINED
+
     p = sub.add_parser("train", help="train a policy on preference data",
                        description="Train with a YAML config and/or flags; flags override the file. Every "
-                                   "config key is a flag, as --section.key or, where unambiguous, --key.")
+                                   "config key is a flag, as --section.key or, where unambiguous, --key. "
+                                   "Relative paths in the YAML file are read from the file's folder.",
+                       epilog=f"Held-out metrics. {ACCURACY_EXPLAINED}")
     p.add_argument("config", nargs="?", help="YAML config file")
     p.add_argument("--resume", action="store_true", help="continue the run in the output directory from its last "
                    "complete checkpoint, with its own settings")
@@ -108,7 +112,14 @@ def _print_summary(summary: dict, out_dir: str):
         print(f"{'held-out metric':<20}{'before':>10}{'after':>10}")
         for k in keys:
             print(f"{k:<20}{start.get(k, float('nan')):>10.4f}{final[k]:>10.4f}")
+        print(_SUMMARY_LEGEND)
     print(f"run written to {out_dir}")
+
+
+# Under the summary table: what its rows mean, in brief (the full text is in `robalign train --help`).
+_SUMMARY_LEGEND = ("accuracy_h / accuracy_M: share of held-out pairs (clean labels) ranked as labelled by the "
+                   "reference log-ratio margin h / by the\nlength-normalised, reference-free margin M; a tie counts "
+                   "half, so 0.5 is chance. margin_*: their mean. (robalign train --help)")
 
 
 def cmd_noise(args) -> int:
@@ -199,7 +210,12 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-invalid", action="store_true")
     p.set_defaults(func=cmd_noise)
-    p = sub.add_parser("eval", help="held-out preference accuracy and margins of a model")
+    from robalign.evaluate import ACCURACY_EXPLAINED
+
+    p = sub.add_parser("eval", help="held-out preference accuracy and margins of a model",
+                       description="Prints the held-out metrics of --model on --data as JSON: eval/accuracy_M "
+                                   "and eval/margin_M, plus eval/accuracy_h and eval/margin_h with --reference.",
+                       epilog=ACCURACY_EXPLAINED)
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--reference", default="", help="reference model for the log-ratio margin h")

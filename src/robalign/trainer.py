@@ -45,6 +45,7 @@ from robalign.reference import (
     cache_key,
 )
 from robalign.rundir import RunLock, check_resume_config, prepare
+from robalign.stats import correctness
 from robalign.trunk import StoredReference, TrunkCache, check_split, model_fingerprint, split_index
 
 log = logging.getLogger(__name__)
@@ -389,7 +390,7 @@ class Trainer:
             margin = per_pair.get("margin")
             if margin is None:
                 continue
-            prefers = (margin > 0).float() + 0.5 * (margin == 0).float()
+            prefers = correctness(margin, torch.float32)
             flags = batch.is_flipped.to(prefers.device)
             flipped, clean = (flags == 1).float(), (flags == 0).float()
             counts = torch.stack([(prefers * flipped).sum(), flipped.sum(), (prefers * clean).sum(), clean.sum()])
