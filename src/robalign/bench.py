@@ -301,8 +301,7 @@ def cached_results(spec: SweepSpec) -> tuple[list[dict], list[tuple]]:
 
 
 def run_sweep(spec: SweepSpec) -> list[dict]:
-    from tqdm.auto import tqdm
-
+    from robalign import progress
     from robalign.models import load_model_and_tokenizer
     from robalign.reference import DiskMemo
 
@@ -314,7 +313,7 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
     # The methods of one (kind, rate, seed) train on the same batches, so their reference log-probs are
     # computed once, by whichever process meets a batch first (the sweep directory holds one base model).
     memo = DiskMemo(spec.out / "reference_memo")
-    for cell in tqdm(cells, desc="robustness sweep", unit="cell"):
+    for cell in progress.bar(cells, desc="robustness sweep", unit="cell"):
         result = run_cell(spec, *cell, base=base, eval_reference_cache=eval_reference_cache, reference_memo=memo)
         if result is None:
             elsewhere += 1

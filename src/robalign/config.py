@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -363,14 +364,47 @@ def read_yaml(path: Path):
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
 
 
+# Keys holding paths that a YAML file states relative to its own folder (a config and its data travel together).
+# model.name only where it is a path: built-in names and hub ids stay as they are.
+PATH_KEYS = {("data", "train"), ("data", "eval"), ("train", "output_dir"), ("model", "trunk_cache_dir")}
+
+
+def _is_model_path(name: str, base: Path) -> bool:
+    from robalign.models import DEFAULT_MODEL, TINY_MODEL
+
+    if name in (DEFAULT_MODEL, TINY_MODEL):
+        return False
+    return name.startswith(("./", "../", "~")) or name.endswith(".gguf") or (base / name).exists()
+
+
+def resolve_paths(tree, base: Path):
+    """`tree` with its relative paths (`PATH_KEYS`, and model.name when it is a path) made absolute against
+    `base`, the config file's folder; 'hf:' sources, empty values and anything not a string stay as they are."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {s: dict(body) if isinstance(body, dict) else body for s, body in tree.items()}
+    for (section, key) in [*PATH_KEYS, ("model", "name")]:
+        value = out.get(section, {}).get(key) if isinstance(out.get(section), dict) else None
+        if not isinstance(value, str) or not value or value.startswith("hf:"):
+            continue
+        if key == "name" and not _is_model_path(value, base):
+            continue
+        out[section][key] = os.path.abspath(base / os.path.expanduser(value))
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
-    """Loads a YAML config file (optional) and applies command-line overrides."""
+    """Loads a YAML config file (optional) and applies command-line overrides.
+
+    Relative paths in the file are read from the file's folder (`resolve_paths`); those given as overrides
+    (the command line) from the working directory.
+    """
     tree = {}
     if path:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        tree = read_yaml(path) or {}
+        tree = resolve_paths(read_yaml(path) or {}, path.parent)
     return build_config(tree, overrides, source=str(path or "config"))
 
 

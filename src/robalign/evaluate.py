@@ -13,7 +13,6 @@ from robalign.data.tokenize import TokenizedPair
 from robalign.logprobs import SequenceLogps, sequence_logps
 from robalign.stats import correctness
 
-
 # What the two held-out accuracies mean: printed by `robalign train --help`, `robalign eval --help` and under
 # the summary at the end of a run, and said again in the README's "Metrics" section.
 ACCURACY_EXPLAINED = (

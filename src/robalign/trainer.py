@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from robalign import checkpoint as ckpt
+from robalign import progress
 from robalign.config import RunConfig
 from robalign.data.collate import BatchStream
 from robalign.data.tokenize import tokenize_pairs
@@ -79,8 +80,7 @@ def _close(*logs) -> None:
 
 def _report_skipped(result) -> list:
     if result.skipped:
-        log.warning("%s: skipped %d invalid rows (--skip-invalid); first: %s", result.source, result.skipped,
-                    result.skip_reasons[:1])
+        log.warning("%s", result.skip_summary())
     return result.pairs
 
 
@@ -250,8 +250,6 @@ class Trainer:
 
     def _build_trunk(self) -> TrunkCache:
         """The frozen trunk's states (and the reference's log-probs) of every training and held-out pair."""
-        from tqdm.auto import tqdm
-
         trunk = TrunkCache(self.first_block, self.trunk_dir)
         pairs = self.train_data + self.eval_data
         # On disk, the main process fills what is missing and the others read its shard.
@@ -262,8 +260,7 @@ class Trainer:
         todo = len(trunk.missing_states(pairs)) + (len(trunk.missing_ref(self.train_data)) if with_ref else 0)
         if fills and todo:
             t0 = time.perf_counter()
-            bar = tqdm(total=todo, desc="trunk cache", disable=not (self.cfg.train.progress and self.acc.is_main_process),
-                       dynamic_ncols=True)
+            bar = progress.bar(total=todo, desc="trunk cache", wanted=self.cfg.train.progress and self.acc.is_main_process)
             trunk.fill_states(self.model, pairs, pad_id=self.pad_id, progress=bar.update)
             if with_ref:
                 # Before the first update the policy is the base model (LoRA's B is 0; a full copy is not needed).
@@ -598,11 +595,8 @@ class Trainer:
         return [r for r in read_jsonl(path) if r.get("eval/accuracy_M") is not None]
 
     def _progress(self):
-        from tqdm.auto import tqdm
-
-        disable = not (self.cfg.train.progress and self.acc.is_main_process)
-        return tqdm(total=self.cfg.train.max_steps, initial=self.step_num, desc=f"{self.method.name}",
-                    disable=disable, dynamic_ncols=True)
+        return progress.bar(total=self.cfg.train.max_steps, initial=self.step_num, desc=f"{self.method.name}",
+                            wanted=self.cfg.train.progress and self.acc.is_main_process)
 
     def _writer(self, append: bool):
         if not self.acc.is_main_process:
