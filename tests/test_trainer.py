@@ -54,7 +54,7 @@ def test_training_reduces_loss_and_final_loads_with_transformers(tmp_path):
     losses = [r["loss"] for r in lines if "loss" in r]
     assert abs(losses[0] - math.log(2)) < 1e-6  # reference = policy at step 0
     assert losses[-1] < losses[0]
-    for key in ("rewards/chosen", "rewards/margins", "logps/chosen", "lr", "grad_norm", "step_time_s", "tokens"):
+    for key in ("rewards/chosen", "rewards/margins", "logps/chosen", "learning_rate", "grad_norm", "step_time_s", "tokens"):
         assert key in lines[1]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     assert isinstance(model, torch.nn.Module)

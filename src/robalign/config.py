@@ -147,7 +147,12 @@ class TrainConfig:
     keep_last: int = _f(2, "Checkpoints kept on disk (older ones are deleted).")
     save_final: bool = _f(True, "Write final/ (a plain transformers model, LoRA merged) at the end.")
     log_every: int = _f(1, "Write a metrics line every N steps.")
-    tensorboard: bool = _f(False, "Also write TensorBoard event files under output_dir/tb.")
+    report_to: list = _f([], "Trackers that also get the metrics (TRL's report_to): tensorboard (output_dir/tb), "
+                         "wandb, trackio, mlflow (output_dir/mlflow.db unless MLFLOW_TRACKING_URI), or none; a list "
+                         "or a comma string. Projects: WANDB_PROJECT, TRACKIO_PROJECT, MLFLOW_EXPERIMENT_NAME "
+                         "(default robalign).")
+    run_name: str = _f("", "The run's name in the trackers ('' = the output directory's name).")
+    tensorboard: bool = _f(False, "Same as tensorboard in report_to (kept for older configs).")
     on_nonfinite: str = _f("stop", "A NaN/Inf loss or gradient: 'stop' the run or 'skip' the batch.")
     threads: int = _f(0, "torch CPU threads (0 = leave torch's default).")
     activation_checkpointing: str = _f(
@@ -168,6 +173,7 @@ class TrainConfig:
         _choice(self.schedule, ("constant", "linear", "cosine"), "train.schedule")
         _choice(self.on_nonfinite, ("stop", "skip"), "train.on_nonfinite")
         _choice(self.activation_checkpointing, ACTIVATION_CHECKPOINTING, "train.activation_checkpointing")
+        _check_report_to(self.report_to)
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}
@@ -214,6 +220,16 @@ def _all_section_types() -> dict[str, type]:
     import robalign.methods  # noqa: F401
 
     return {**SECTIONS, **_EXTRA_SECTIONS}
+
+
+def _check_report_to(names: list):
+    from robalign.trackers import REPORT_TO
+
+    for name in names:
+        _choice(name, REPORT_TO, "train.report_to")
+    if "none" in names and len(names) > 1:
+        raise ConfigError(f"train.report_to: 'none' together with {', '.join(n for n in names if n != 'none')}; "
+                          "give either none or the trackers")
 
 
 def _check(ok: bool, key: str, problem: str):

@@ -47,6 +47,7 @@ from robalign.reference import (
 )
 from robalign.rundir import RunLock, check_resume_config, prepare
 from robalign.stats import correctness
+from robalign.trackers import RunInfo, Trackers, check_installed, requested
 from robalign.trunk import StoredReference, TrunkCache, check_split, model_fingerprint, split_index
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,7 @@ class Trainer:
 
         self.cfg = cfg
         tc = cfg.train
+        check_installed(requested(tc))  # a missing tracker package is said before a model loads or a folder is made
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
@@ -599,15 +601,18 @@ class Trainer:
                             wanted=self.cfg.train.progress and self.acc.is_main_process)
 
     def _writer(self, append: bool):
+        """metrics.jsonl and the trackers, on the main process only (the others log nothing)."""
         if not self.acc.is_main_process:
             return None
-        tb = self.out / "tb" if self.cfg.train.tensorboard else None
-        return MetricsWriter(self.out / "metrics.jsonl", tensorboard_dir=tb, append=append)
+        tc = self.cfg.train
+        info = RunInfo(self.out, tc.run_name or self.out.resolve().name, self.cfg.to_dict(),
+                       resumed_at=self.step_num if append else None)
+        return MetricsWriter(self.out / "metrics.jsonl", trackers=Trackers(requested(tc), info), append=append)
 
     def _log(self, writer, pair_log, metrics: dict):
         if writer is None or self.step_num % self.cfg.train.log_every:
             return
-        record = {"step": self.step_num, "epoch": round(self.epoch, 4), "lr": self.scheduler.get_last_lr()[0]}
+        record = {"step": self.step_num, "epoch": round(self.epoch, 4), "learning_rate": self.scheduler.get_last_lr()[0]}
         record.update({k: float(v) for k, v in metrics.items()})  # .item() only here, once per step
         writer.write(record)
         if pair_log is not None:
