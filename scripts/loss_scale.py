@@ -81,7 +81,7 @@ def agreement(cells: dict, method: str) -> tuple[int, int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path, help="a bench robustness output directory")
     ap.add_argument("--kinds", default="flip", help="noise kinds whose cells count (rate-0 cells always do)")
     ap.add_argument("--methods", default="cdpo,rdpo,hinge,sympo,drdpo,ipo,oracle_robust_offline,hypo,simpo,gapo")
