@@ -16,7 +16,7 @@ import common
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--reps", type=int, default=2, help="repetitions; the first only warms up, so at least 2")
     ap.add_argument("--threads", type=int, default=0)

@@ -53,7 +53,7 @@ def timed_perturbed(params, delta):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--scope", default="backbone", choices=["backbone", "all", "last_k_layers"])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)

@@ -211,7 +211,7 @@ def run_one(args) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DATA_PATH))
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--pairs", type=int, default=1850, help="training pairs (the rest of the 80 %% split is unused)")

@@ -21,7 +21,7 @@ def rss() -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--batch", type=int, default=4, help="pairs per forward (4 / batch micro-batches per step)")

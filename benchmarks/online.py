@@ -60,7 +60,7 @@ TABLE = (("gen/reward_greedy", "gold reward (greedy)"), ("gen/reward_sampled", "
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--steps", type=int, default=12, help="optimiser steps per run")
     ap.add_argument("--batch-size", type=int, default=4, help="training prompts per step (2 samples each)")

@@ -19,7 +19,7 @@ import common
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--modes", default="none,selective,full")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--reps", type=int, default=3)

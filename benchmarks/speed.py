@@ -25,7 +25,7 @@ LOSS_RTOL = 1e-4
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                     help=f"comma-separated, from: {', '.join(CONFIGS)}")
     ap.add_argument("--frameworks", default="robalign,trl", help="run only these sides (robalign, trl)")

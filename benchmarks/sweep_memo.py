@@ -27,7 +27,7 @@ import common
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--methods", default="dpo,ipo,hinge")
     ap.add_argument("--rate", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)

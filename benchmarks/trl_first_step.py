@@ -128,7 +128,7 @@ def check_model(args, model_name: str, pairs) -> bool:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="tiny-llama,smollm2-135m-instruct")
     ap.add_argument("--noise", type=float, default=0.02, help="relative weight perturbation of the policy")
     ap.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate of the one update")

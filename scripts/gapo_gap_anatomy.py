@@ -33,7 +33,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--dir", default="outputs/hh-gapo")

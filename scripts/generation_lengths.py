@@ -91,7 +91,7 @@ def mean_over_seeds(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     ap.add_argument("sweep", help="a sweep's --out directory (holds cells/<method>-<kind>-<rate>-s<seed>/)")
     ap.add_argument("--methods", default="dpo,simpo,gapo")
     ap.add_argument("--cells", default="flip-0,length-0.4", help="kind-rate pairs, comma-separated")

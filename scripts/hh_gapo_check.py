@@ -68,7 +68,7 @@ def score_summary(path: Path) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rate", type=float, default=0.2)
     ap.add_argument("--pairs", type=int, default=512, help="training pairs (64 more are held out, clean)")

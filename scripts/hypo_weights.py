@@ -45,7 +45,7 @@ def reference_margins(model, tokenizer, pairs, max_length: int, batch_size: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     ap.add_argument("data", help="a preference file, as given to bench --data")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rates", default="0.1,0.4")

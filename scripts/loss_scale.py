@@ -27,7 +27,7 @@ import torch
 from robalign.bench import METHOD_DEFAULTS
 from robalign.losses import LOSSES, preference_loss
 
-ON_H = ["cdpo", "rdpo", "hinge", "sympo", "drdpo", "ipo", "robust"]  # losses of the margin h, besides dpo
+ON_H = ["cdpo", "rdpo", "hinge", "sympo", "drdpo", "ipo", "oracle_robust_offline"]  # losses of the margin h, besides dpo
 
 
 def finished_cells(out: Path, kinds: list[str]) -> dict[tuple[str, str, str, str], Path]:
@@ -81,10 +81,10 @@ def agreement(cells: dict, method: str) -> tuple[int, int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path, help="a bench robustness output directory")
     ap.add_argument("--kinds", default="flip", help="noise kinds whose cells count (rate-0 cells always do)")
-    ap.add_argument("--methods", default="cdpo,rdpo,hinge,sympo,drdpo,ipo,robust,hypo,simpo,gapo")
+    ap.add_argument("--methods", default="cdpo,rdpo,hinge,sympo,drdpo,ipo,oracle_robust_offline,hypo,simpo,gapo")
     a = ap.parse_args(argv)
     if not (a.out / "cells").is_dir():
         print(f"loss_scale: {a.out} holds no sweep cells (no {a.out / 'cells'})", file=sys.stderr)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         f"|batch-mean β·h| over {len(margins)} logged steps of dpo: median {statistics.median(margins):.3f}, "
         f"90th percentile {q90:.3f}, max {max(margins):.3f}\n"
     )
-    grid = torch.linspace(-q90, q90, 40, dtype=torch.float64)  # even: no pair sits on robust's kink at 0
+    grid = torch.linspace(-q90, q90, 40, dtype=torch.float64)  # even: no pair sits on oracle_robust_offline's kink at 0
     dpo = grad_in_h("dpo", grid)
     print(
         "| method | gradient ÷ dpo, range over β·h in ±q90 | max ÷ min | acc_h = dpo's | mean abs Δ acc_h (pairs) |"

@@ -46,7 +46,7 @@ def train_gap_quantile(n_pairs: int, seed: int, q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     ap.add_argument("sweep", help="a sweep's --out directory (holds cells/<method>-<kind>-<rate>-s<seed>/)")
     ap.add_argument("--methods", default="sail,oracle_robust")
     ap.add_argument("--cells", default="flip-0", help="kind-rate pairs, comma-separated")

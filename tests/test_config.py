@@ -13,7 +13,7 @@ def test_defaults_validate_and_overrides_coerce():
 @pytest.mark.parametrize("tree,overrides,match", [
     ({"method": {"name": "rdpo", "epsilon": 0.5}}, {}, "epsilon"),
     ({"method": {"name": "cdpo"}}, {"epsilon": "-0.1"}, "epsilon"),
-    ({"method": {"name": "robust", "rho": 0.7}}, {}, "rho"),
+    ({"method": {"name": "oracle_robust_offline", "rho": 0.7}}, {}, "rho"),
     ({"method": {"name": "dpo", "beta": -1}}, {}, "beta"),
     ({"method": {"name": "nope"}}, {}, "unknown method"),
     ({"train": {"lr": "fast"}}, {}, "train.lr"),
@@ -60,3 +60,44 @@ def test_hostile_yaml_gets_one_config_error(tmp_path):
         path.write_bytes(content)
         with pytest.raises(ConfigError, match=needle):
             load_config(path)
+
+
+# --- paths in a config file ------------------------------------------------------------------------------
+
+
+def test_relative_paths_in_a_config_file_are_read_from_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "exp"
+    (folder / "local-model").mkdir(parents=True)
+    (folder / "cfg.yaml").write_text(
+        "model: {name: local-model, trunk_cache_dir: cache}\n"
+        "data: {train: data/train.jsonl, eval: /abs/eval.jsonl}\n"
+        "train: {output_dir: ../runs/a}\n")
+    monkeypatch.chdir(tmp_path / "exp" / "local-model")  # anywhere else
+    cfg = load_config(folder / "cfg.yaml")
+    assert cfg.data.train == str(folder / "data" / "train.jsonl")
+    assert cfg.data.eval == "/abs/eval.jsonl"
+    assert cfg.train.output_dir == str(tmp_path / "runs" / "a")
+    assert cfg.model.name == str(folder / "local-model") and cfg.model.trunk_cache_dir == str(folder / "cache")
+    # The command line's paths are the working directory's.
+    cfg = load_config(folder / "cfg.yaml", {"data.train": "mine.jsonl", "output_dir": "out"})
+    assert cfg.data.train == "mine.jsonl" and cfg.train.output_dir == "out"
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "tiny-llama", "HuggingFaceTB/SmolLM2-135M-Instruct"])
+def test_model_names_that_are_not_paths_stay_as_written(tmp_path, name):
+    (tmp_path / "cfg.yaml").write_text(f"model: {{name: {name}}}\ndata: {{train: 'hf:org/prefs'}}\n")
+    cfg = load_config(tmp_path / "cfg.yaml")
+    assert cfg.model.name == name and cfg.data.train == "hf:org/prefs"
+
+
+def test_example_configs_run_from_the_repository_root(monkeypatch):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    configs = sorted((repo / "configs" / "examples").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = load_config(path.relative_to(repo))
+        assert Path(cfg.data.train) == (repo.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz").resolve()
+        assert Path(cfg.train.output_dir).parent == repo / "runs"

@@ -248,10 +248,10 @@ def test_rdpo_on_flipped_labels_is_unbiased_for_dpo():
 
 
 def test_offline_robust_loss_equals_rscgd_per_sample_loss():
-    """SPEC §2's `robust` row is R-SCGD's ℓ_i = softplus(−βh(y_w, y_l)) + ρβ|h| (SPEC §5)."""
+    """SPEC §2's `oracle_robust_offline` row is R-SCGD's ℓ_i = softplus(−βh(y_w, y_l)) + ρβ|h| (SPEC §5)."""
     losses = pytest.importorskip("robalign.losses")
     policy, theta, pairs, (x, y_w, y_l) = _engine_pairs()
-    offline = losses.preference_loss("robust", beta=0.5, rho=0.2, **pairs)
+    offline = losses.preference_loss("oracle_robust_offline", beta=0.5, rho=0.2, **pairs)
     batch = RSCGDBatch(prompts=x, y1=y_w, y2=y_l, y1_wins=torch.ones_like(x, dtype=torch.bool))
     _, per_sample = surrogate_loss(policy, theta, batch, beta=0.5, rho=0.2)
     assert torch.allclose(offline.per_pair, per_sample, atol=1e-12)

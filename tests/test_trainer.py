@@ -54,10 +54,23 @@ def test_training_reduces_loss_and_final_loads_with_transformers(tmp_path):
     losses = [r["loss"] for r in lines if "loss" in r]
     assert abs(losses[0] - math.log(2)) < 1e-6  # reference = policy at step 0
     assert losses[-1] < losses[0]
-    for key in ("rewards/chosen", "rewards/margins", "logps/chosen", "lr", "grad_norm", "step_time_s", "tokens"):
+    for key in ("rewards/chosen", "rewards/margins", "logps/chosen", "learning_rate", "grad_norm", "step_time_s", "tokens"):
         assert key in lines[1]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     assert isinstance(model, torch.nn.Module)
+
+
+def test_ties_count_half_in_training_and_evaluation(tmp_path):
+    """At the first step the policy is its reference, so every margin is exactly 0: the step-0 held-out
+    accuracy_h, the first step's rewards/accuracies and the training-fit shares all read 0.5 (chance)."""
+    pairs = make_pairs(8)
+    Trainer(_cfg(tmp_path, max_steps=1, batch_size=8), train_pairs=pairs, eval_pairs=pairs).train()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[0]["eval/accuracy_h"] == 0.5
+    first = next(r for r in rows if "loss" in r)
+    assert first["rewards/margins"] == 0.0 and first["rewards/accuracies"] == 0.5
+    final = rows[-1]
+    assert final["train/fit_flipped"] == 0.5 and final["train/fit_clean"] == 0.5
 
 
 def test_gradient_accumulation_equals_larger_batch(tiny, tmp_path):

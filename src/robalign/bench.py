@@ -24,7 +24,7 @@ from pathlib import Path
 
 from robalign.errors import UserError
 
-METHOD_DEFAULTS = {"cdpo": {"epsilon": 0.2}, "rdpo": {"epsilon": 0.2}, "robust": {"rho": 0.2}}
+METHOD_DEFAULTS = {"cdpo": {"epsilon": 0.2}, "rdpo": {"epsilon": 0.2}, "oracle_robust_offline": {"rho": 0.2}}
 
 
 def method_settings(method: str, params: dict | None = None) -> dict:
@@ -340,8 +340,7 @@ def cached_results(spec: SweepSpec) -> tuple[list[dict], list[tuple]]:
 
 
 def run_sweep(spec: SweepSpec) -> list[dict]:
-    from tqdm.auto import tqdm
-
+    from robalign import progress
     from robalign.models import load_model_and_tokenizer
     from robalign.reference import DiskMemo
 
@@ -353,7 +352,7 @@ def run_sweep(spec: SweepSpec) -> list[dict]:
     # The methods of one (kind, rate, seed) train on the same batches, so their reference log-probs are
     # computed once, by whichever process meets a batch first (the sweep directory holds one base model).
     memo = DiskMemo(spec.out / "reference_memo")
-    for cell in tqdm(cells, desc="robustness sweep", unit="cell"):
+    for cell in progress.bar(cells, desc="robustness sweep", unit="cell"):
         result = run_cell(spec, *cell, base=base, eval_reference_cache=eval_reference_cache, reference_memo=memo)
         if result is None:
             elsewhere += 1
@@ -622,9 +621,10 @@ def _kinds(args) -> list[str]:
 
 def cmd_bench(args) -> int:
     from robalign.data import NOISE_KINDS
-    from robalign.methods import METHODS
+    from robalign.methods import METHODS, canonical_name
 
-    methods = [m for m in args.methods.split(",") if m]
+    # TRL's loss names map to ours, so cells are named (and cached) by the loss they train.
+    methods = list(dict.fromkeys(canonical_name(m) for m in args.methods.split(",") if m))
     kinds = _kinds(args)
     bad = [m for m in methods if m not in METHODS] + [k for k in kinds if k not in NOISE_KINDS]
     if bad:
@@ -675,7 +675,8 @@ def register_cli(sub):
     p.add_argument("which", choices=["robustness"])
     p.add_argument("--data", default="verifiable", help="preference file, 'verifiable' (built-in task, written "
                    "responses) or 'verifiable-sampled' (built-in task, responses sampled from --model, cached)")
-    p.add_argument("--methods", default="dpo,cdpo,rdpo,ipo,simpo,hypo,sympo,drdpo,robust,gapo", help="training methods; the "
+    p.add_argument("--methods", default="dpo,cdpo,rdpo,ipo,simpo,hypo,sympo,drdpo,oracle_robust_offline,gapo",
+                   help="training methods (TRL's loss names are accepted: sigmoid, robust); the "
                    "online ones (sail, oracle_robust) need the built-in task and also get the noise in their "
                    "oracle (kinds flip and length)")
     p.add_argument("--kinds", default=None, help="noise kinds (default flip,length,margin; margin only on data "

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import faulthandler
 import json
 import logging
 import os
+import re
 import sys
 
+from robalign import progress
 from robalign.errors import UserError
 
 # Short flags for the common knobs; every config key is also a flag of its own.
@@ -20,17 +23,89 @@ COMMON_FLAGS = {
 }
 
 
+# Numbers argparse would take for flags: `--lr -1e-5` must reach validation (its default pattern knows only
+# -1 and -1.5, so `-1e-5` became "expected one argument").
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class _Parser(argparse.ArgumentParser):
+    """argparse without prefix abbreviations (`--max-step` is not `--max-steps`), with negative numbers as
+    values, and mistakes raised as `UserError` (one "robalign: error:" line, exit 2) that suggest the flag
+    a misspelt one was probably meant to be."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
+
     def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
+        where = self.prog.removeprefix("robalign").strip()
+        raise UserError(f"{where}: {message}" if where else message)
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        # Unknown flags first: argparse would otherwise report a required flag as missing, or take the
+        # misspelt flag's value for the config file, and never name the misspelt flag.
+        command = next((a for a in args if not a.startswith("-")), None)
+        parser = self._subparser(command)
+        unknown = _unknown_flags(args, parser)
+        if unknown:
+            parser.error("; ".join(_unrecognized(flag, parser) for flag in unknown))
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def _subparser(self, command):
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                return action.choices[command]
+        return self
+
+
+def _known_flags(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+
+
+def _unknown_flags(args: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The `--flag` (or `--flag=value`) arguments `parser` does not define, up to a `--` separator."""
+    known = set(_known_flags(parser))
+    args = args[:args.index("--")] if "--" in args else args
+    return [a for a in args if a.startswith("--") and a.split("=", 1)[0] not in known]
+
+
+def _unrecognized(arg: str, parser: argparse.ArgumentParser) -> str:
+    """'unrecognized argument --max-step (did you mean --max-steps?)': the flags it abbreviates (abbreviations
+    are not accepted), else the closest spelling, if any is close."""
+    flag, known = arg.split("=", 1)[0], _known_flags(parser)
+    close = [k for k in known if k.startswith(flag)][:3] or difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+    return f"unrecognized argument {flag}" + (f" (did you mean {' or '.join(close)}?)" if close else "")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_progress_flag(p) -> None:
+    """`--progress false` on every subcommand (train has it as the config key train.progress)."""
+    if not any("--progress" in a.option_strings for a in p._actions):
+        p.add_argument("--progress", type=_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                       help="show progress bars (false: none, also the libraries' model-loading bars)")
 
 
 def _train_parser(sub):
     from robalign.config import describe_fields
+    from robalign.evaluate import ACCURACY_EXPLAINED
 
     p = sub.add_parser("train", help="train a policy on preference data",
                        description="Train with a YAML config and/or flags; flags override the file. Every "
-                                   "config key is a flag, as --section.key or, where unambiguous, --key.")
+                                   "config key is a flag, as --section.key or, where unambiguous, --key. "
+                                   "Relative paths in the YAML file are read from the file's folder.",
+                       epilog=f"Held-out metrics. {ACCURACY_EXPLAINED}")
     p.add_argument("config", nargs="?", help="YAML config file")
     p.add_argument("--resume", action="store_true", help="continue the run in the output directory from its last "
                    "complete checkpoint, with its own settings")
@@ -66,6 +141,8 @@ def cmd_train(args) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     cfg = load_config(args.config, overrides)
+    if not cfg.train.progress:
+        progress.silence()
     # Before anything loads: a run may start in the output directory.
     refuse_existing(Path(cfg.train.output_dir), resume=args.resume, overwrite=args.overwrite)
     global _RUN_DIR
@@ -108,7 +185,14 @@ def _print_summary(summary: dict, out_dir: str):
         print(f"{'held-out metric':<20}{'before':>10}{'after':>10}")
         for k in keys:
             print(f"{k:<20}{start.get(k, float('nan')):>10.4f}{final[k]:>10.4f}")
+        print(_SUMMARY_LEGEND)
     print(f"run written to {out_dir}")
+
+
+# Under the summary table: what its rows mean, in brief (the full text is in `robalign train --help`).
+_SUMMARY_LEGEND = ("accuracy_h / accuracy_M: share of held-out pairs (clean labels) ranked as labelled by the "
+                   "reference log-ratio margin h / by the\nlength-normalised, reference-free margin M; a tie counts "
+                   "half, so 0.5 is chance. margin_*: their mean. (robalign train --help)")
 
 
 def cmd_noise(args) -> int:
@@ -116,9 +200,11 @@ def cmd_noise(args) -> int:
 
     if not 0 <= args.rate <= 1:
         raise UserError(f"noise: --rate must be in [0, 1], got {args.rate}")
-    pairs = load_pairs(args.data, skip_invalid=args.skip_invalid).pairs
-    noisy = inject_noise(pairs, args.kind, args.rate, args.seed)
+    read = load_pairs(args.data, skip_invalid=args.skip_invalid)
+    noisy = inject_noise(read.pairs, args.kind, args.rate, args.seed)
     write_pairs(noisy, args.out)
+    if read.skipped:
+        print(read.skip_summary())
     flipped = sum(bool(p.is_flipped) for p in noisy)
     print(f"wrote {len(noisy)} pairs to {args.out}: {flipped} flipped ({args.kind}, rate {args.rate}, seed {args.seed})")
     return 0
@@ -132,19 +218,27 @@ def cmd_eval(args) -> int:
     from robalign.models import load_model_and_tokenizer
     from robalign.reference import FrozenCopyReference
 
+    # Settings and data first: a mistake in either is reported before any model loads.
+    if args.batch_size < 1 or args.limit < 0 or args.prompts < 1 or args.max_new_tokens < 1:
+        raise UserError("eval: --batch-size, --prompts and --max-new-tokens must be >= 1 and --limit >= 0")
+    if args.gold and not args.reference:
+        raise UserError("eval: --gold needs --reference (the model the win rate and KL compare against)")
     dc = build_config({"data": {"max_length": args.max_length}}).data
-    model, tok = load_model_and_tokenizer(args.model)
-    ref = ref_model = None
-    if args.reference:
-        ref_model, _ = load_model_and_tokenizer(args.reference)
-        ref = FrozenCopyReference(ref_model)
     if args.data == "verifiable":  # the built-in task's held-out pairs (seed 10_000, as the sweeps use)
         from robalign.tasks.verifiable import make_preference_pairs
 
         pairs = make_preference_pairs(args.limit or args.prompts, 10_000)
     else:
-        pairs = load_pairs(args.data, skip_invalid=args.skip_invalid).pairs[: args.limit or None]
+        read = load_pairs(args.data, skip_invalid=args.skip_invalid)
+        if read.skipped:
+            print(read.skip_summary(), file=sys.stderr)  # stdout is the JSON result
+        pairs = read.pairs[: args.limit or None]
     pairs, restored = clean_labels(pairs)  # injected flips are scored against the true label
+    model, tok = load_model_and_tokenizer(args.model)
+    ref = ref_model = None
+    if args.reference:
+        ref_model, _ = load_model_and_tokenizer(args.reference)
+        ref = FrozenCopyReference(ref_model)
     data, skipped = tokenize_pairs(tok, pairs, max_length=dc.max_length, max_prompt_length=dc.prompt_budget,
                                    skip_invalid=True)
     result = PreferenceEvaluator(data, tok.pad_token_id, reference=ref, batch_size=args.batch_size).evaluate(model)
@@ -161,8 +255,6 @@ def _generation_metrics(args, model, tok, ref_model, pairs, max_prompt_length: i
     from robalign.evaluate_generation import generation_eval
     from robalign.oracles import REWARDS
 
-    if ref_model is None:
-        raise UserError("eval: --gold needs --reference (the model the win rate and KL compare against)")
     if args.data == "verifiable":
         from robalign.tasks.verifiable import make_prompts
 
@@ -199,7 +291,12 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-invalid", action="store_true")
     p.set_defaults(func=cmd_noise)
-    p = sub.add_parser("eval", help="held-out preference accuracy and margins of a model")
+    from robalign.evaluate import ACCURACY_EXPLAINED
+
+    p = sub.add_parser("eval", help="held-out preference accuracy and margins of a model",
+                       description="Prints the held-out metrics of --model on --data as JSON: eval/accuracy_M "
+                                   "and eval/margin_M, plus eval/accuracy_h and eval/margin_h with --reference.",
+                       epilog=ACCURACY_EXPLAINED)
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--reference", default="", help="reference model for the log-ratio margin h")
@@ -216,6 +313,8 @@ def build_parser():
     sub.add_parser("config-keys", help="list every config key with its help").set_defaults(func=cmd_config_keys)
     for register in _plugins():
         register(sub)
+    for p in sub.choices.values():
+        _add_progress_flag(p)
     return parser
 
 
@@ -252,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        if getattr(args, "progress", True) is False:
+            progress.silence()
         if argv is None and args.command == "train":
             from robalign.launch import relaunch_if_needed
 

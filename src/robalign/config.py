@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -86,10 +87,12 @@ class DataConfig:
 @dataclass
 class MethodConfig:
     name: str = _f("dpo", "Training method: a loss of SPEC §2 (dpo ipo hinge cdpo rdpo simpo hypo sympo "
-                   "drdpo robust), gapo, sail or oracle_robust.")
+                   "drdpo oracle_robust_offline), gapo, sail or oracle_robust. TRL's loss_type names: sigmoid "
+                   "= dpo, robust = rdpo (label_smoothing = epsilon), hinge = hinge; TRL's ipo = ipo with "
+                   "normalize_length: true.")
     beta: float | None = _f(None, "Inverse temperature β of the implicit reward (None = method default).")
     epsilon: float | None = _f(None, "Assumed flip rate ε of cdpo / rdpo, in [0, 0.5).")
-    rho: float | None = _f(None, "Robustness radius ρ of `robust` / oracle_robust, in [0, 0.5).")
+    rho: float | None = _f(None, "Robustness radius ρ of oracle_robust_offline / oracle_robust, in [0, 0.5).")
     gamma: float | None = _f(None, "Target margin γ of simpo / gapo.")
     beta_prime: float | None = _f(None, "Dr.DPO temperature β′ of the batch-level log-mean-exp.")
     normalize_length: bool | None = _f(None, "IPO on length-averaged log-ratios instead of sums.")
@@ -106,11 +109,12 @@ class MethodConfig:
         return params
 
     def validate(self):
-        from robalign.methods import validate_method
+        from robalign.methods import canonical_name, validate_method
 
         _check(self.sft_weight >= 0, "method.sft_weight", "must be >= 0")
         _choice(self.sft_reduction, ("mean", "sum"), "method.sft_reduction")
         try:
+            self.name = canonical_name(self.name, self.loss_params())  # TRL's loss names -> ours
             validate_method(self.name, self.loss_params())
         except (ValueError, TypeError) as err:
             raise ConfigError(f"method: {err}") from None
@@ -152,7 +156,12 @@ class TrainConfig:
     keep_last: int = _f(2, "Checkpoints kept on disk (older ones are deleted).")
     save_final: bool = _f(True, "Write final/ (a plain transformers model, LoRA merged) at the end.")
     log_every: int = _f(1, "Write a metrics line every N steps.")
-    tensorboard: bool = _f(False, "Also write TensorBoard event files under output_dir/tb.")
+    report_to: list = _f([], "Trackers that also get the metrics (TRL's report_to): tensorboard (output_dir/tb), "
+                         "wandb, trackio, mlflow (output_dir/mlflow.db unless MLFLOW_TRACKING_URI), or none; a list "
+                         "or a comma string. Projects: WANDB_PROJECT, TRACKIO_PROJECT, MLFLOW_EXPERIMENT_NAME "
+                         "(default robalign).")
+    run_name: str = _f("", "The run's name in the trackers ('' = the output directory's name).")
+    tensorboard: bool = _f(False, "Same as tensorboard in report_to (kept for older configs).")
     on_nonfinite: str = _f("stop", "A NaN/Inf loss or gradient: 'stop' the run or 'skip' the batch.")
     threads: int = _f(0, "torch CPU threads (0 = leave torch's default).")
     activation_checkpointing: str = _f(
@@ -178,6 +187,7 @@ class TrainConfig:
                                                                                    self.eval_per_epoch):
             raise ConfigError("train.load_best_model_at_end / early_stopping_patience: need evaluations during the "
                               "run; set train.eval_per_epoch (e.g. 1) or train.eval_every")
+        _check_report_to(self.report_to)
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}
@@ -224,6 +234,16 @@ def section_types() -> dict[str, type]:
     import robalign.methods  # noqa: F401
 
     return {**SECTIONS, **_EXTRA_SECTIONS}
+
+
+def _check_report_to(names: list):
+    from robalign.trackers import REPORT_TO
+
+    for name in names:
+        _choice(name, REPORT_TO, "train.report_to")
+    if "none" in names and len(names) > 1:
+        raise ConfigError(f"train.report_to: 'none' together with {', '.join(n for n in names if n != 'none')}; "
+                          "give either none or the trackers")
 
 
 def _check(ok: bool, key: str, problem: str):
@@ -374,14 +394,47 @@ def read_yaml(path: Path):
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
 
 
+# Keys holding paths that a YAML file states relative to its own folder (a config and its data travel together).
+# model.name only where it is a path: built-in names and hub ids stay as they are.
+PATH_KEYS = {("data", "train"), ("data", "eval"), ("train", "output_dir"), ("model", "trunk_cache_dir")}
+
+
+def _is_model_path(name: str, base: Path) -> bool:
+    from robalign.models import DEFAULT_MODEL, TINY_MODEL
+
+    if name in (DEFAULT_MODEL, TINY_MODEL):
+        return False
+    return name.startswith(("./", "../", "~")) or name.endswith(".gguf") or (base / name).exists()
+
+
+def resolve_paths(tree, base: Path):
+    """`tree` with its relative paths (`PATH_KEYS`, and model.name when it is a path) made absolute against
+    `base`, the config file's folder; 'hf:' sources, empty values and anything not a string stay as they are."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {s: dict(body) if isinstance(body, dict) else body for s, body in tree.items()}
+    for (section, key) in [*PATH_KEYS, ("model", "name")]:
+        value = out.get(section, {}).get(key) if isinstance(out.get(section), dict) else None
+        if not isinstance(value, str) or not value or value.startswith("hf:"):
+            continue
+        if key == "name" and not _is_model_path(value, base):
+            continue
+        out[section][key] = os.path.abspath(base / os.path.expanduser(value))
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
-    """Loads a YAML config file (optional) and applies command-line overrides."""
+    """Loads a YAML config file (optional) and applies command-line overrides.
+
+    Relative paths in the file are read from the file's folder (`resolve_paths`); those given as overrides
+    (the command line) from the working directory.
+    """
     tree = {}
     if path:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        tree = read_yaml(path) or {}
+        tree = resolve_paths(read_yaml(path) or {}, path.parent)
     return build_config(tree, overrides, source=str(path or "config"))
 
 

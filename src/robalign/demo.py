@@ -253,7 +253,7 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     rows = run_demo(model=args.model, methods=methods, noise_rate=args.noise, preset=preset, out=out,
-                    seed=args.seed, progress=args.progress)
+                    seed=args.seed, progress=getattr(args, "progress", True) is not False)
     report = write_report(rows, out, model=args.model, noise_rate=args.noise, preset=preset, seed=args.seed)
     print("\n" + table(rows) + "\n\n" + meaning(rows, args.noise))
     print(f"\naccuracy: clean held-out preference accuracy of the implicit reward (reference log-ratio h).\n"
@@ -273,7 +273,5 @@ def register_cli(sub):
     p.add_argument("--quick", action="store_true", help="a smaller preset (about 2 minutes on 2 CPU cores)")
     p.add_argument("--epochs", type=float, default=0, help="override the preset's epochs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--progress", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
-                   help="progress bars (true/false)")
     p.add_argument("--out", default="outputs/demo")
     p.set_defaults(func=cmd_demo)

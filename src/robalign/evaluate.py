@@ -11,6 +11,17 @@ import torch
 from robalign.data.collate import collate
 from robalign.data.tokenize import TokenizedPair
 from robalign.logprobs import SequenceLogps, sequence_logps
+from robalign.stats import correctness
+
+# What the two held-out accuracies mean: printed by `robalign train --help`, `robalign eval --help` and under
+# the summary at the end of a run, and said again in the README's "Metrics" section.
+ACCURACY_EXPLAINED = (
+    "accuracy_h: share of held-out pairs whose log-ratio margin h = [log π(chosen) − log π_ref(chosen)] − "
+    "[log π(rejected) − log π_ref(rejected)] is positive, i.e. that the implicit reward of DPO-family losses "
+    "ranks as labelled (needs a reference; 0.5 at step 0, where the policy is its reference). accuracy_M: the "
+    "same for the reference-free margin M = mean token log-prob of chosen − that of rejected (what SimPO and "
+    "GAPO train; the model's own length-normalised preference). A tie counts half, in evaluation and in the "
+    "training-time rewards/accuracies alike, so 0.5 is chance. Held-out labels are the clean ones.")
 
 
 class PreferenceEvaluator:
@@ -77,7 +88,7 @@ class PreferenceEvaluator:
 
 def accuracy(margin: torch.Tensor) -> float:
     """Share of pairs whose margin prefers the chosen answer; a tie counts half (h = 0 at step 0)."""
-    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
+    return correctness(margin, torch.float32).mean().item()
 
 
 def summarize(h: torch.Tensor | None, m: torch.Tensor) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Run logging: one JSON object per line in metrics.jsonl, optionally mirrored to TensorBoard."""
+"""Run logging: one JSON object per line in metrics.jsonl, mirrored to the run's trackers (robalign.trackers)."""
 
 from __future__ import annotations
 
@@ -6,37 +6,38 @@ import json
 import math
 from pathlib import Path
 
+# Names metrics.jsonl used before it took TRL's: old runs' logs are read under the new names.
+RENAMED = {"lr": "learning_rate"}
+
 
 class MetricsWriter:
-    def __init__(self, path: Path, *, tensorboard_dir: Path | None = None, append: bool = False):
+    """metrics.jsonl (flushed per row: a crash loses no logged step), plus a copy of each row for `trackers`
+    (a `robalign.trackers.Trackers`, or None)."""
+
+    def __init__(self, path: Path, *, trackers=None, append: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = open(path, "a" if append else "w")
-        self.tb = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from robalign.errors import UserError
-
-                raise UserError("train.tensorboard needs the tensorboard package "
-                                "(pip install 'robalign[tensorboard]')") from None
-            self.tb = SummaryWriter(str(tensorboard_dir))
+        self.trackers = trackers
 
     def write(self, record: dict):
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.fh.write(json.dumps(clean) + "\n")
         self.fh.flush()
-        if self.tb is not None and "step" in record:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.tb.add_scalar(key, value, record["step"])
+        if self.trackers is not None:
+            self.trackers.log(record)
 
     def close(self):
         self.fh.close()
-        if self.tb is not None:
-            self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl, with names an older robalign wrote (`RENAMED`) also under today's."""
     with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        rows = [json.loads(line) for line in fh if line.strip()]
+    for row in rows:
+        for old, new in RENAMED.items():
+            if old in row and new not in row:
+                row[new] = row[old]
+    return rows

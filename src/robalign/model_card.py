@@ -19,7 +19,7 @@ METHODS = {
     "hypo": ("softplus(−β (Δθ − max(0, Δref)))", "reference-mismatch correction"),
     "sympo": ("symmetric ramp clip(0.5 − 0.5 β h, 0, 1) or σ(−β h)", "symmetric (noise-tolerant) losses"),
     "drdpo": ("−β′ log mean_i exp(−ℓ_i^DPO / β′) over the batch", "Wu et al. 2024, arXiv 2407.07880"),
-    "robust": ("softplus(−β h) + ρ β |h|", "Li, Gaur, Aggarwal 2026, arXiv 2602.20457"),
+    "oracle_robust_offline": ("softplus(−β h) + ρ β |h|", "Li, Gaur, Aggarwal 2026, arXiv 2602.20457"),
     "gapo": ("softplus(−(β Γ − γ)), Γ = m(θ) − stopgrad m(θ + δ_ASAM)", "Cho, Kim, Kim 2026, arXiv 2602.04909"),
     "sail": ("DPO on pairs sampled from the policy (DP / PP / PR routes)", "Ding et al. 2024, arXiv 2406.15567"),
     "oracle_robust": ("SAIL loss + ρ β E|h|, R-SCGD", "Li, Gaur, Aggarwal 2026, arXiv 2602.20457"),

@@ -20,11 +20,13 @@ from robalign.errors import UserError
 # What a run writes; `--overwrite` removes exactly these (a user's own files in the folder stay).
 # (ref_cache/ is keyed by model and data, so an old one is never read by mistake, and a new run may have
 # written it before training starts.)
-RUN_FILES = ("config.yaml", "metrics.jsonl", "pairs.jsonl", "checkpoints", "final", ".tmp-final", "tb",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "pairs.jsonl", "checkpoints", "final", ".tmp-final", "tb", "wandb",
+             "mlflow.db", "mlartifacts",
              "learning_curves.png", "heldout_margins.safetensors", "generations.jsonl", "gapo_summary.json",
              "iterates", "output")
 # Settings that change how a run is watched or paused, not what it computes.
 WATCH_ONLY = {"train.progress", "train.threads", "train.stop_after", "train.tensorboard", "train.log_every",
+              "train.report_to", "train.run_name",
               "train.keep_last", "train.save_every", "train.output_dir"}
 
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 import torch
 
 
-def correctness(margins: torch.Tensor) -> torch.Tensor:
-    """Per-pair accuracy of an implicit-reward margin: 1 when > 0, 0.5 on a tie, 0 otherwise (float64)."""
-    m = margins.double()
-    return (m > 0).double() + 0.5 * (m == 0).double()
+def correctness(margins: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Per-pair accuracy of an implicit-reward margin: 1 when > 0, 0.5 on a tie, 0 otherwise.
+
+    The one definition of "the model prefers the chosen answer": held-out accuracies, the training-time
+    `rewards/accuracies` and the `train/fit_*` shares all count a tie half, so chance is 0.5 and a policy equal
+    to its reference (h = 0 on every pair at step 0) scores 0.5, not 0 (TRL's `rewards/accuracies` counts it 0).
+    """
+    return (margins > 0).to(dtype) + 0.5 * (margins == 0).to(dtype)
 
 
 def hierarchical_bootstrap(per_seed: list[torch.Tensor], *, n_boot: int = 2000, seed: int = 0,

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from robalign import checkpoint as ckpt
+from robalign import progress
 from robalign.best import BestKeeper
 from robalign.config import RunConfig
 from robalign.data.collate import BatchStream
@@ -46,6 +47,8 @@ from robalign.reference import (
     cache_key,
 )
 from robalign.rundir import RunLock, check_resume_config, prepare
+from robalign.stats import correctness
+from robalign.trackers import RunInfo, Trackers, check_installed, requested
 from robalign.trunk import StoredReference, TrunkCache, check_split, model_fingerprint, split_index
 
 log = logging.getLogger(__name__)
@@ -79,8 +82,7 @@ def _close(*logs) -> None:
 
 def _report_skipped(result) -> list:
     if result.skipped:
-        log.warning("%s: skipped %d invalid rows (--skip-invalid); first: %s", result.source, result.skipped,
-                    result.skip_reasons[:1])
+        log.warning("%s", result.skip_summary())
     return result.pairs
 
 
@@ -177,6 +179,7 @@ class Trainer:
 
         self.cfg = cfg
         tc = cfg.train
+        check_installed(requested(tc))  # a missing tracker package is said before a model loads or a folder is made
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
@@ -255,8 +258,6 @@ class Trainer:
 
     def _build_trunk(self) -> TrunkCache:
         """The frozen trunk's states (and the reference's log-probs) of every training and held-out pair."""
-        from tqdm.auto import tqdm
-
         trunk = TrunkCache(self.first_block, self.trunk_dir)
         pairs = self.train_data + self.eval_data
         # On disk, the main process fills what is missing and the others read its shard.
@@ -267,8 +268,7 @@ class Trainer:
         todo = len(trunk.missing_states(pairs)) + (len(trunk.missing_ref(self.train_data)) if with_ref else 0)
         if fills and todo:
             t0 = time.perf_counter()
-            bar = tqdm(total=todo, desc="trunk cache", disable=not (self.cfg.train.progress and self.acc.is_main_process),
-                       dynamic_ncols=True)
+            bar = progress.bar(total=todo, desc="trunk cache", wanted=self.cfg.train.progress and self.acc.is_main_process)
             trunk.fill_states(self.model, pairs, pad_id=self.pad_id, progress=bar.update)
             if with_ref:
                 # Before the first update the policy is the base model (LoRA's B is 0; a full copy is not needed).
@@ -395,7 +395,7 @@ class Trainer:
             margin = per_pair.get("margin")
             if margin is None:
                 continue
-            prefers = (margin > 0).float() + 0.5 * (margin == 0).float()
+            prefers = correctness(margin, torch.float32)
             flags = batch.is_flipped.to(prefers.device)
             flipped, clean = (flags == 1).float(), (flags == 0).float()
             counts = torch.stack([(prefers * flipped).sum(), flipped.sum(), (prefers * clean).sum(), clean.sum()])
@@ -650,22 +650,22 @@ class Trainer:
         return [r for r in read_jsonl(path) if r.get("eval/accuracy_M") is not None]
 
     def _progress(self):
-        from tqdm.auto import tqdm
-
-        disable = not (self.cfg.train.progress and self.acc.is_main_process)
-        return tqdm(total=self.cfg.train.max_steps, initial=self.step_num, desc=f"{self.method.name}",
-                    disable=disable, dynamic_ncols=True)
+        return progress.bar(total=self.cfg.train.max_steps, initial=self.step_num, desc=f"{self.method.name}",
+                            wanted=self.cfg.train.progress and self.acc.is_main_process)
 
     def _writer(self, append: bool):
+        """metrics.jsonl and the trackers, on the main process only (the others log nothing)."""
         if not self.acc.is_main_process:
             return None
-        tb = self.out / "tb" if self.cfg.train.tensorboard else None
-        return MetricsWriter(self.out / "metrics.jsonl", tensorboard_dir=tb, append=append)
+        tc = self.cfg.train
+        info = RunInfo(self.out, tc.run_name or self.out.resolve().name, self.cfg.to_dict(),
+                       resumed_at=self.step_num if append else None)
+        return MetricsWriter(self.out / "metrics.jsonl", trackers=Trackers(requested(tc), info), append=append)
 
     def _log(self, writer, pair_log, metrics: dict):
         if writer is None or self.step_num % self.cfg.train.log_every:
             return
-        record = {"step": self.step_num, "epoch": round(self.epoch, 4), "lr": self.scheduler.get_last_lr()[0]}
+        record = {"step": self.step_num, "epoch": round(self.epoch, 4), "learning_rate": self.scheduler.get_last_lr()[0]}
         record.update({k: float(v) for k, v in metrics.items()})  # .item() only here, once per step
         writer.write(record)
         if pair_log is not None:

@@ -245,6 +245,10 @@ def test_skip_invalid_counts_and_keeps_first_reasons(tmp_path):
     assert (len(result.pairs), result.skipped, len(result.skip_reasons)) == (2, 9, 5)
     assert result.skip_reasons[0].startswith(f"{tmp_path / 's.jsonl'}:2: invalid JSON")
     assert "--skip-invalid" in result.skip_reasons[0]
+    summary = result.skip_summary().splitlines()
+    assert "skipped 9 invalid rows" in summary[0] and len(summary) == 4
+    assert summary[1].strip().startswith(f"{tmp_path / 's.jsonl'}:2:") and ":4:" in summary[2]
+    assert load_pairs(tmp_path / "s.jsonl", skip_invalid=True, limit=1).skip_summary() == ""
 
 
 def test_gigantic_line_is_not_parsed(tmp_path):

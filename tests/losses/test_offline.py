@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from robalign.losses import LOSSES, LossOutput, preference_loss, validate_loss_params
+from robalign.methods import ALIASES, canonical_name
 
 LOG2 = math.log(2.0)
 DT = torch.float64
@@ -110,7 +111,7 @@ def ref_sympo(x, beta=0.1, kind="ramp"):
     return math.exp(-sp(z))  # sigma(-z) = 1 / (1 + e^z)
 
 
-def ref_robust(x, beta=0.1, rho=0.1):
+def ref_oracle_robust_offline(x, beta=0.1, rho=0.1):
     h = h_of(x)
     return sp(-beta * h) + rho * beta * abs(h)
 
@@ -136,8 +137,8 @@ CASES = [
     ("hypo", {"beta": 0.2}, ref_hypo),
     ("sympo", {}, ref_sympo),
     ("sympo", {"beta": 0.05, "kind": "sigmoid"}, ref_sympo),
-    ("robust", {}, ref_robust),
-    ("robust", {"beta": 0.2, "rho": 0.4}, ref_robust),
+    ("oracle_robust_offline", {}, ref_oracle_robust_offline),
+    ("oracle_robust_offline", {"beta": 0.2, "rho": 0.4}, ref_oracle_robust_offline),
     ("drdpo", {"beta": 0.2}, ref_dpo),
 ]
 
@@ -249,8 +250,8 @@ def test_worked_numbers():
     # rDPO ε = 0.25 at βh = 1: (0.75·0.31326 − 0.25·1.31326) / 0.5 = −0.1867383...
     assert per_pair("rdpo", pair([10.0]), epsilon=0.25) == pytest.approx([-0.18673831248177714], abs=1e-12)
     assert per_pair("rdpo", pair([0.0]), epsilon=0.25) == pytest.approx([LOG2], abs=1e-12)
-    # robust: β=0.5, ρ=0.25, h=2 ⇒ softplus(−1) + 0.25·0.5·2.
-    assert per_pair("robust", pair([2.0]), beta=0.5, rho=0.25) == pytest.approx([0.31326168751822286 + 0.25])
+    # oracle_robust_offline: β=0.5, ρ=0.25, h=2 ⇒ softplus(−1) + 0.25·0.5·2.
+    assert per_pair("oracle_robust_offline", pair([2.0]), beta=0.5, rho=0.25) == pytest.approx([0.31326168751822286 + 0.25])
     assert per_pair("sympo", pair([0.0, 10.0, -10.0, 4.0])) == pytest.approx([0.5, 0.0, 1.0, 0.3], abs=1e-12)
     assert per_pair("sympo", pair([0.0]), kind="sigmoid") == pytest.approx([0.5], abs=1e-12)
     # SimPO: M = γ/β = 0.25 ⇒ log 2. avg(y_w) = −1/4, avg(y_l) = −2/4.
@@ -269,7 +270,7 @@ def test_worked_numbers():
 # --- limits ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,param", [("cdpo", "epsilon"), ("rdpo", "epsilon"), ("robust", "rho")])
+@pytest.mark.parametrize("name,param", [("cdpo", "epsilon"), ("rdpo", "epsilon"), ("oracle_robust_offline", "rho")])
 def test_zero_noise_is_dpo(name, param):
     batch = make_batch(6)
     base = preference_loss("dpo", **batch, beta=0.2)
@@ -277,7 +278,7 @@ def test_zero_noise_is_dpo(name, param):
     torch.testing.assert_close(out.per_pair, base.per_pair, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["dpo", "cdpo", "rdpo", "drdpo", "robust"])
+@pytest.mark.parametrize("name", ["dpo", "cdpo", "rdpo", "drdpo", "oracle_robust_offline"])
 def test_reference_equals_policy_gives_log2(name):
     batch = make_batch(7, extreme=False)
     batch["chosen_logps"], batch["rejected_logps"] = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
@@ -378,7 +379,7 @@ def test_gradcheck(name, params):
 # --- validation -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,param", [("cdpo", "epsilon"), ("rdpo", "epsilon"), ("robust", "rho")])
+@pytest.mark.parametrize("name,param", [("cdpo", "epsilon"), ("rdpo", "epsilon"), ("oracle_robust_offline", "rho")])
 @pytest.mark.parametrize("value", [-0.1, 0.5, 0.7, float("nan")])
 def test_invalid_noise_rate_raises(name, param, value):
     with pytest.raises(ValueError, match=param):
@@ -442,7 +443,7 @@ def test_missing_inputs_raise():
 
 
 def test_registry_and_defaults():
-    assert sorted(LOSSES) == sorted("dpo ipo hinge cdpo rdpo simpo hypo sympo drdpo robust".split())
+    assert sorted(LOSSES) == sorted("dpo ipo hinge cdpo rdpo simpo hypo sympo drdpo oracle_robust_offline".split())
     assert [n for n, s in LOSSES.items() if not s.needs_reference] == ["simpo"]
     assert validate_loss_params("simpo", {}) == {
         "beta": 2.0,
@@ -454,7 +455,7 @@ def test_registry_and_defaults():
     assert validate_loss_params("drdpo", {})["beta_prime"] == 1.0
     assert validate_loss_params("sympo", {})["kind"] == "ramp"
     assert validate_loss_params("ipo", {})["normalize_length"] is False
-    assert validate_loss_params("robust", {})["rho"] == 0.1
+    assert validate_loss_params("oracle_robust_offline", {})["rho"] == 0.1
     assert all(s.defaults["beta"] == 0.1 for n, s in LOSSES.items() if n != "simpo")
 
 
@@ -529,6 +530,9 @@ def test_matches_trl():
         want = trl_per_pair(theirs, batch, beta, label_smoothing=params.get("epsilon", 0.0))
         got = preference_loss(ours, **batch, beta=beta, **params).per_pair
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=f"{ours} vs TRL {theirs}")
+        # TRL's name, where it is an alias (robalign.methods.ALIASES), trains the loss that matched.
+        if theirs in ALIASES or theirs in LOSSES:
+            assert canonical_name(theirs, params) == ours
     # SPEC §2's peer bug: TRL's "sigmoid" loss ignores label_smoothing (TRL 1.16), so cDPO silently becomes
     # DPO there. Ours must not; if a later TRL applies the smoothing, it must then agree with our cdpo.
     smoothed = trl_per_pair("sigmoid", batch, beta, label_smoothing=0.2)

@@ -69,6 +69,15 @@ class LoadResult:
     source: str
     skip_reasons: list[str] = field(default_factory=list)
 
+    def skip_summary(self, first: int = 3) -> str:
+        """'' when nothing was skipped, else the count and the first few reasons (each naming file and line)."""
+        if not self.skipped:
+            return ""
+        shown = self.skip_reasons[:first]
+        which = "the first below" if len(shown) == 1 else f"the first {len(shown)} below"
+        head = f"{self.source}: skipped {self.skipped} invalid rows (--skip-invalid; {which})"
+        return "\n  ".join([head, *shown])
+
 
 class _FileLevelError(Exception):
     """A problem that ends reading the whole source (e.g. a truncated gzip stream)."""

@@ -151,8 +151,8 @@ def sympo(p: PairLogps, *, beta: float, kind: str) -> tuple[Tensor, Tensor]:
     return loss, h
 
 
-def robust(p: PairLogps, *, beta: float, rho: float) -> tuple[Tensor, Tensor]:
-    """Oracle-robust offline form: softplus(−βh) + ρβ|h|."""
+def oracle_robust_offline(p: PairLogps, *, beta: float, rho: float) -> tuple[Tensor, Tensor]:
+    """Oracle-robust penalty, offline form: softplus(−βh) + ρβ|h| (formerly `robust`, the name TRL uses for rDPO)."""
     h = _dpo_margin(p)
     return F.softplus(-beta * h) + rho * beta * h.abs(), h  # SPEC §5 offline form, arXiv 2602.20457
 
@@ -214,7 +214,7 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec("hypo", hypo, True, {"beta": 0.1}),
         LossSpec("sympo", sympo, True, {"beta": 0.1, "kind": "ramp"}),
         LossSpec("drdpo", drdpo, True, {"beta": 0.1, "beta_prime": 1.0}, reduce=_drdpo_reduce),
-        LossSpec("robust", robust, True, {"beta": 0.1, "rho": 0.1}),
+        LossSpec("oracle_robust_offline", oracle_robust_offline, True, {"beta": 0.1, "rho": 0.1}),
     ]
 }
 
@@ -289,7 +289,8 @@ def validate_loss_params(name: str, params: dict) -> dict:
         ValueError: unknown loss name, a parameter that loss does not take, or an out-of-range value.
     """
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid losses: {sorted(LOSSES)}")
+        renamed = " (robalign's former name of oracle_robust_offline; TRL's robust is rdpo)" if name == "robust" else ""
+        raise ValueError(f"unknown loss {name!r}{renamed}; valid losses: {sorted(LOSSES)}")
     merged = {**LOSSES[name].defaults, **COMMON_DEFAULTS}
     unknown = sorted(set(params) - set(merged))
     if unknown:
@@ -338,7 +339,8 @@ def preference_loss(
     """Compute an offline preference loss from sequence log-probs.
 
     Args:
-        name: one of `LOSSES` (dpo ipo hinge cdpo rdpo simpo hypo sympo drdpo robust).
+        name: one of `LOSSES` (dpo ipo hinge cdpo rdpo simpo hypo sympo drdpo
+            oracle_robust_offline).
         chosen_logps: [B] summed completion log-probs of the policy on y_w.
         rejected_logps: [B] same on y_l.
         ref_chosen_logps: [B] reference log-probs on y_w; required unless the loss is reference-free.

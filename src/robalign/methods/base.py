@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from robalign.logprobs import SequenceLogps
+from robalign.stats import correctness
 
 
 @dataclass
@@ -71,7 +72,7 @@ def reward_metrics(policy: SequenceLogps, chosen_rewards, rejected_rewards) -> d
         "rewards/chosen": chosen_rewards.mean(),
         "rewards/rejected": rejected_rewards.mean(),
         "rewards/margins": margins.mean(),
-        "rewards/accuracies": (margins > 0).float().mean(),
+        "rewards/accuracies": correctness(margins, torch.float32).mean(),  # a tie counts half, as in evaluation
         "logps/chosen": policy.chosen.detach().mean(),
         "logps/rejected": policy.rejected.detach().mean(),
     }
