@@ -217,6 +217,9 @@ class Trainer:
         else:
             self.acc = accelerator
             self.mixed = resolve_mixed_precision(tc.mixed_precision, accelerator.mixed_precision)
+            if self.mixed != accelerator.mixed_precision:  # its GradScaler and plugins follow its own setting
+                raise ConfigError(f"train.mixed_precision: {self.mixed!r}, but the Accelerator passed in runs "
+                                  f"{accelerator.mixed_precision!r}; build it with mixed_precision={self.mixed!r}")
             check_quantization(cfg.model.quantization, self.acc.device.type)
         seed_everything(tc.seed)
         self.out = Path(tc.output_dir)
