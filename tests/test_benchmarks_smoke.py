@@ -89,3 +89,32 @@ def test_long_training_benchmark_runs_every_configuration(tmp_path):
     assert [r["epoch"] for r in cached["curve"]] == [0.0, 1.0]
     assert set(cached["breakdown"]["seconds"]) == {"blocks", "head", "optimizer"}
     assert "pair-passes/s" in proc.stdout and "of the ceiling" in proc.stdout
+
+
+def run_gpu_bench(tmp_path, frameworks: str, tunings: str, timeout: int):
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_dpo_vs_trl.py"), "--dry-run", "--frameworks", frameworks,
+           "--tunings", tunings, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_gpu_benchmark_dry_run_robalign_side(tmp_path):
+    report, stdout = run_gpu_bench(tmp_path, "robalign", "full", timeout=180)
+    assert report["failed"] == [] and len(report["runs"]) == 1
+    run = report["runs"][0]
+    assert (run["framework"], run["model"], run["dtype"], run["mixed"]) == ("robalign", "tiny-llama", "bf16", "bf16")
+    assert run["first_loss"] == pytest.approx(0.6931471805599453, abs=1e-6)  # policy = reference at step 0, in bf16
+    assert run["pairs_per_s"] > 0 and run["peak_gpu_mib"] is None  # no GPU in the dry run
+    assert "| tiny-llama | full | robalign |" in stdout
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run_against_trl(tmp_path):
+    pytest.importorskip("trl")
+    report, stdout = run_gpu_bench(tmp_path, "robalign,trl", "lora,full", timeout=400)
+    assert report["failed"] == [] and len(report["runs"]) == 4
+    assert all(r["first_loss"] == pytest.approx(0.6931471805599453, abs=1e-3) for r in report["runs"])
+    assert {(c["model"], c["tuning"]) for c in report["comparison"]} == {("tiny-llama", "lora"), ("tiny-llama", "full")}
+    assert "robalign / TRL pairs/s" in stdout

@@ -44,6 +44,14 @@ class ModelConfig:
                           "last k blocks afterwards: 'off', 'memory', or 'disk' (shared by every run over the same "
                           "texts and base model). Exact; offline methods only.")
     trunk_cache_dir: str = _f("", "Folder of the on-disk trunk cache ('' = $ROBALIGN_CACHE/trunk).")
+    dtype: str = _f("auto", "Dtype the weights are loaded, stored and multiplied in: 'auto' (the checkpoint's; "
+                    "fp32 for the built-in GGUF model and tiny-llama), 'fp32', 'bf16' or 'fp16' (fp16 only with "
+                    "LoRA: fp32 adapters, loss scaling). The saved final/ model keeps it. docs/precision.md")
+    attn_implementation: str = _f("auto", "Attention kernel: 'auto' (= sdpa, exact for every batch layout), "
+                                  "'sdpa', 'eager', or 'flash_attention_2' (CUDA, fp16/bf16; runs the padded "
+                                  "2B-row layout, since it takes no shared-prompt packing mask).")
+    quantization: str = _f("none", "QLoRA: 'none', '4bit' (NF4) or '8bit' base weights through bitsandbytes "
+                           "(CUDA only), with LoRA on top and the adapter-disabled model as reference.")
 
     def validate(self):
         _check(self.lora_r >= 0, "model.lora_r", "must be >= 0")
@@ -57,6 +65,22 @@ class ModelConfig:
         if self.trunk_cache != "off" and self.train_last_k == 0:
             raise ConfigError("model.trunk_cache: needs a frozen trunk; set model.train_last_k (e.g. 2) so that "
                               "only the last k blocks train")
+        from robalign.precision import ATTENTION, MODEL_DTYPES, QUANTIZATION
+
+        _choice(self.dtype, MODEL_DTYPES, "model.dtype")
+        _choice(self.attn_implementation, ATTENTION, "model.attn_implementation")
+        _choice(self.quantization, QUANTIZATION, "model.quantization")
+        if self.dtype == "fp16" and self.lora_r == 0:
+            from robalign.precision import check_precision_plan
+
+            check_precision_plan("fp16", "no", lora_r=0, device="cuda")
+        if self.quantization != "none":
+            # The quantized base is frozen and cannot be copied exactly: only adapters train, and the
+            # reference is the same network with them off.
+            _check(self.lora_r > 0, "model.quantization", f"{self.quantization!r} needs LoRA (model.lora_r > 0)")
+            _check(self.reference in ("auto", "adapters_disabled"), "model.quantization",
+                   f"{self.quantization!r} needs model.reference: auto or adapters_disabled (not {self.reference!r})")
+            _check(self.trunk_cache == "off", "model.quantization", "cannot be combined with model.trunk_cache")
 
 
 @dataclass
@@ -169,6 +193,11 @@ class TrainConfig:
         "matmul and attention outputs, recompute the elementwise work: about half the activation memory "
         "for ~1.1x the step time) or 'full' (keep block inputs only: ~1.2x). Results are bit-identical.")
     progress: bool = _f(True, "Show a progress bar.")
+    mixed_precision: str = _f(
+        "auto", "Autocast over fp32 master weights through accelerate: 'no', 'bf16', 'fp16' (GPU; with loss "
+        "scaling), or 'auto' = what `accelerate launch --mixed_precision` / ACCELERATE_MIXED_PRECISION says, else "
+        "'no'. A config value that contradicts the launcher is an error. Losses and log-softmax stay fp32.")
+    device: str = _f("auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'mps' (only when asked).")
 
     def validate(self):
         for key in ("batch_size", "grad_accum", "max_steps", "keep_last", "log_every"):
@@ -188,6 +217,10 @@ class TrainConfig:
             raise ConfigError("train.load_best_model_at_end / early_stopping_patience: need evaluations during the "
                               "run; set train.eval_per_epoch (e.g. 1) or train.eval_every")
         _check_report_to(self.report_to)
+        from robalign.precision import DEVICES, MIXED_PRECISION
+
+        _choice(self.mixed_precision, MIXED_PRECISION, "train.mixed_precision")
+        _choice(self.device, DEVICES, "train.device")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}
@@ -205,7 +238,26 @@ class RunConfig:
     def validate(self) -> RunConfig:
         for section in self.sections().values():
             section.validate()
+        self._validate_across_sections()
         return self
+
+    def _validate_across_sections(self):
+        """Combinations of keys from several sections (precision, attention, quantization)."""
+        from robalign.precision import check_attention, check_precision_plan, resolve_attention
+
+        mc, mixed = self.model, self.train.mixed_precision
+        if mc.dtype in ("bf16", "fp16") and mixed in ("bf16", "fp16"):
+            check_precision_plan(mc.dtype, mixed, lora_r=mc.lora_r, device="cuda")
+        gapo = self.extra.get("gapo")
+        first_order = self.method.name == "gapo" and gapo is not None and gapo.anchor == "first_order"
+        if mc.quantization != "none" and self.method.name == "gapo":
+            raise ConfigError(f"model.quantization: {mc.quantization!r} with method gapo: the anchor perturbs the "
+                              "frozen base weights, which are quantized; use model.quantization: none")
+        # Only the device-independent refusals here; the trainer checks the rest where it runs.
+        impl = resolve_attention(mc.attn_implementation)
+        if mc.trunk_cache != "off" or first_order:
+            check_attention(impl, device="cuda", compute="bf16", trunk_cache=mc.trunk_cache,
+                            gapo_first_order=first_order, installed=True)
 
     def sections(self) -> dict:
         out = {name: getattr(self, name) for name in SECTIONS}

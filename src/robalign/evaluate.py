@@ -11,6 +11,7 @@ import torch
 from robalign.data.collate import collate
 from robalign.data.tokenize import TokenizedPair
 from robalign.logprobs import SequenceLogps, sequence_logps
+from robalign.precision import FP32_TAG, check_recorded_precision
 from robalign.stats import correctness
 
 # What the two held-out accuracies mean: printed by `robalign train --help`, `robalign eval --help` and under
@@ -33,12 +34,14 @@ class PreferenceEvaluator:
             of the same pairs (e.g. every cell of a sweep that shares a held-out split and a base model).
             Only valid while every evaluator given it has a reference with the same weights.
         trunk: a `robalign.trunk.TrunkCache` holding these pairs; forwards then run only the top blocks.
+        precision: how the reference computes (`robalign.precision.precision_tag`), recorded with what it
+            puts in `reference_cache`; an entry recorded in another precision is refused.
     """
 
     def __init__(self, pairs: list[TokenizedPair], pad_id: int, reference=None, batch_size: int = 8,
-                 reference_cache: dict | None = None, trunk=None):
+                 reference_cache: dict | None = None, trunk=None, precision: str = FP32_TAG):
         self.pairs, self.pad_id, self.reference, self.batch_size = pairs, pad_id, reference, batch_size
-        self.reference_cache = reference_cache
+        self.reference_cache, self.precision = reference_cache, precision
         order = self.order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
         # Collated once: every evaluation (and the one reference pass) reuses the same tensors.
         groups = [[pairs[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
@@ -57,8 +60,10 @@ class PreferenceEvaluator:
                    tuple((tuple(p.prompt_ids), tuple(p.chosen_ids), tuple(p.rejected_ids)) for p in self.pairs))
             if key not in cache:
                 refs = [self.reference.logps(b) for b in self.batches]
-                cache[key] = [] if refs and refs[0] is None else refs
-            self._ref = cache[key]
+                cache[key] = (self.precision, [] if refs and refs[0] is None else refs)
+            recorded, self._ref = cache[key]
+            check_recorded_precision(recorded, self.precision, "the evaluator's shared reference cache (held-out "
+                                     "reference log-probs)")
         return self._ref or None
 
     def detach_reference(self):

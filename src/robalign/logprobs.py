@@ -8,6 +8,7 @@ log-softmax, so no [tokens x vocabulary] tensor is ever made for prompt or paddi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from robalign.blocks import only_blocks
 from robalign.data.collate import PreferenceBatch
+from robalign.errors import UserError
 
 
 @dataclass
@@ -61,19 +63,49 @@ def completion_hidden_states(model, batch: PreferenceBatch) -> tuple[torch.Tenso
     `batch.trunk` it runs only the blocks above the cached frozen trunk, from the cached states.
     """
     body, _ = split_body_and_head(model)
+    batch = layout_for(body, batch)
     pack = batch.packed
     if batch.trunk is not None:
         # The frozen blocks' output is cached: run only the blocks above them (robalign.trunk).
         with only_blocks(body, batch.trunk.start):
-            hidden = body(inputs_embeds=batch.trunk.hidden, attention_mask=pack.attention,
+            hidden = body(inputs_embeds=batch.trunk.hidden, attention_mask=packed_mask(body, pack.attention),
                           position_ids=pack.position_ids, use_cache=False).last_hidden_state
     elif pack is not None:
-        hidden = body(input_ids=pack.input_ids, attention_mask=pack.attention, position_ids=pack.position_ids,
+        hidden = body(input_ids=pack.input_ids, attention_mask=packed_mask(body, pack.attention),
+                      position_ids=pack.position_ids,
                       use_cache=False).last_hidden_state
     else:
         hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       use_cache=False).last_hidden_state
     return gather_completion_states(hidden, batch)
+
+
+def layout_for(body, batch: PreferenceBatch) -> PreferenceBatch:
+    """`batch` as `body`'s attention kernel can run it exactly: unchanged, or, for a kernel that takes no
+    custom mask (FlashAttention), without its shared-prompt packing, so the 2B padded rows run."""
+    from robalign.precision import uses_packed_layout
+
+    if batch.packed is None or uses_packed_layout(body):
+        return batch
+    if batch.trunk is not None:
+        raise UserError(f"model.attn_implementation: {body.config._attn_implementation} cannot run the cached trunk "
+                        "states, which are laid out in the shared-prompt packed layout; use sdpa or "
+                        "model.trunk_cache: off")
+    return dataclasses.replace(batch, packed=None)
+
+
+def packed_mask(body, allowed: torch.Tensor) -> torch.Tensor:
+    """The packed layout's [R, 1, L, L] mask as `body`'s attention kernel reads it.
+
+    SDPA takes the boolean mask (True = may attend). transformers' eager attention *adds* a 4D mask to the
+    scores, so a boolean one would add 1 where it should allow and 0 where it should block: silently wrong
+    log-probs. For it the mask becomes additive, 0 or the dtype's most negative number.
+    """
+    if allowed.dtype != torch.bool or getattr(body.config, "_attn_implementation", None) != "eager":
+        return allowed
+    dtype = body.get_input_embeddings().weight.dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed,
+                                                                                     torch.finfo(dtype).min)
 
 
 def gather_completion_states(hidden: torch.Tensor, batch: PreferenceBatch):

@@ -37,33 +37,89 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ROBALIGN_CACHE", Path.home() / ".cache" / "robalign"))
 
 
-def load_model_and_tokenizer(name: str, *, seed: int = 0, trust_remote_code: bool = False):
-    """Returns `(model, tokenizer)` in fp32 with a pad token set.
+def load_model_and_tokenizer(name: str, *, seed: int = 0, trust_remote_code: bool = False, dtype: str = "fp32",
+                             attn_implementation: str | None = None, quantization: str = "none",
+                             device: str = "cpu"):
+    """Returns `(model, tokenizer)` with a pad token set.
 
     Args:
         name: 'tiny-llama', 'smollm2-135m-instruct', a .gguf path, a local directory or a hub id.
         seed: seed of tiny-llama's random weights.
         trust_remote_code: passed to transformers; off unless the user opts in.
+        dtype: 'fp32', 'bf16', 'fp16', or 'auto' (the checkpoint's dtype; fp32 for the GGUF and tiny models,
+            which are built or dequantized in fp32).
+        attn_implementation: a transformers attention implementation, or None to keep the model's.
+        quantization: 'none', '4bit' or '8bit' (bitsandbytes, CUDA; `robalign.precision.check_quantization`
+            refuses it elsewhere before this is called). The model is then placed on `device`.
     """
     if name == TINY_MODEL:
         tokenizer = byte_tokenizer()
-        model = tiny_llama(tokenizer, seed=seed)
+        model = _cast(tiny_llama(tokenizer, seed=seed), dtype)
     elif name == DEFAULT_MODEL:
         model, tokenizer = _load_default()
+        model = _cast(model, dtype)
     elif name.endswith(".gguf"):
         path = Path(name)
         if not path.is_file():
             raise UserError(f"model: GGUF file {name} not found")
         model, tokenizer = _load_gguf(path.parent, path.name)
+        model = _cast(model, dtype)
     else:
-        model, tokenizer = _load_pretrained(name, trust_remote_code)
+        model, tokenizer = _load_pretrained(name, trust_remote_code, dtype)
+    if quantization != "none":
+        model = _quantized(model, quantization, dtype, device, trust_remote_code)
+    if attn_implementation is not None:
+        _set_attention(model, attn_implementation)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-def _load_pretrained(name: str, trust_remote_code: bool):
+def _cast(model, dtype: str):
+    """The model in `dtype` ('auto' and 'fp32' keep the fp32 it was built or dequantized in)."""
+    from robalign.precision import DTYPES
+
+    return model if dtype in ("auto", "fp32") else model.to(DTYPES[dtype])
+
+
+def _set_attention(model, impl: str) -> None:
+    try:
+        model.set_attn_implementation(impl)
+    except (ValueError, ImportError) as err:
+        raise UserError(f"model.attn_implementation: {impl!r} is not available for this model: "
+                        f"{str(err).splitlines()[0]}") from None
+
+
+def _quantized(model, quantization: str, dtype: str, device: str, trust_remote_code: bool):
+    """The same weights reloaded through bitsandbytes (4-bit NF4 with double quantization, or 8-bit).
+
+    Every source goes through a plain transformers folder (GGUF and tiny models are built in memory), so one
+    path quantizes them all. Non-quantized tensors (norms, embeddings) and the 4-bit compute dtype follow
+    `model.dtype` (fp32 under 'auto'); `prepare_model_for_kbit_training` upcasts the norms to fp32.
+    """
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from robalign.precision import DTYPES
+
+    compute = DTYPES.get(dtype, torch.float32)
+    if quantization == "4bit":
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=compute)
+    else:
+        bnb = BitsAndBytesConfig(load_in_8bit=True)
+    with tempfile.TemporaryDirectory(prefix="robalign-qlora-") as tmp:
+        model.save_pretrained(tmp)
+        name_or_path = model.name_or_path
+        quantized = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=bnb, dtype=compute,
+                                                         device_map={"": device}, use_safetensors=True,
+                                                         trust_remote_code=trust_remote_code)
+    quantized.name_or_path = name_or_path
+    return prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
+
+
+def _load_pretrained(name: str, trust_remote_code: bool, dtype: str = "fp32"):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,7 +131,9 @@ def _load_pretrained(name: str, trust_remote_code: bool):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         # safetensors only: never unpickle weights (SPEC: no pickle of untrusted files).
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True,
+        from robalign.precision import DTYPES
+
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES.get(dtype, "auto"), use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError, SafetensorError, RuntimeError) as err:
         raise UserError(f"model: cannot load {name!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__} "

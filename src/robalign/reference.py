@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from robalign.atomic import write_tensors
 from robalign.data.collate import PreferenceBatch, collate
 from robalign.logprobs import SequenceLogps, sequence_logps
+from robalign.precision import FP32_TAG, check_recorded_precision
 
 
 @contextlib.contextmanager
@@ -87,15 +88,17 @@ class MemoizedReference:
         inner: the provider that computes a batch not seen yet.
         memo: a mapping from key to `SequenceLogps` (a dict, or a `DiskMemo` to share between processes).
             Only valid for one base model: every provider using it must compute the same function.
+        precision: how `inner` computes (`robalign.precision.precision_tag`); part of the key, so runs in
+            another precision never read these values.
     """
 
-    def __init__(self, inner, memo):
-        self.inner, self.memo = inner, memo
+    def __init__(self, inner, memo, precision: str = FP32_TAG):
+        self.inner, self.memo, self.precision = inner, memo, precision
         self.hits = self.misses = 0
 
     @torch.no_grad()
     def logps(self, batch: PreferenceBatch) -> SequenceLogps:
-        key = batch_key(batch)
+        key = batch_key(batch, self.precision)
         found = self.memo.get(key)
         if found is not None:
             self.hits += 1
@@ -111,9 +114,12 @@ def _moved(lp: SequenceLogps, device) -> SequenceLogps:
                          lp.chosen_lengths.to(device), lp.rejected_lengths.to(device))
 
 
-def batch_key(batch: PreferenceBatch) -> str:
-    """Hash of everything a reference forward of `batch` reads, plus the thread count."""
-    h = hashlib.sha256(f"{torch.get_num_threads()}|{batch.packed is None}|{batch.input_ids.device.type}".encode())
+def batch_key(batch: PreferenceBatch, precision: str = FP32_TAG) -> str:
+    """Hash of everything a reference forward of `batch` reads, plus the thread count and the precision."""
+    head = f"{torch.get_num_threads()}|{batch.packed is None}|{batch.input_ids.device.type}"
+    if precision != FP32_TAG:  # fp32 keys stay those of memos written before precision was recorded
+        head += f"|{precision}"
+    h = hashlib.sha256(head.encode())
     for t in (batch.input_ids, batch.attention_mask, batch.completion_mask):
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -187,11 +193,18 @@ def reference_logps(provider, pairs, *, pad_id: int, batch_size: int = 8, size: 
 
 
 def build_cached_reference(provider, pairs, *, path: Path, pad_id: int, batch_size: int = 8,
-                           progress=None) -> CachedReference:
-    """Computes (or reads) the reference log-probs of `pairs`, stored in `path` (safetensors)."""
+                           progress=None, precision: str = FP32_TAG) -> CachedReference:
+    """Computes (or reads) the reference log-probs of `pairs`, stored in `path` (safetensors) with the
+    `precision` they were computed in; a file recording another precision is refused."""
     if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            recorded = (fh.metadata() or {}).get("precision")
+        check_recorded_precision(recorded, precision, f"the cached reference log-probs {path} (model.reference: "
+                                 "cached)")
         table = load_file(path)
         return CachedReference(table["chosen"], table["rejected"])
     chosen, rejected = reference_logps(provider, pairs, pad_id=pad_id, batch_size=batch_size, progress=progress)
-    write_tensors({"chosen": chosen, "rejected": rejected}, path)
+    write_tensors({"chosen": chosen, "rejected": rejected}, path, metadata={"precision": precision})
     return CachedReference(chosen, rejected)

@@ -36,6 +36,20 @@ from robalign.methods import build_method
 from robalign.metrics import MetricsWriter
 from robalign.models import apply_lora, cache_dir, disable_dropout, freeze_below, load_model_and_tokenizer
 from robalign.policy import PolicyLM
+from robalign.precision import (
+    Precision,
+    check_attention,
+    check_precision_plan,
+    check_quantization,
+    choose_device,
+    drop_accelerate_autocast,
+    dtype_name,
+    layout_description,
+    loss_scaling,
+    model_weights_dtype,
+    resolve_attention,
+    resolve_mixed_precision,
+)
 from robalign.recompute import enable_activation_checkpointing
 from robalign.reference import (
     AdapterDisabledReference,
@@ -114,6 +128,22 @@ def refuse_sharded_weights(acc, cfg) -> None:
                         "or ZeRO-2, or set oracle_robust.projection_radius: 0 (docs/scaling.md)")
 
 
+def _configured_weights(dtype: str) -> str:
+    """The weights' dtype as far as the config tells before loading ('auto' is checked after loading)."""
+    return dtype if dtype != "auto" else "fp32"
+
+
+def _accelerator(device: str, mixed: str):
+    """The run's Accelerator, told the resolved mixed precision (its DDP/FSDP plugins and fp16 GradScaler
+    follow it); one message if this process already runs accelerate in another precision."""
+    from accelerate import Accelerator
+
+    try:
+        return Accelerator(cpu=device == "cpu", mixed_precision=mixed)
+    except ValueError as err:
+        raise UserError(f"train.mixed_precision: {mixed!r}: {err}") from None
+
+
 def read_data(cfg, online: bool, train_pairs=None, eval_pairs=None) -> tuple[list, list]:
     """(train, held-out) pairs: the given lists, or `cfg.data`'s files with the held-out split drawn
     from its own stream; held-out pairs flagged `is_flipped` are scored with their true label."""
@@ -175,14 +205,26 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, *, train_pairs=None, eval_pairs=None, model=None, tokenizer=None,
                  accelerator=None, eval_reference_cache: dict | None = None, reference_memo=None):
-        from accelerate import Accelerator
-
         self.cfg = cfg
         tc = cfg.train
         check_installed(requested(tc))  # a missing tracker package is said before a model loads or a folder is made
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        # Precision and device are settled before anything heavy loads (QLoRA on a CPU: one message, now).
+        if accelerator is None:
+            device = choose_device(tc.device)
+            self.mixed = resolve_mixed_precision(tc.mixed_precision, os.environ.get("ACCELERATE_MIXED_PRECISION"))
+            check_quantization(cfg.model.quantization, device)
+            check_precision_plan(_configured_weights(cfg.model.dtype), self.mixed, lora_r=cfg.model.lora_r,
+                                 device=device)
+            self.acc = _accelerator(device, self.mixed)
+        else:
+            self.acc = accelerator
+            self.mixed = resolve_mixed_precision(tc.mixed_precision, accelerator.mixed_precision)
+            if self.mixed != accelerator.mixed_precision:  # its GradScaler and plugins follow its own setting
+                raise ConfigError(f"train.mixed_precision: {self.mixed!r}, but the Accelerator passed in runs "
+                                  f"{accelerator.mixed_precision!r}; build it with mixed_precision={self.mixed!r}")
+            check_quantization(cfg.model.quantization, self.acc.device.type)
         seed_everything(tc.seed)
         self.out = Path(tc.output_dir)
         self.method = build_method(cfg.method.name, cfg.method.loss_params(), cfg)
@@ -212,8 +254,18 @@ class Trainer:
     # ----------------------------------------------------------------------------------- setup
     def _setup_model(self, model, tokenizer):
         mc = self.cfg.model
+        device = self.acc.device.type
+        attention = resolve_attention(mc.attn_implementation)
         if model is None:
-            model, tokenizer = load_model_and_tokenizer(mc.name, seed=mc.seed, trust_remote_code=mc.trust_remote_code)
+            low = mc.dtype in ("bf16", "fp16") or self.mixed != "no"
+            check_attention(attention, device=device, compute="bf16" if low else "fp32", trunk_cache=mc.trunk_cache,
+                            gapo_first_order=False)
+            model, tokenizer = load_model_and_tokenizer(mc.name, seed=mc.seed, trust_remote_code=mc.trust_remote_code,
+                                                        dtype=mc.dtype, attn_implementation=attention,
+                                                        quantization=mc.quantization, device=str(self.acc.device))
+        elif mc.attn_implementation != "auto":
+            model.set_attn_implementation(attention)
+        self._setup_precision(model)
         self.tokenizer = tokenizer
         disable_dropout(model)
         self.base_model = model
@@ -234,8 +286,39 @@ class Trainer:
                 self.frozen_reference = FrozenCopyReference(model)
         # After the reference copy, which only ever runs without gradients.
         enable_activation_checkpointing(model, self.cfg.train.activation_checkpointing)
-        self.model = model.to(self.acc.device)
+        # bitsandbytes placed a quantized model when it loaded (and refuses `.to`).
+        self.model = model if mc.quantization != "none" else model.to(self.acc.device)
         self.model.train()
+
+    def _setup_precision(self, model):
+        """Checks the loaded weights' dtype against the mixed precision and fixes how every pass computes.
+
+        robalign applies autocast itself, around the training step (the reference's passes included), the
+        cached reference and trunk, and evaluation (`step_precision` / `eval_precision`): its log-prob engine
+        calls the model's body and head, not `model.forward`, which is where accelerate puts its autocast.
+        A method whose step must stay fp32 (GAPO's anchor, SPEC §3) runs its step without autocast on the fp32
+        master weights; evaluation still uses the mixed precision.
+        """
+        mc, device = self.cfg.model, self.acc.device.type
+        self.weights = dtype_name(model_weights_dtype(model))
+        check_precision_plan(self.weights, self.mixed, lora_r=mc.lora_r, device=device)
+        problem = self.method.precision_problem(self.weights)
+        if problem:
+            raise ConfigError(f"model.dtype: {self.weights} with method {self.method.name}: {problem}")
+        if device == "cpu" and (self.weights != "fp32" or self.mixed != "no"):
+            log.warning("precision: %s weights, mixed precision %s on the CPU, where bf16/fp16 matmuls run far "
+                        "slower than fp32 (model.dtype: fp32, train.mixed_precision: no is this CPU's fast path)",
+                        self.weights, self.mixed)
+        autocast = self.mixed if self.mixed != "no" else None
+        step_autocast = None if self.method.fp32_step else autocast
+        if autocast and self.method.fp32_step:
+            log.warning("precision: method %s runs its training passes in fp32 on the fp32 master weights "
+                        "(its anchor would collapse in %s); evaluation runs under %s autocast", self.method.name,
+                        self.mixed, self.mixed)
+        self.step_precision = Precision(device, step_autocast, self.weights)
+        self.eval_precision = Precision(device, autocast, self.weights)
+        log.info("precision: %s weights, mixed precision %s, loss and log-softmax in fp32; %s", self.weights,
+                 self.mixed, layout_description(model.config._attn_implementation))
 
     def _setup_data(self, train_pairs, eval_pairs):
         dc, tc = self.cfg.data, self.cfg.train
@@ -258,7 +341,7 @@ class Trainer:
 
     def _build_trunk(self) -> TrunkCache:
         """The frozen trunk's states (and the reference's log-probs) of every training and held-out pair."""
-        trunk = TrunkCache(self.first_block, self.trunk_dir)
+        trunk = TrunkCache(self.first_block, self.trunk_dir, precision=self.step_precision.tag)
         pairs = self.train_data + self.eval_data
         # On disk, the main process fills what is missing and the others read its shard.
         fills = self.trunk_dir is None or self.acc.is_main_process
@@ -269,12 +352,14 @@ class Trainer:
         if fills and todo:
             t0 = time.perf_counter()
             bar = progress.bar(total=todo, desc="trunk cache", wanted=self.cfg.train.progress and self.acc.is_main_process)
-            trunk.fill_states(self.model, pairs, pad_id=self.pad_id, progress=bar.update)
-            if with_ref:
-                # Before the first update the policy is the base model (LoRA's B is 0; a full copy is not needed).
-                reference = AdapterDisabledReference(self.model) if self.cfg.model.lora_r > 0 else InitialPolicyReference(self.model)
-                trunk.fill_reference(reference, self.train_data, pad_id=self.pad_id, device=self.acc.device,
-                                     progress=bar.update)
+            with self.step_precision.autocast():
+                trunk.fill_states(self.model, pairs, pad_id=self.pad_id, progress=bar.update)
+                if with_ref:
+                    # Before the first update the policy is the base model (LoRA's B is 0; a copy is not needed).
+                    reference = (AdapterDisabledReference(self.model) if self.cfg.model.lora_r > 0
+                                 else InitialPolicyReference(self.model))
+                    trunk.fill_reference(reference, self.train_data, pad_id=self.pad_id, device=self.acc.device,
+                                         progress=bar.update)
             bar.close()
             trunk.save()
             self.trunk_build_s = time.perf_counter() - t0
@@ -282,7 +367,7 @@ class Trainer:
         if self.trunk_dir is not None:
             self.acc.wait_for_everyone()
             if not fills:
-                trunk = TrunkCache(self.first_block, self.trunk_dir)
+                trunk = TrunkCache(self.first_block, self.trunk_dir, precision=self.step_precision.tag)
         return trunk
 
     def _setup_reference(self, eval_reference_cache: dict | None = None, memo=None):
@@ -295,9 +380,11 @@ class Trainer:
             self.reference = StoredReference() if self.method.needs_reference else NoReference()
             initial = AdapterDisabledReference(self.model) if mc.lora_r > 0 else InitialPolicyReference(self.model)
             self.evaluator = PreferenceEvaluator(self.eval_data, self.pad_id, reference=initial,
-                                                 reference_cache=eval_reference_cache, trunk=self.trunk)
+                                                 reference_cache=eval_reference_cache, trunk=self.trunk,
+                                                 precision=self.eval_precision.tag)
             if self.acc.is_main_process:
-                self.evaluator.detach_reference()
+                with self.eval_precision.autocast():
+                    self.evaluator.detach_reference()
             return
         if not self.method.needs_reference:
             self.reference = NoReference()
@@ -307,23 +394,27 @@ class Trainer:
             self.reference = AdapterDisabledReference(self.model)
         # Online methods' batches are fresh generations, which no other run meets.
         if memo is not None and self.method.needs_reference and not self.method.online and mc.reference != "cached":
-            self.reference = MemoizedReference(self.reference, memo)
+            self.reference = MemoizedReference(self.reference, memo, self.step_precision.tag)
         if self.method.needs_reference and mc.reference == "cached":
             settings = dataclasses.asdict(self.cfg.data)
             key = cache_key(mc.name, self.base_model, self.train_data, settings)
             path = Path(self.cfg.train.output_dir) / "ref_cache" / f"{key}.safetensors"
             t0 = time.perf_counter()
-            self.reference = build_cached_reference(self.reference, self.train_data, path=path, pad_id=self.pad_id)
+            with self.step_precision.autocast():
+                self.reference = build_cached_reference(self.reference, self.train_data, path=path, pad_id=self.pad_id,
+                                                        precision=self.step_precision.tag)
             self.cache_build_s = time.perf_counter() - t0
         live_reference = self.frozen_reference or (
             AdapterDisabledReference(self.model) if self.cfg.model.lora_r > 0 else None)
         if memo is not None and live_reference is not None:
-            live_reference = MemoizedReference(live_reference, memo)
+            live_reference = MemoizedReference(live_reference, memo, self.eval_precision.tag)
         self.evaluator = PreferenceEvaluator(self.eval_data, self.pad_id, reference=live_reference,
-                                             reference_cache=eval_reference_cache, trunk=self.trunk)
+                                             reference_cache=eval_reference_cache, trunk=self.trunk,
+                                             precision=self.eval_precision.tag)
         if mc.reference == "cached" and self.frozen_reference is not None:
             # Training and evaluation now read stored log-probs: free the model-sized frozen copy.
-            self.evaluator.detach_reference()
+            with self.eval_precision.autocast():
+                self.evaluator.detach_reference()
             self.frozen_reference = None
 
     def _setup_optimizer(self):
@@ -339,6 +430,8 @@ class Trainer:
         # several processes run, through PolicyLM so DDP's forward is the log-prob engine's pass).
         wrapped = PolicyLM(self.model) if self.acc.num_processes > 1 else self.model
         self.policy, self.optimizer = self.acc.prepare(wrapped, opt)
+        drop_accelerate_autocast(wrapped)  # robalign applies autocast itself, around every pass
+        self.scaling = loss_scaling(self.acc, self.optimizer, weights=self.weights, mixed=self.mixed)
 
     # ------------------------------------------------------------------------------------ step
     def step(self) -> dict[str, torch.Tensor]:
@@ -355,8 +448,9 @@ class Trainer:
             last = micro == tc.grad_accum - 1
             sync = contextlib.nullcontext() if last else self.acc.no_sync(self.policy)
             with sync:
-                result = self.method.step(self.policy, self.reference, batch)
-                self.acc.backward(result.loss / tc.grad_accum, **self._backward_kwargs)
+                with self.step_precision.autocast():  # the policy's and the reference's passes alike
+                    result = self.method.step(self.policy, self.reference, batch)
+                self.acc.backward(self.scaling.scale(result.loss / tc.grad_accum), **self._backward_kwargs)
             for key, value in {"loss": result.loss.detach(), **result.metrics}.items():
                 # NaN-aware: a micro-batch without, e.g., flipped pairs has no value for that metric.
                 value = value.detach().float()
@@ -365,12 +459,17 @@ class Trainer:
             tokens = tokens + batch.num_tokens.float()
             raw_loss = raw_loss + result.loss.detach()  # un-masked: a NaN/Inf loss must stop the step
             records.append((batch, result.per_pair))
+        self.scaling.unscale()
         grad_norm = self._grad_norm()
-        finite = bool(torch.isfinite(raw_loss) & torch.isfinite(grad_norm))  # the one host sync
-        if finite:
+        finite_loss, finite_grad = (bool(x) for x in torch.stack([torch.isfinite(raw_loss),
+                                                                   torch.isfinite(grad_norm)]).cpu())  # the one host sync
+        if finite_loss and finite_grad:
             self._clip(grad_norm)
-            self.optimizer.step()
+            self.scaling.step()
+        elif finite_loss and self.scaling.dynamic:
+            self.scaling.step()  # fp16 overflow: the scaler skips this update and lowers the scale
         else:
+            self.scaling.skip()
             self._nonfinite(records)
         self.method.after_optimizer_step(self.model)
         self.optimizer.zero_grad(set_to_none=True)
@@ -382,6 +481,8 @@ class Trainer:
         self.step_num += 1
         totals = {k: self.acc.reduce(sums[k], "sum") / self.acc.reduce(counts[k], "sum") for k in sums}
         totals["grad_norm"] = grad_norm
+        if self.scaling.dynamic:
+            totals["loss_scale"] = self.scaling.value()
         totals["tokens"] = self.acc.reduce(tokens.to(grad_norm.device), "sum")
         totals["step_time_s"] = torch.tensor(time.perf_counter() - t0)
         self.last_records = records
@@ -678,7 +779,10 @@ class Trainer:
                     pair_log.write(json.dumps(row) + "\n")
 
     def evaluate(self) -> dict:
-        return self.evaluator.evaluate(self.model) if self.acc.is_main_process else {}
+        if not self.acc.is_main_process:
+            return {}
+        with self.eval_precision.autocast():
+            return self.evaluator.evaluate(self.model)
 
     # ------------------------------------------------------------------------------ save / load
     def _write_config(self):
@@ -694,7 +798,8 @@ class Trainer:
                              else self.optimizer, scheduler=self.scheduler,
                              state={"position": self.position, "skipped_batches": self.skipped_batches,
                                     "fit": self.fit.cpu().tolist(), "stopped_early": self.stopped_early,
-                                    **({"best": self.best.state()} if self.best is not None else {})},
+                                    **({"best": self.best.state()} if self.best is not None else {}),
+                                    **self.scaling.state_dict()},
                              keep_last=self.cfg.train.keep_last)
 
     def _resume(self):
@@ -715,6 +820,7 @@ class Trainer:
         self.stopped_early = bool(state.get("stopped_early", False))
         if self.best is not None:
             self.best.load_state(state.get("best"))
+        self.scaling.load_state_dict(state)
         self._truncate_metrics()
         log.info("resumed from %s at step %d", found[-1], self.step_num)
 

@@ -35,7 +35,8 @@ from robalign.blocks import decoder_layers, only_blocks
 from robalign.data.collate import PreferenceBatch, collate
 from robalign.data.tokenize import TokenizedPair
 from robalign.errors import UserError
-from robalign.logprobs import SequenceLogps, split_body_and_head
+from robalign.logprobs import SequenceLogps, packed_mask, split_body_and_head
+from robalign.precision import FP32_TAG, check_recorded_precision
 from robalign.reference import evaluating
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,15 @@ class TrunkCache:
     Args:
         start: the first block that still runs (L − k); the cache holds the states entering it.
         directory: a folder for this base model (`model_fingerprint`), or None to keep it in memory only.
+        precision: how the states and reference log-probs are computed (`robalign.precision.precision_tag`),
+            written with every shard; a shard recording another precision is refused.
     """
 
-    def __init__(self, start: int, directory: Path | None = None):
+    def __init__(self, start: int, directory: Path | None = None, precision: str = FP32_TAG):
         if start < 1:
             raise UserError("model.trunk_cache needs a frozen trunk: set model.train_last_k to fewer blocks "
                             "than the model has (e.g. 2)")
-        self.start, self.directory = start, directory
+        self.start, self.directory, self.precision = start, directory, precision
         self.states: dict[str, torch.Tensor] = {}
         self.ref: dict[str, float] = {}
         self.new_states: dict[str, torch.Tensor] = {}
@@ -124,11 +127,13 @@ class TrunkCache:
         for shard in sorted(self.directory.glob("shard-*.safetensors")):
             try:
                 with safe_open(str(shard), framework="pt") as fh:
-                    index = json.loads(fh.metadata()["index"])
+                    meta = fh.metadata()
+                    index = json.loads(meta["index"])
                     table = fh.get_tensor("states")
             except Exception as err:  # a damaged shard is skipped; its sequences are computed again
                 log.warning("trunk cache: cannot read %s (%s); ignoring it", shard, err)
                 continue
+            check_recorded_precision(meta.get("precision"), self.precision, f"the trunk cache shard {shard}")
             for key, (offset, length, ref) in index.items():
                 if length:
                     self.states.setdefault(key, table[offset:offset + length])
@@ -153,7 +158,7 @@ class TrunkCache:
         name = hashlib.blake2b("".join(keys).encode(), digest_size=8).hexdigest()
         path = self.directory / f"shard-{name}-{os.getpid()}.safetensors"
         try:
-            write_tensors({"states": table}, path, metadata={"index": json.dumps(index)})
+            write_tensors({"states": table}, path, metadata={"index": json.dumps(index), "precision": self.precision})
         except OSError as err:
             raise UserError(f"model.trunk_cache_dir: cannot write {path}: {err.strerror or err}") from None
         self.new_states, self.new_ref = {}, {}
@@ -177,7 +182,7 @@ class TrunkCache:
                 batch = collate(group, pad_id).to(_device(model))
                 pack = batch.packed
                 with only_blocks(body, 0, self.start, norm=False):
-                    out = body(input_ids=pack.input_ids, attention_mask=pack.attention,
+                    out = body(input_ids=pack.input_ids, attention_mask=packed_mask(body, pack.attention),
                                position_ids=pack.position_ids, use_cache=False).last_hidden_state
                 for p, (row, begin) in zip(group, _placements(group)):
                     n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)

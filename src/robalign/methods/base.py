@@ -32,12 +32,14 @@ class Method:
         needs_reference: load a reference model (or cache) and pass its log-probs.
         online: the method generates its own pairs (prompt-only data is enough).
         log_pairs: the per-pair records of every step are written to pairs.jsonl.
+        fp32_step: the step runs without autocast under mixed precision (on the fp32 master weights).
     """
 
     name: str = ""
     needs_reference: bool = True
     online: bool = False
     log_pairs: bool = False  # write StepResult.per_pair rows to pairs.jsonl
+    fp32_step: bool = False
 
     def step(self, policy, reference, batch) -> StepResult:  # pragma: no cover - interface
         raise NotImplementedError
@@ -50,6 +52,10 @@ class Method:
         """Why this method cannot train from a cached frozen trunk (`model.trunk_cache`), or None if it can."""
         if self.online:
             return "its pairs are generated anew every step, so no trunk output is ever met twice"
+        return None
+
+    def precision_problem(self, weights: str) -> str | None:
+        """Why this method cannot train weights stored in `weights` ('fp32', 'bf16', 'fp16'), or None."""
         return None
 
     def bind(self, tokenizer) -> None:

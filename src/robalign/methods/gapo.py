@@ -358,6 +358,10 @@ class GapoMethod(Method):
         self.params, self.cfg = dict(params), cfg
         self.beta, self.gamma = self.params["beta"], self.params["gamma"]
         self.needs_reference = cfg.margin == "dpo"
+        # SPEC §3: the anchor is applied and evaluated in fp32. Under mixed precision the master weights are
+        # fp32, but autocast would multiply θ + δ in bf16, where δ rounds away; and m(θ), m̃ must come from one
+        # precision, or Γ measures rounding instead of the anchor. So the whole step runs without autocast.
+        self.fp32_step = not cfg.allow_low_precision_anchor
         self._checked_model = None
 
     def activation_checkpointing_problem(self, mode: str) -> str | None:
@@ -371,6 +375,14 @@ class GapoMethod(Method):
             return ("the probe's graph is back-propagated twice (gapo.reuse_graph), which selective "
                     "checkpointing forbids; use train.activation_checkpointing: full or gapo.reuse_graph: false")
         return None
+
+    def precision_problem(self, weights: str) -> str | None:
+        if weights == "fp32" or self.cfg.allow_low_precision_anchor:
+            return None
+        return (f"the anchor needs fp32 weights, but they are {weights}: at most about (ρ·2⁹)² weights change under δ "
+                "and the anchor collapses onto the policy (SPEC §3). Use model.dtype: fp32 (with "
+                "train.mixed_precision: bf16 for speed: GAPO's step then runs in fp32), or set "
+                "gapo.allow_low_precision_anchor: true to accept this")
 
     def trunk_cache_problem(self, train_last_k: int) -> str | None:
         c = self.cfg

@@ -24,6 +24,7 @@ from robalign.logprobs import (
     SequenceLogps,
     completion_targets,
     gather_completion_states,
+    layout_for,
     reduce_to_sequences,
     split_body_and_head,
     token_logps,
@@ -34,8 +35,8 @@ class TailRecorder:
     """Records the call of block `start` during a forward (inside `recording()`), to replay the tail."""
 
     def __init__(self, model, blocks: nn.ModuleList, start: int):
-        body, self.head = split_body_and_head(model)
-        self.norm = final_norm(body)
+        self.body, self.head = split_body_and_head(model)
+        self.norm = final_norm(self.body)
         self.blocks, self.start = blocks, start
         self.call: tuple[tuple, dict] | None = None
         self.logits: torch.Tensor | None = None
@@ -120,5 +121,6 @@ class TailRecorder:
         return hidden
 
     def _run(self, batch, call_block) -> SequenceLogps:
+        batch = layout_for(self.body, batch)  # the layout the probe forward ran
         hidden, targets, rows = gather_completion_states(self.norm(self._states(call_block)), batch)
         return reduce_to_sequences(token_logps(self.head, hidden, targets), rows, batch)
