@@ -17,6 +17,7 @@ def test_demo_on_tiny_model_writes_curves_intervals_and_report(tmp_path, capsys)
     for r in runs:
         assert [c["epoch"] for c in r["curve"]] == [0.0, 1.0, 2.0]
         assert r["curve"][0]["accuracy_h"] == 0.5  # step 0: every margin is exactly 0, a tie counts half
+        assert r["curve"][0]["half_width"] == 0.0  # ... so its accuracy has no sampling noise
         ci = r["last_minus_peak"]
         assert ci["low"] <= ci["mean"] <= ci["high"] and ci["mean"] <= 0  # last − the best: never above 0
     for r in runs[1:]:
@@ -38,12 +39,17 @@ def _row(minus_clean, fall, gain):
 
 
 def test_the_paragraph_says_only_what_the_intervals_support():
-    clean = {"label": "DPO, clean labels", "method": "dpo"}
+    clean = {"label": "DPO, clean labels", "method": "dpo", "peak_epoch": 1,
+             "last_minus_peak": {"mean": -0.04, "low": -0.07, "high": -0.01}}
     hurt = meaning([clean, _row((-0.1, -0.02), (-0.05, -0.01), (0.01, 0.04))], 0.4)
     assert "cost it clean held-out accuracy" in hurt and "then fell" in hurt and "kept" in hurt
+    assert "Even on clean labels" in hurt
     unclear = meaning([clean, _row((-0.05, 0.01), (-0.02, 0.0), (-0.01, 0.02))], 0.4)
     assert "did not end measurably below" in unclear and "did not fall measurably" in unclear
     assert "not measurably" in unclear and "cost it" not in unclear
+    steady = meaning([{**clean, "last_minus_peak": {"mean": 0.0, "low": -0.02, "high": 0.02}},
+                      _row((-0.05, 0.01), (-0.02, 0.0), (-0.01, 0.02))], 0.4)
+    assert "Even on clean labels" not in steady
 
 
 def test_demo_rejects_unknown_method_and_bad_noise(tmp_path, capsys):
