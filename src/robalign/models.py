@@ -121,6 +121,8 @@ def _quantized(model, quantization: str, dtype: str, device: str, trust_remote_c
 
 def _load_pretrained(name: str, trust_remote_code: bool, dtype: str = "fp32"):
     from safetensors import SafetensorError
+
+    from robalign import hub
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(name)
@@ -128,6 +130,7 @@ def _load_pretrained(name: str, trust_remote_code: bool, dtype: str = "fp32"):
         raise UserError(f"model: {name} holds only pickled weights (.bin/.pt), which robalign does not load (a "
                         "pickle can run code); convert them to safetensors (model.save_pretrained(dir, "
                         "safe_serialization=True) where you trust the file)")
+    offline = "" if local.exists() else hub.prepare(f"model {name!r}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         # safetensors only: never unpickle weights (SPEC: no pickle of untrusted files).
@@ -136,6 +139,8 @@ def _load_pretrained(name: str, trust_remote_code: bool, dtype: str = "fp32"):
         model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES.get(dtype, "auto"), use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError, SafetensorError, RuntimeError) as err:
+        if offline:
+            raise UserError(f"model: cannot load {name!r}: {offline}") from None
         raise UserError(f"model: cannot load {name!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__} "
                         "(give a local directory with safetensors weights, a .gguf file, 'smollm2-135m-instruct' "
                         "or 'tiny-llama')") from None

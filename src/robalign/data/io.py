@@ -234,9 +234,14 @@ def _hub_rows(spec: str, split: str) -> Rows:
     name, _, config = spec[len("hf:") :].partition(":")
     import datasets  # imported here: it is slow to import and only this path needs it
 
+    from robalign import hub
+
+    offline = hub.prepare(f"dataset {name!r}")
     try:
         ds = datasets.load_dataset(name, config or None, split=split)
     except Exception as exc:  # datasets raises many unrelated types for "cannot load"
+        if offline:
+            raise DataError(spec, None, f"could not load the dataset: {offline}", "") from None
         raise DataError(
             spec,
             None,
