@@ -121,9 +121,9 @@ def _quantized(model, quantization: str, dtype: str, device: str, trust_remote_c
 
 def _load_pretrained(name: str, trust_remote_code: bool, dtype: str = "fp32"):
     from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from robalign import hub
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(name)
     if local.is_dir() and not list(local.glob("*.safetensors")) and list(local.glob("*.bin")) + list(local.glob("*.pt")):
