@@ -54,3 +54,59 @@ def test_local_models_never_probe_the_hub(no_hub, monkeypatch):
 def test_offline_requested_by_the_user_is_named(no_hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "offline mode is on" in hub.prepare("dataset 'x'")
+
+
+def _tiny_cfg(tmp_path, **train):
+    from robalign.config import build_config
+
+    return build_config({"model": {"name": "tiny-llama", "lora_r": 4}, "data": {"max_length": 64},
+                         "train": {"output_dir": str(tmp_path / "run"), "max_steps": 1, "batch_size": 2,
+                                   "progress": False, "push_to_hub": True, **train}})
+
+
+def test_push_to_hub_is_refused_before_training_when_the_hub_is_unreachable(no_hub, tmp_path):
+    from conftest import make_pairs
+    from robalign.errors import ConfigError
+    from robalign.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="push_to_hub: the hub .* cannot be reached"):
+        Trainer(_tiny_cfg(tmp_path), train_pairs=make_pairs(4), eval_pairs=make_pairs(2))
+    assert not (tmp_path / "run").exists()
+
+
+def test_push_to_hub_uploads_final_with_its_card(tmp_path, monkeypatch):
+    from conftest import make_pairs
+    from robalign.trainer import Trainer
+
+    calls = {}
+
+    class FakeApi:  # the hub's API, recorded: nothing leaves this machine
+        def create_repo(self, repo_id, private, exist_ok):
+            calls["create"] = (repo_id, private, exist_ok)
+            return type("Repo", (), {"repo_id": f"me/{repo_id}"})()
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            from pathlib import Path
+
+            calls["upload"] = (sorted(p.name for p in Path(folder_path).iterdir()), repo_id, commit_message)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(hub, "check_push", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    Trainer(_tiny_cfg(tmp_path, hub_model_id="my-dpo", hub_private_repo=True), train_pairs=make_pairs(4),
+            eval_pairs=make_pairs(2)).train()
+    assert calls["create"] == ("my-dpo", True, True)
+    files, repo, message = calls["upload"]
+    assert repo == "me/my-dpo" and "README.md" in files and "adapter" in files and "dpo" in message
+
+
+def test_push_to_hub_needs_a_token(monkeypatch):
+    import huggingface_hub
+
+    from robalign.errors import ConfigError
+
+    monkeypatch.setattr(hub, "prepare", lambda what: "")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(ConfigError, match="no hub token"):
+        hub.check_push()

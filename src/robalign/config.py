@@ -179,6 +179,11 @@ class TrainConfig:
     save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
     keep_last: int = _f(2, "Checkpoints kept on disk (older ones are deleted).")
     save_final: bool = _f(True, "Write final/ (a plain transformers model, LoRA merged) at the end.")
+    push_to_hub: bool = _f(False, "Upload final/ (model, tokenizer, adapter, model card) to the hub at the end; the "
+                           "hub and a token are checked before training starts.")
+    hub_model_id: str = _f("", "Hub repository for push_to_hub: 'user/name', or 'name' under your account "
+                           "('' = the output directory's name).")
+    hub_private_repo: bool = _f(False, "Create the hub repository private.")
     log_every: int = _f(1, "Write a metrics line every N steps.")
     report_to: list = _f([], "Trackers that also get the metrics (TRL's report_to): tensorboard (output_dir/tb), "
                          "wandb, trackio, mlflow (output_dir/mlflow.db unless MLFLOW_TRACKING_URI), or none; a list "
@@ -217,6 +222,8 @@ class TrainConfig:
             raise ConfigError("train.load_best_model_at_end / early_stopping_patience: need evaluations during the "
                               "run; set train.eval_per_epoch (e.g. 1) or train.eval_every")
         _check_report_to(self.report_to)
+        if self.push_to_hub and not self.save_final:
+            raise ConfigError("train.push_to_hub: needs train.save_final (it uploads final/)")
         from robalign.precision import DEVICES, MIXED_PRECISION
 
         _choice(self.mixed_precision, MIXED_PRECISION, "train.mixed_precision")

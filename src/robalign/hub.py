@@ -59,3 +59,29 @@ def prepare(what: str) -> str:
     return (f"the hub ({os.environ.get('HF_ENDPOINT') or 'huggingface.co'}) cannot be reached from this machine "
             f"and {what} is not in the local hub cache: download it where there is a network (or copy the "
             "folder here) and give its local path")
+
+
+def check_push() -> None:
+    """Before a run that ends with `train.push_to_hub`: the hub must be reachable and a token known, so that
+    hours of training do not end in a failed upload."""
+    from huggingface_hub import get_token
+
+    from robalign.errors import ConfigError
+
+    said = prepare("the upload target")
+    if said:
+        raise ConfigError("train.push_to_hub: " + said.split(" and ")[0] + "; train without --push-to-hub and "
+                          "upload final/ later (huggingface_hub's upload_folder)")
+    if not get_token():
+        raise ConfigError("train.push_to_hub: no hub token found; log in (`hf auth login`) or set HF_TOKEN")
+
+
+def push_folder(folder, repo_id: str, *, private: bool, message: str) -> str:
+    """Creates `repo_id` (a bare name goes under the token's account) if needed and uploads `folder`; returns
+    the repository id."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo.repo_id, commit_message=message)
+    return repo.repo_id

@@ -26,7 +26,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "pairs.jsonl", "checkpoints", "fina
              "iterates", "output")
 # Settings that change how a run is watched or paused, not what it computes.
 WATCH_ONLY = {"train.progress", "train.threads", "train.stop_after", "train.tensorboard", "train.log_every",
-              "train.report_to", "train.run_name",
+              "train.report_to", "train.run_name", "train.push_to_hub", "train.hub_model_id", "train.hub_private_repo",
               "train.keep_last", "train.save_every", "train.output_dir"}
 
 

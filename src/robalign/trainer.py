@@ -238,6 +238,10 @@ class Trainer:
         if problem:
             raise ConfigError(f"train.activation_checkpointing: {tc.activation_checkpointing!r} with method "
                               f"{self.method.name}: {problem}")
+        if tc.push_to_hub:  # before hours of training: the upload must be possible
+            from robalign import hub
+
+            hub.check_push()
         train_pairs, eval_pairs = read_data(self.cfg, self.method.online, train_pairs, eval_pairs)  # bad data fails before a model loads
         self._setup_model(model, tokenizer)
         self._setup_data(train_pairs, eval_pairs)
@@ -628,12 +632,23 @@ class Trainer:
             final_eval = self._restore_best(final_eval)
         if tc.save_final:
             self.save_final(final_eval)
+            if tc.push_to_hub and self.acc.is_main_process:
+                self._push()
         if self.acc.is_main_process:
             self.method.finalize(self.out)
         curve = self._plot_curves()
         return {"start": start_eval, "final": final_eval, "steps": self.step_num,
                 "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes, "curve": curve,
                 **self._best_summary()}
+
+    def _push(self) -> None:
+        from robalign import hub
+
+        tc = self.cfg.train
+        repo = hub.push_folder(self.out / "final", tc.hub_model_id or self.out.resolve().name,
+                               private=tc.hub_private_repo,
+                               message=f"robalign: {self.method.name}, {self.step_num} steps")
+        log.info("pushed %s to the hub: %s", self.out / "final", repo)
 
     def _note_best(self, evaluation: dict) -> None:
         if self.best is not None and evaluation:
