@@ -73,10 +73,10 @@ def test_paired_differences_subtract_the_same_seed_cell():
     results.append(_cell("rdpo", "length", 0.3, 0, 0.61))  # no dpo cell to pair with in seed 0 of `length`
     cost = {(r["method"], r["kind"], r["rate"]): r for r in paired_noise_cost(results, "accuracy_M")}
     assert set(cost) == {("dpo", "flip", 0.3), ("rdpo", "flip", 0.3), ("rdpo", "length", 0.3)}
-    want = [0.50 - 0.60, 0.66 - 0.70]
+    want = [0.60 - 0.50, 0.70 - 0.66]  # clean − noisy: positive when the noise hurts
     assert abs(cost["dpo", "flip", 0.3]["mean"] - statistics.fmean(want)) < 1e-12
     assert abs(cost["dpo", "flip", 0.3]["std"] - statistics.stdev(want)) < 1e-12
-    assert cost["rdpo", "length", 0.3]["n"] == 1 and abs(cost["rdpo", "length", 0.3]["mean"] - (0.61 - 0.62)) < 1e-12
+    assert cost["rdpo", "length", 0.3]["n"] == 1 and abs(cost["rdpo", "length", 0.3]["mean"] - (0.62 - 0.61)) < 1e-12
     versus = {(r["method"], r["kind"], r["rate"]): r for r in paired_against(results, "accuracy_M", "dpo")}
     assert set(versus) == {("rdpo", "flip", 0), ("rdpo", "flip", 0.3)}  # the length cell has no partner
     want = [0.58 - 0.50, 0.64 - 0.66]
@@ -94,7 +94,7 @@ def test_a_report_marks_values_that_rest_on_fewer_seeds(tmp_path):
     report = write_outputs(spec, results).read_text()
     assert "| dpo | flip | 0.600 ± 0.100 | 0.550 ± 0.000 (n=1) |" in report
     assert "rests on the k of the 3 seeds" in report
-    assert "| dpo | flip | -0.050 ± 0.000 (n=1) |" in report  # the paired cost: seed 1 only
+    assert "| dpo | flip | 0.050 ± 0.000 (n=1) |" in report  # the paired cost (clean − noisy): seed 1 only
     complete = write_outputs(spec, results[:3], tmp_path / "complete").read_text()
     assert "(n=" not in complete and "rests on" not in complete
 
@@ -365,3 +365,38 @@ def test_param_of_a_method_section_goes_to_that_section(tmp_path):
                      max_length=64, lora_r=0, out=tmp_path, params={"gapo": {"radius": 0.5}})
     cfg, _ = cell_config(spec, "gapo", "flip", 0.4, 0, tmp_path / "c", 8)
     assert cfg.extra["gapo"].radius == 0.5
+
+
+def test_bench_validates_a_data_file_as_train_does(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
+    assert main(["bench", "robustness", "--data", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2" in err and "rejected" in err and not (tmp_path / "out").exists()
+
+
+def test_bench_help_shows_every_default(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["bench", "robustness", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("--lr", "0.0005"), ("--eval-pairs", "64"), ("--threads", "0"), ("--out", "outputs/robustness")):
+        assert flag in said and f"(default: {default})" in said, flag
+
+
+def test_accuracy_plot_is_labelled_and_keeps_coinciding_methods_apart(tmp_path, monkeypatch):
+    from robalign import bench
+
+    drawn = []
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda ax, x, y, **kw: drawn.append((list(x), kw["marker"])) or original(ax, x, y, **kw))
+    rows = [{"method": m, "kind": "flip", "rate": r, "mean": 0.6, "std": 0.0, "n": 1}
+            for m in ("dpo", "ipo") for r in (0.0, 0.4)]  # identical values: the lines coincide
+    bench.plot_accuracy(rows, ["flip"], tmp_path / "a.png", "accuracy_h", caption="data x, 3 epochs")
+    (x_dpo, m_dpo), (x_ipo, m_ipo) = drawn
+    assert m_dpo != m_ipo and all(a != b for a, b in zip(x_dpo, x_ipo))
+    assert (tmp_path / "a.png").stat().st_size > 1000

@@ -398,13 +398,15 @@ def aggregate(results: list[dict], metric: str, against=None) -> list[dict]:
 
 
 def paired_noise_cost(results: list[dict], metric: str) -> list[dict]:
-    """Per (method, kind, rate > 0): mean ± std over seeds of metric(rate, seed) − metric(0, seed).
+    """Per (method, kind, rate > 0): mean ± std over seeds of metric(0, seed) − metric(rate, seed): what the
+    noise costs, positive when it lowers the metric (for KL: positive when the noisy run moved less).
 
     Pairing by seed removes what a seed's data and initial model contribute to both cells, so the cost of
     noise is read against its own spread rather than against the seed-to-seed spread of the raw values.
     """
     clean = {(r["method"], r["seed"]): r[metric] for r in results if r["rate"] == 0 and r.get(metric) is not None}
-    return aggregate(results, metric, lambda r: clean.get((r["method"], r["seed"])) if r["rate"] > 0 else None)
+    rows = aggregate(results, metric, lambda r: clean.get((r["method"], r["seed"])) if r["rate"] > 0 else None)
+    return [{**row, "mean": -row["mean"]} for row in rows]  # clean − noisy: the std is the same
 
 
 def paired_against(results: list[dict], metric: str, baseline: str) -> list[dict]:
@@ -427,23 +429,33 @@ def _with_clean(rows: list[dict], kinds: list[str]) -> list[dict]:
     return out
 
 
-def plot_accuracy(rows: list[dict], kinds: list[str], path: Path, metric: str):
+MARKERS = "osD^vP*Xh<>p"
+
+
+def plot_accuracy(rows: list[dict], kinds: list[str], path: Path, metric: str, caption: str = ""):
     from robalign.plots import panels, series_colours
 
     rows = _with_clean(rows, kinds)
     colour = series_colours(sorted({r["method"] for r in rows}))
+    rates = sorted({r["rate"] for r in rows})
+    # Methods often coincide: each gets its own marker and a small sideways offset, so none hides another.
+    step = 0.012 * ((rates[-1] - rates[0]) or 1.0)
     with panels(kinds, path) as axes:
         for ax, kind in axes:
-            for method in colour:
+            for k, method in enumerate(colour):
                 pts = sorted((r["rate"], r["mean"], r["std"]) for r in rows
                              if r["kind"] == kind and r["method"] == method)
                 if pts:
                     x, y, e = zip(*pts)
-                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method, color=colour[method])
+                    x = [xi + (k - (len(colour) - 1) / 2) * step for xi in x]
+                    ax.errorbar(x, y, yerr=e, marker=MARKERS[k % len(MARKERS)], capsize=3, label=method,
+                                color=colour[method], alpha=0.85)
             ax.set_title(f"noise: {kind}")
             ax.set_xlabel("noise rate")
             ax.set_ylabel(f"clean held-out {metric}")
             ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        if caption:
+            axes[0][0].figure.suptitle(caption, fontsize=9)
 
 
 def plot_gold_vs_kl(results: list[dict], kinds: list[str], path: Path):
@@ -509,7 +521,7 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
         rows = aggregate(results, metric)
         if not rows:
             continue
-        plot_accuracy(rows, spec.kinds, dest / f"{metric}_vs_noise.png", metric)
+        plot_accuracy(rows, spec.kinds, dest / f"{metric}_vs_noise.png", metric, caption=_caption(spec))
         lines += [f"\n## {metric} (mean ± std over seeds)\n", _table(rows, spec.kinds, seeds),
                   f"\n![{metric}]({metric}_vs_noise.png)\n"]
     gold = {m: aggregate(results, m) for m in ("gold_reward_greedy", "win_rate_greedy", "kl")}
@@ -536,6 +548,14 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
     return report
 
 
+def _caption(spec: SweepSpec) -> str:
+    """What a plot shows, for a reader who sees only the plot: data, model, budget and held-out size."""
+    budget = f"{spec.epochs:g} epochs" if spec.epochs else f"{spec.steps} steps"
+    return (f"data {spec.data}, {Path(spec.model).name}, {budget} x {spec.batch_size} pairs, "
+            f"{spec.train_pairs} training pairs, {spec.eval_pairs} clean held-out pairs, "
+            f"{len(spec.seeds)} seed(s): mean ± std")
+
+
 def _settings_line(spec: SweepSpec) -> str:
     """The settings each method trained with beyond its own defaults (e.g. the ε rDPO was told)."""
     told = {m: method_settings(m, spec.params) for m in spec.methods}
@@ -553,8 +573,8 @@ def _paired_sections(results: list[dict], kinds: list[str], seeds: int) -> list[
     for metric in PAIRED_METRICS:
         cost = paired_noise_cost(results, metric)
         if cost:
-            lines += [f"\n## {metric}: cost of noise, paired by seed (value at the rate − value at 0, "
-                      "same seed; mean ± std over seeds)\n", _table(cost, kinds, seeds)]
+            lines += [f"\n## {metric}: cost of noise, paired by seed (value at 0 − value at the rate, same "
+                      "seed, so positive = noise lowers it; mean ± std over seeds)\n", _table(cost, kinds, seeds)]
         versus = paired_against(results, metric, PAIRED_BASELINE)
         if versus:
             lines += [f"\n## {metric}: each method − {PAIRED_BASELINE}, paired (same seed and noise; mean ± std "
@@ -642,6 +662,16 @@ def cmd_bench(args) -> int:
     if args.data not in GOLD_TASKS and not Path(args.data).exists():
         raise UserError(f"bench: --data {args.data} not found (a preference file, 'verifiable' or "
                         "'verifiable-sampled')")
+    if args.data not in GOLD_TASKS:  # validated as `robalign train` validates it, before any model loads
+        from robalign.data import load_pairs
+
+        read = load_pairs(args.data, skip_invalid=args.skip_invalid)
+        if read.skipped:
+            print(f"bench: {read.skip_summary()}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     spec = SweepSpec(data=args.data, methods=methods, kinds=kinds, rates=_floats(args.rates),
                      seeds=[int(s) for s in args.seeds.split(",")], model=args.model, steps=args.steps,
                      batch_size=args.batch_size, lr=args.lr, train_pairs=args.train_pairs,
@@ -669,9 +699,12 @@ def cmd_bench(args) -> int:
 
 
 def register_cli(sub):
+    import argparse
+
     from robalign.models import DEFAULT_MODEL
 
-    p = sub.add_parser("bench", help="benchmarks: `robalign bench robustness` sweeps methods under noise")
+    p = sub.add_parser("bench", help="benchmarks: `robalign bench robustness` sweeps methods under noise",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("which", choices=["robustness"])
     p.add_argument("--data", default="verifiable", help="preference file, 'verifiable' (built-in task, written "
                    "responses) or 'verifiable-sampled' (built-in task, responses sampled from --model, cached)")
@@ -681,9 +714,9 @@ def register_cli(sub):
                    "oracle (kinds flip and length)")
     p.add_argument("--kinds", default=None, help="noise kinds (default flip,length,margin; margin only on data "
                    "with chosen_score/rejected_score on every pair)")
-    p.add_argument("--rates", default="0,0.1,0.2,0.3,0.4")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--rates", default="0,0.1,0.2,0.3,0.4", help="noise rates, comma-separated (0 = one clean cell shared by every kind)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (each draws its own pairs, noise and order)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="base model of every cell")
     p.add_argument("--steps", type=int, default=16, help="optimiser steps per cell (unless --epochs)")
     p.add_argument("--epochs", type=float, default=0.0, help="passes over each cell's training pairs instead of "
                    "--steps; cells then evaluate every epoch and record their learning curve")
@@ -692,20 +725,23 @@ def register_cli(sub):
     p.add_argument("--trunk-cache", choices=["off", "memory", "disk"], default="off",
                    help="compute the frozen blocks once: 'disk' shares them (and the reference log-probs) "
                    "between every cell over the same texts, in <out>/trunk")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--train-pairs", type=int, default=256)
-    p.add_argument("--eval-pairs", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=4, help="pairs per optimiser step")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (cosine schedule, 10%% warm-up)")
+    p.add_argument("--train-pairs", type=int, default=256, help="training pairs per cell")
+    p.add_argument("--eval-pairs", type=int, default=64, help="clean held-out pairs per seed")
+    p.add_argument("--max-length", type=int, default=256, help="tokens of prompt + completion")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (0 = full weights)")
     p.add_argument("--gen-prompts", type=int, default=-1, help="held-out prompts decoded per cell for gold "
                    "reward, win rate and KL (built-in task only); -1 = 16 there, 0 elsewhere")
-    p.add_argument("--gen-max-new-tokens", type=int, default=32)
+    p.add_argument("--gen-max-new-tokens", type=int, default=32, help="tokens generated per held-out prompt")
+    p.add_argument("--skip-invalid", action="store_true", help="skip and count invalid rows of --data instead of "
+                   "stopping at the first (as robalign train --skip-invalid)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a method's setting, repeatable (e.g. --param cdpo.epsilon=0.4 --param sympo.kind=ramp); "
                    f"defaults: {', '.join(f'{m}.{k}={v}' for m, kv in METHOD_DEFAULTS.items() for k, v in kv.items())}"
                    ", the rest the method's own (robalign train --help)")
-    p.add_argument("--out", default="outputs/robustness")
+    p.add_argument("--out", default="outputs/robustness", help="sweep folder: cells are cached there and re-running resumes")
     p.add_argument("--report-only", action="store_true", help="train nothing: report over the grid's cells "
                    "already finished in --out and name the ones that are not")
     p.add_argument("--report-dir", default=None, help="where report.md, results.csv and the plots go (default: "
