@@ -100,3 +100,29 @@ def test_partial_checkpoint_is_never_picked_up(tmp_path):
     assert not (root / ".tmp-step-00000004").exists()
 
 
+
+
+def test_resume_skips_a_corrupt_last_checkpoint_and_stays_exact(tmp_path):
+    """A truncated newest checkpoint is named and the one before it used: the run still ends exactly as an
+    uninterrupted one; when no checkpoint reads, one message."""
+    from robalign.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p.to_row()) + "\n" for p in make_pairs(8)))
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    args = ["train", "--model", "tiny-llama", "--data", str(data), "--eval-fraction", "0", "--lora-r", "0",
+            "--max-steps", "4", "--lr", "1e-2", "--batch-size", "2", "--save-every", "1", "--keep-last", "3",
+            "--max-length", "64", "--progress", "false"]
+    assert main([*args, "--output-dir", str(whole)]) == 0
+    assert main([*args, "--output-dir", str(parts), "--stop-after", "3"]) == 0
+    newest = parts / "checkpoints" / "step-00000003" / "weights.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # a copy cut short
+    assert main([*args, "--output-dir", str(parts), "--resume"]) == 0
+    a = load_file(str(whole / "checkpoints" / "step-00000004" / "weights.safetensors"))
+    b = load_file(str(parts / "checkpoints" / "step-00000004" / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for step in (2, 3, 4):  # now every checkpoint left is broken
+        f = parts / "checkpoints" / f"step-{step:08d}" / "state.json"
+        if f.exists():
+            f.write_text("{")
+    assert main([*args, "--output-dir", str(parts), "--resume", "--max-steps", "4"]) == 2

@@ -154,10 +154,40 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
-    """Restores weights, optimiser, scheduler and RNG in place; returns the saved trainer state."""
+def load_latest(root: Path, *, model, optimizer, scheduler) -> tuple[Path, dict] | None:
+    """Restores the newest checkpoint under `root` that reads back whole; a truncated or corrupt one (a disk
+    fault, a copy cut short) is named in a warning and the one before it is used. None when there is none;
+    a UserError when none of them reads."""
+    import logging
+
+    found = list_checkpoints(root)
+    bad = []
+    for path in reversed(found):
+        # Every component is read before anything is restored, so a corrupt file never half-loads.
+        try:
+            parts = _read(path)
+        except (OSError, ValueError, KeyError, SafetensorError) as err:
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            bad.append(f"{path.name} ({why})")
+            logging.getLogger(__name__).warning("--resume: checkpoint %s is truncated or corrupt (%s); trying the "
+                                                "one before it", path, why)
+            continue
+        return path, _restore(path, parts, model=model, optimizer=optimizer, scheduler=scheduler)
+    if bad:
+        raise UserError(f"--resume: no checkpoint in {root} reads back whole: {'; '.join(bad)}; start the run "
+                        "again with --overwrite")
+    return None
+
+
+def _read(path: Path) -> dict:
     state = json.loads((path / "state.json").read_text())
-    weights = load_file(str(path / "weights.safetensors"))
+    return {"state": state, "weights": load_file(str(path / "weights.safetensors")),
+            "optimizer": load_file(str(path / "optimizer.safetensors")),
+            "rng": load_file(str(path / "rng.safetensors"))}
+
+
+def _restore(path: Path, parts: dict, *, model, optimizer, scheduler) -> dict:
+    state, weights = parts["state"], parts["weights"]
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
@@ -165,9 +195,14 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    opt = load_file(str(path / "optimizer.safetensors"))
+    opt = dict(parts["optimizer"])
     opt.pop("_empty", None)
     _load_optimizer(optimizer, opt, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
+    set_rng_state(parts["rng"], state["rng"])
     return state
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
+    """Restores weights, optimiser, scheduler and RNG in place; returns the saved trainer state."""
+    return _restore(path, _read(path), model=model, optimizer=optimizer, scheduler=scheduler)

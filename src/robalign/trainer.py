@@ -819,16 +819,16 @@ class Trainer:
 
     def _resume(self):
         ckpt.remove_partial(self.out / "checkpoints")
-        found = ckpt.list_checkpoints(self.out / "checkpoints")
-        if not found:  # killed before the first checkpoint: nothing to lose, start over
+        opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        loaded = ckpt.load_latest(self.out / "checkpoints", model=self.model, optimizer=opt,
+                                  scheduler=self.scheduler)
+        if loaded is None:  # killed before the first checkpoint: nothing to lose, start over
             log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.out / "checkpoints")
             if self.acc.is_main_process:
                 self.out.mkdir(parents=True, exist_ok=True)
                 self._write_config()
             return
-        opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
-        state = ckpt.load_checkpoint(found[-1], model=self.model, optimizer=opt,
-                                     scheduler=self.scheduler)
+        path, state = loaded
         self.step_num, self.position = state["step"], state["position"]
         self.skipped_batches = state.get("skipped_batches", 0)
         self.fit = torch.tensor(state.get("fit", [0.0] * 4))
@@ -837,7 +837,7 @@ class Trainer:
             self.best.load_state(state.get("best"))
         self.scaling.load_state_dict(state)
         self._truncate_metrics()
-        log.info("resumed from %s at step %d", found[-1], self.step_num)
+        log.info("resumed from %s at step %d", path, self.step_num)
 
     def _truncate_metrics(self):
         """Drops metric lines logged after the checkpoint, so a resumed run's log has no duplicates."""
