@@ -220,10 +220,11 @@ def meaning(rows: list[dict], noise_rate: float) -> str:
         if r is dpo or "minus_clean" not in r:
             continue
         said.append(f"{r['label']}: {_ci(r['minus_clean'])} against the clean-label run.")
-    said.append("For your data: if your labels may be wrong, evaluate every epoch on held-out pairs (`--epochs`, "
-                "`--eval-per-epoch`), watch `train/fit_flipped` on data whose noise you injected (`robalign noise`), "
-                "and keep the best evaluation rather than the last. Intervals this wide come from a few hundred "
-                "held-out pairs; whether a robust loss buys more than that is what docs/results.md measures.")
+    said.append("For your data: inject the noise you fear into a copy of it (`robalign noise`) and compare learning "
+                "curves with and without it (`--epochs N --eval-per-epoch 1`): that measures what wrong labels cost "
+                "you; `train/fit_flipped` shows whether the model memorises them, and `--load-best-model-at-end "
+                "true` keeps the best evaluation when a run overfits. Intervals this wide come from a few hundred "
+                "held-out pairs; whether a robust loss closes the gap is what docs/results.md measures.")
     return " ".join(s for s in said if s)
 
 
