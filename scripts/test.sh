@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q "$@"
+# Both tiers: the unit tests (plain `pytest`, about 2 minutes) and the integration tier.
+.venv/bin/python -m pytest -q -m "not slow" "$@"

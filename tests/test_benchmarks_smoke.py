@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # subprocesses, torchrun or real runs: the integration tier
+
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"measured_steps", "median_step_s", "pairs_per_s", "real_tokens_per_s", "peak_rss_mb",
                 "useful_gflops_per_s", "share_of_matmul_ceiling", "measured_time_s"}

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.integration  # subprocesses, torchrun or real runs: the integration tier
+
 
 def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "robalign.cli", *map(str, args)], capture_output=True, text=True,

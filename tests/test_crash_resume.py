@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from conftest import make_pairs
 
+pytestmark = pytest.mark.integration  # subprocesses, torchrun or real runs: the integration tier
+
 STEPS = 6
 # An online method adds generation RNG and its own files (generations.jsonl, iterates/) to what must resume.
 METHOD_ARGS = {"dpo": [], "gapo": [], "oracle_robust": ["--max-new-tokens", "4", "--optimizer", "sgd",

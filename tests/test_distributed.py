@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from conftest import make_pairs
 
+pytestmark = pytest.mark.integration  # subprocesses, torchrun or real runs: the integration tier
+
 ONLINE = {"oracle_robust": ["--max-new-tokens", "4"],
           "sail": ["--max-new-tokens", "4", "--sail.r", "0.25", "--sail.p", "0.25", "--sail.g", "0.25"]}
 

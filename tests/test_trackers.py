@@ -16,6 +16,8 @@ from robalign.config import build_config
 from robalign.errors import ConfigError, UserError
 from robalign.metrics import read_jsonl
 
+pytestmark = pytest.mark.integration  # subprocesses, torchrun or real runs: the integration tier
+
 
 def test_rows_reach_trackers_with_train_and_eval_prefixes():
     row = {"step": 3, "epoch": 0.5, "learning_rate": 1e-4, "loss": 0.25, "rewards/accuracies": 0.5,
