@@ -400,3 +400,15 @@ def test_accuracy_plot_is_labelled_and_keeps_coinciding_methods_apart(tmp_path, 
     (x_dpo, m_dpo), (x_ipo, m_ipo) = drawn
     assert m_dpo != m_ipo and all(a != b for a, b in zip(x_dpo, x_ipo))
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_every_numeric_flag_is_range_checked_before_anything_is_written(tmp_path, capsys):
+    for bad, says in ((["--epochs", "-1"], "--epochs"), (["--train-pairs", "0"], "--train-pairs"),
+                      (["--eval-pairs", "-5"], "--eval-pairs"), (["--seeds", "-1"], "--seeds"),
+                      (["--seeds", "a"], "--seeds"), (["--lr", "nan"], "--lr"), (["--threads", "-2"], "--threads")):
+        assert main(["bench", "robustness", "--methods", "dpo", "--out", str(tmp_path / "out"), *bad]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("error:") == 1, err
+    assert not (tmp_path / "out").exists()
+    assert main(["demo", "--seed", "-1", "--out", str(tmp_path / "demo")]) == 2
+    assert "--seed" in capsys.readouterr().err

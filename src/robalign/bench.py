@@ -609,6 +609,26 @@ def _floats(text: str) -> list[float]:
     return vals
 
 
+def check_numbers(args) -> None:
+    """Every numeric flag in range, before anything is written or loaded (one message naming the flag)."""
+    least = {"steps": 1, "epochs": 0, "eval_per_epoch": 0, "train_last_k": 0, "batch_size": 1, "eval_pairs": 1,
+             "max_length": 8, "lora_r": 0, "gen_prompts": -1, "gen_max_new_tokens": 1, "threads": 0}
+    for key, low in least.items():
+        value = getattr(args, key)
+        if not value >= low or (isinstance(value, float) and not math.isfinite(value)):
+            raise UserError(f"bench: --{key.replace('_', '-')} must be >= {low}, got {value}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise UserError(f"bench: --lr must be a positive number, got {args.lr}")
+    if args.train_pairs < args.batch_size:
+        raise UserError(f"bench: --train-pairs ({args.train_pairs}) must be at least --batch-size ({args.batch_size})")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"bench: --seeds expects comma-separated integers, got {args.seeds!r}") from None
+    if not seeds or any(not 0 <= x < 2**32 for x in seeds):
+        raise UserError(f"bench: --seeds must be integers in [0, 2^32), got {args.seeds!r}")
+
+
 def _gen_prompts(args) -> int:
     """--gen-prompts, with -1 = 16 on the built-in task (it has a gold reward) and 0 elsewhere."""
     if args.gen_prompts == -1:
@@ -643,6 +663,7 @@ def cmd_bench(args) -> int:
     from robalign.data import NOISE_KINDS
     from robalign.methods import METHODS, canonical_name
 
+    check_numbers(args)
     # TRL's loss names map to ours, so cells are named (and cached) by the loss they train.
     methods = list(dict.fromkeys(canonical_name(m) for m in args.methods.split(",") if m))
     kinds = _kinds(args)

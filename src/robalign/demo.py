@@ -258,6 +258,10 @@ def cmd_demo(args) -> int:
         raise UserError(f"demo: unknown method(s) {unknown} (valid: {', '.join(sorted(METHODS))})")
     if not 0 < args.noise < 0.5:
         raise UserError("demo: --noise must be in (0, 0.5): the share of flipped training labels")
+    if not 0 <= args.seed < 2**32:
+        raise UserError(f"demo: --seed must be in [0, 2^32), got {args.seed}")
+    if not (args.epochs >= 0 and math.isfinite(args.epochs)):
+        raise UserError(f"demo: --epochs must be >= 0 (0 = the preset's), got {args.epochs}")
     preset = PRESETS["quick" if args.quick else "full"]
     if args.epochs:
         preset = DemoPreset(**{**asdict(preset), "epochs": args.epochs})
