@@ -37,3 +37,14 @@ def make_pairs(n=6, seed=0):
         rejected = " " + " ".join(rng.choice(words) for _ in range(rng.randint(1, 9))) + " no"
         pairs.append(PreferencePair(prompt, chosen, rejected, id=f"p{i}", is_flipped=bool(i % 3 == 0)))
     return pairs
+
+
+@pytest.fixture
+def fresh_accelerate_state(monkeypatch):
+    """accelerate keeps one mixed precision per process; tests that change it start afresh (usefixtures)."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)

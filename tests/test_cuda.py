@@ -16,19 +16,9 @@ from conftest import make_pairs
 from robalign.config import build_config
 from robalign.trainer import Trainer
 
-pytestmark = [pytest.mark.cuda,
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("fresh_accelerate_state"),
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 LOG2 = math.log(2.0)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state(monkeypatch):
-    from accelerate.state import AcceleratorState
-
-    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
 
 
 def _run(out, *, model=None, train=None, method="dpo", extra=None, steps=3):

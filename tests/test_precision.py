@@ -34,16 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOG2 = math.log(2.0)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state(monkeypatch):
-    """accelerate keeps one mixed precision per process; these tests change it, so each starts afresh."""
-    from accelerate.state import AcceleratorState
-
-    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 def _cfg(out, *, model=None, train=None, method="dpo", extra=None):
     tree = {"model": {"name": "tiny-llama", "lora_r": 0, **(model or {})}, "method": {"name": method},
