@@ -62,6 +62,7 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
                      f"{_ms([r['best_epoch'] for r in rows], 1)} | {_ms([a - b for a, b in zip(last, best)])} | "
                      f"{_ms(fit_f)} | {_ms(fit_c)} | {len(rows)} |")
     lines += _versus_baseline(curved, cell_of, key)
+    lines += _cost_of_noise(curved, cell_of, key)
     lines += _early_stopping(curved, cell_of, key)
     plot_curves(curved, dest / f"learning_curves_{acc}.png", acc)
     lines.append(f"\n![learning curves](learning_curves_{acc}.png)\n")
@@ -85,6 +86,32 @@ def _versus_baseline(results: list[dict], cell_of, key: str) -> list[str]:
         return []
     lines = [f"\n## Long training: last-epoch accuracy_{key} − {BASELINE}'s, paired (95 % interval: bootstrap over "
              "seeds and held-out pairs)\n", "| method | noise | difference | 95 % interval | seeds | pairs |",
+             "|---|---|---|---|---|---|"]
+    for (method, kind, rate), diffs in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
+        ci = hierarchical_bootstrap(diffs)
+        lines.append(f"{_row_label(method, kind, rate)} {ci['mean']:+.3f} | [{ci['low']:+.3f}, {ci['high']:+.3f}] | "
+                     f"{ci['seeds']} | {ci['pairs']} |")
+    return lines
+
+
+def _cost_of_noise(results: list[dict], cell_of, key: str) -> list[str]:
+    """Last-epoch accuracy of each noisy cell − the same method's clean cell of the same seed, on the same
+    held-out pairs, 95 % interval (positive = the noise costs that much)."""
+    clean = {(r["method"], r["seed"]): r for r in results if r["rate"] == 0}
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for r in results:
+        other = clean.get((r["method"], r["seed"]))
+        if r["rate"] == 0 or other is None:
+            continue
+        mine, theirs = _margins(cell_of(r), key), _margins(cell_of(other), key)
+        if mine is None or theirs is None or mine["values"].shape[1] != theirs["values"].shape[1]:
+            continue
+        groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(
+            correctness(theirs["values"][-1]) - correctness(mine["values"][-1]))
+    if not groups:
+        return []
+    lines = [f"\n## Long training: cost of noise, last-epoch accuracy_{key} at 0 − at the rate, same method and "
+             "seed, paired (95 % interval)\n", "| method | noise | cost | 95 % interval | seeds | pairs |",
              "|---|---|---|---|---|---|"]
     for (method, kind, rate), diffs in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
         ci = hierarchical_bootstrap(diffs)
