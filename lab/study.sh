@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The long-training study (docs/results.md): each stage is a cached sweep, so re-running resumes it.
-# Usage: bash lab/study.sh pilot|pilot2   (the other stages are added as the design's stages are run)
+# Usage: bash lab/study.sh pilot|pilot2|screen   (the other stages are added as the design's stages are run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RB=.venv/bin/robalign
@@ -13,5 +13,13 @@ case "${1:-}" in
     $RB bench robustness --data verifiable --methods dpo,sympo --kinds flip --rates 0.4,0 --seeds 0 \
         --epochs 10 --train-last-k 2 --trunk-cache disk --lora-r 0 --batch-size 8 --lr 1e-4 --max-length 256 \
         --train-pairs 256 --eval-pairs 500 --gen-prompts 0 --out outputs/study/pilot2 ;;
-  *) echo "usage: $0 pilot|pilot2" >&2; exit 2 ;;
+  screen)  # stage (a): every offline method at pilot 2's settings, 40 % flips first, then clean; the methods
+           # that take a noise rate are told the cell's true rate (at rate 0 they are DPO, so not run clean)
+    S=(--kinds flip --seeds 0 --epochs 10 --train-last-k 2 --trunk-cache disk --lora-r 0 --batch-size 8 --lr 1e-4
+       --max-length 256 --train-pairs 256 --eval-pairs 500 --gen-prompts 0 --out outputs/study/screen
+       --param cdpo.epsilon=rate --param rdpo.epsilon=rate --param oracle_robust_offline.rho=rate)
+    $RB bench robustness --methods rdpo,cdpo,drdpo,hypo,gapo,oracle_robust_offline,ipo,hinge,simpo,sympo,dpo \
+        --rates 0.4 "${S[@]}"
+    $RB bench robustness --methods dpo,drdpo,hypo,gapo,ipo,hinge,simpo,sympo --rates 0 "${S[@]}" ;;
+  *) echo "usage: $0 pilot|pilot2|screen" >&2; exit 2 ;;
 esac

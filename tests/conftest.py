@@ -15,11 +15,20 @@ def hh_path():
 
 
 @pytest.fixture(scope="session")
-def tiny():
-    """(model, tokenizer) of the seeded tiny random Llama; tests must not modify the model in place."""
+def _tiny_original():
     from robalign.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer("tiny-llama", seed=0)
+
+
+@pytest.fixture
+def tiny(_tiny_original):
+    """(model, tokenizer) of the seeded tiny random Llama: each test gets its own copy of the model (loaded once
+    per session), so a test that trains it, accumulates gradients or changes its mode cannot leak into another."""
+    import copy
+
+    model, tok = _tiny_original
+    return copy.deepcopy(model), tok
 
 
 def make_pairs(n=6, seed=0):

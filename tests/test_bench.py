@@ -346,11 +346,22 @@ def test_param_sets_a_method_setting_in_its_cells_and_the_report(tmp_path):
     assert "cdpo epsilon=0.4" in line and "sympo kind=ramp" in line and "dpo " not in line.replace("cdpo", "")
 
 
+def test_param_rate_tells_each_cell_its_own_noise_rate(tmp_path):
+    from robalign.bench import SweepSpec, _settings_line, cell_config, parse_params
+
+    spec = SweepSpec(data="verifiable", methods=["dpo", "rdpo"], kinds=["flip"], rates=[0, 0.3], seeds=[0],
+                     model="tiny-llama", steps=2, batch_size=2, lr=1e-3, train_pairs=8, eval_pairs=4,
+                     max_length=64, lora_r=0, out=tmp_path, params=parse_params(["rdpo.epsilon=rate"], ["rdpo"]))
+    assert [cell_config(spec, "rdpo", "flip", r, 0, tmp_path / "c", 8)[0].method.epsilon for r in (0.3, 0.0)] == [0.3, 0]
+    assert "rdpo epsilon=the true noise rate" in _settings_line(spec)
+
+
 def test_param_errors_are_one_message_before_anything_loads(tmp_path, capsys):
     for bad, says in ((["--param", "cdpo.epsilon"], "METHOD.KEY=VALUE"),
                       (["--param", "ipo.epsilon=0.1"], "not one of --methods"),
                       (["--param", "cdpo.rho=0.1"], "rho"),
-                      (["--param", "cdpo.epsilon=0.7"], "[0, 0.5)")):
+                      (["--param", "cdpo.epsilon=0.7"], "[0, 0.5)"),
+                      (["--param", "cdpo.epsilon=rate", "--rates", "0,0.6"], "[0, 0.5)")):
         assert main(["bench", "robustness", "--methods", "dpo,cdpo", "--out", str(tmp_path / "out"), *bad]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("error:") == 1, err

@@ -12,8 +12,8 @@ from robalign.generation import RowSampler, cut_at_stop, generate_pairs, left_pa
 
 
 @pytest.fixture(scope="module")
-def prompts(tiny):
-    _, tok = tiny
+def prompts(_tiny_original):
+    _, tok = _tiny_original  # the tokenizer only
     data, _ = tokenize_pairs(tok, make_pairs(3, seed=3), max_length=64, max_prompt_length=24)
     out = [p.prompt_ids for p in data]
     assert len({len(p) for p in out}) > 1  # different lengths: left padding is exercised

@@ -27,9 +27,16 @@ from robalign.errors import UserError
 METHOD_DEFAULTS = {"cdpo": {"epsilon": 0.2}, "rdpo": {"epsilon": 0.2}, "oracle_robust_offline": {"rho": 0.2}}
 
 
-def method_settings(method: str, params: dict | None = None) -> dict:
-    """The settings a cell of `method` trains with: the sweep's defaults, then the user's `--param`s."""
-    return {**METHOD_DEFAULTS.get(method, {}), **(params or {}).get(method, {})}
+TRUE_RATE = "rate"  # `--param cdpo.epsilon=rate`: each cell tells the method its own noise rate
+
+
+def method_settings(method: str, params: dict | None = None, rate: float | None = None) -> dict:
+    """The settings a cell of `method` trains with: the sweep's defaults, then the user's `--param`s; a value
+    `rate` becomes the cell's noise rate (the method is told the true rate), when `rate` is given."""
+    merged = {**METHOD_DEFAULTS.get(method, {}), **(params or {}).get(method, {})}
+    if rate is None:
+        return merged
+    return {k: (rate if v == TRUE_RATE else v) for k, v in merged.items()}
 
 
 def parse_params(texts: list[str], methods: list[str]) -> dict[str, dict]:
@@ -260,7 +267,7 @@ def cell_config(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     oracle = online_oracle(kind, rate) if is_online(method) else None
     if oracle:
         tree["online"] = {"oracle": oracle, "max_new_tokens": spec.gen_max_new_tokens}
-    for key, value in method_settings(method, spec.params).items():
+    for key, value in method_settings(method, spec.params, rate).items():
         tree.setdefault(_param_section(method, key), {})[key] = value
     return build_config(tree, source=f"bench cell {out.name}"), oracle
 
@@ -559,7 +566,8 @@ def _caption(spec: SweepSpec) -> str:
 def _settings_line(spec: SweepSpec) -> str:
     """The settings each method trained with beyond its own defaults (e.g. the ε rDPO was told)."""
     told = {m: method_settings(m, spec.params) for m in spec.methods}
-    told = [f"{m} " + ", ".join(f"{k}={v}" for k, v in kv.items()) for m, kv in told.items() if kv]
+    told = [f"{m} " + ", ".join(f"{k}={'the true noise rate' if v == TRUE_RATE else v}" for k, v in kv.items())
+            for m, kv in told.items() if kv]
     return ("Method settings (the rest are each method's defaults): " + "; ".join(told) + ".\n") if told else ""
 
 
@@ -700,8 +708,8 @@ def cmd_bench(args) -> int:
                      gen_prompts=_gen_prompts(args), gen_max_new_tokens=args.gen_max_new_tokens,
                      epochs=args.epochs, train_last_k=args.train_last_k, trunk_cache=args.trunk_cache,
                      eval_per_epoch=args.eval_per_epoch, params=parse_params(args.param, methods))
-    for method in methods:  # a misspelt --param key stops here, before any model loads
-        cell_config(spec, method, kinds[0], 0.0, 0, spec.out / "cells" / method, spec.train_pairs)
+    for method, rate in itertools.product(methods, spec.rates):  # a misspelt --param key stops here,
+        cell_config(spec, method, kinds[0], rate, 0, spec.out / "cells" / method, spec.train_pairs)  # early
     if args.report_dir and Path(args.report_dir).exists() and not Path(args.report_dir).is_dir():
         raise UserError(f"bench: --report-dir {args.report_dir} is a file; name a folder for the report")
     if args.report_only:
@@ -759,7 +767,8 @@ def register_cli(sub):
                    "stopping at the first (as robalign train --skip-invalid)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="a method's setting, repeatable (e.g. --param cdpo.epsilon=0.4 --param sympo.kind=ramp); "
+                   help="a method's setting, repeatable (e.g. --param cdpo.epsilon=0.4 --param sympo.kind=ramp; "
+                        "the value 'rate' tells the method each cell's own noise rate); "
                    f"defaults: {', '.join(f'{m}.{k}={v}' for m, kv in METHOD_DEFAULTS.items() for k, v in kv.items())}"
                    ", the rest the method's own (robalign train --help)")
     p.add_argument("--out", default="outputs/robustness", help="sweep folder: cells are cached there and re-running resumes")

@@ -19,7 +19,7 @@ from robalign.reference import FrozenCopyReference
 from robalign.trainer import Trainer
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def setup(tiny):
     model, tok = tiny
     data, _ = tokenize_pairs(tok, make_pairs(4), max_length=64, max_prompt_length=32)

@@ -20,7 +20,7 @@ from robalign.methods import build_method
 from robalign.reference import FrozenCopyReference
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def setup(tiny):
     model, tok = tiny
     data, _ = tokenize_pairs(tok, make_pairs(4), max_length=64, max_prompt_length=32)
