@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The long-training study (docs/results.md): each stage is a cached sweep, so re-running resumes it.
-# Usage: bash lab/study.sh pilot|pilot2|screen   (the other stages are added as the design's stages are run)
+# Usage: bash lab/study.sh pilot|pilot2|screen|keep   (the other stages are added as the design's stages are run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RB=.venv/bin/robalign
@@ -21,5 +21,10 @@ case "${1:-}" in
     $RB bench robustness --methods rdpo,cdpo,drdpo,hypo,gapo,oracle_robust_offline,ipo,hinge,simpo,sympo,dpo \
         --rates 0.4 "${S[@]}"
     $RB bench robustness --methods dpo,drdpo,hypo,gapo,ipo,hinge,simpo,sympo --rates 0 "${S[@]}" ;;
-  *) echo "usage: $0 pilot|pilot2|screen" >&2; exit 2 ;;
+  keep)  # stage (d): DPO trained only on the 60 % of its pairs the base model agrees with most
+         # (data.keep_fraction), at 40 % flips and clean; pilot 2's settings otherwise
+    $RB bench robustness --data verifiable --methods dpo --kinds flip --rates 0.4,0 --seeds 0 \
+        --epochs 10 --train-last-k 2 --trunk-cache disk --lora-r 0 --batch-size 8 --lr 1e-4 --max-length 256 \
+        --train-pairs 256 --eval-pairs 500 --gen-prompts 0 --keep-fraction 0.6 --out outputs/study/keep ;;
+  *) echo "usage: $0 pilot|pilot2|screen|keep" >&2; exit 2 ;;
 esac

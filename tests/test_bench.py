@@ -423,3 +423,17 @@ def test_every_numeric_flag_is_range_checked_before_anything_is_written(tmp_path
     assert not (tmp_path / "out").exists()
     assert main(["demo", "--seed", "-1", "--out", str(tmp_path / "demo")]) == 2
     assert "--seed" in capsys.readouterr().err
+
+
+def test_keep_fraction_reaches_each_cell_and_is_checked_first(tmp_path, capsys):
+    from robalign.bench import SweepSpec, _keep_line, cell_config
+
+    spec = SweepSpec(data="verifiable", methods=["dpo"], kinds=["flip"], rates=[0.4], seeds=[0],
+                     model="tiny-llama", steps=2, batch_size=2, lr=1e-3, train_pairs=8, eval_pairs=4,
+                     max_length=64, lora_r=0, out=tmp_path, keep_fraction=0.6)
+    assert cell_config(spec, "dpo", "flip", 0.4, 0, tmp_path / "c", 8)[0].data.keep_fraction == 0.6
+    assert "60%" in _keep_line(spec)
+    for bad, says in ((["--keep-fraction", "0"], "(0, 1]"), (["--methods", "dpo,sail", "--keep-fraction", "0.5"],
+                                                              "online methods")):
+        assert main(["bench", "robustness", "--out", str(tmp_path / "out"), *bad]) == 2
+        assert says in capsys.readouterr().err and not (tmp_path / "out").exists()

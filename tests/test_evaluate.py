@@ -62,3 +62,25 @@ def test_without_a_reference_only_the_reference_free_margin_is_reported(tiny):
     data, _ = tokenize_pairs(tok, make_pairs(6), max_length=64, max_prompt_length=32)
     got = PreferenceEvaluator(data, tok.pad_token_id, reference_cache={}).evaluate(_policy(tiny))
     assert set(got) == {"eval/pairs", "eval/accuracy_M", "eval/margin_M"} and got["eval/pairs"] == 6
+
+
+def test_batches_go_to_the_device_of_the_model(tiny, monkeypatch):
+    """The held-out batches are kept on the CPU and each is moved to the model's device when it is scored
+    (a CUDA model given CPU tensors fails; 'meta' stands in for the GPU here)."""
+    import torch
+
+    import robalign.evaluate as ev
+    from robalign.logprobs import SequenceLogps
+
+    _, tok = tiny
+    data, _ = tokenize_pairs(tok, make_pairs(4), max_length=64, max_prompt_length=32)
+    seen = []
+
+    def spy(model, batch):
+        seen.append(batch.input_ids.device.type)
+        n = batch.num_pairs
+        return SequenceLogps(-torch.ones(n), -2 * torch.ones(n), torch.ones(n), torch.ones(n))
+
+    monkeypatch.setattr(ev, "sequence_logps", spy)
+    out = PreferenceEvaluator(data, tok.pad_token_id, batch_size=2).evaluate(torch.nn.Linear(2, 2, device="meta"))
+    assert seen == ["meta", "meta"] and out["eval/accuracy_M"] == 1.0

@@ -99,6 +99,7 @@ class SweepSpec:
     train_last_k: int = 0
     trunk_cache: str = "off"
     eval_per_epoch: int = 1
+    keep_fraction: float = 1.0  # data.keep_fraction: train on the pairs the base model agrees with most
     params: dict = field(default_factory=dict)  # {method: {key: value}} from --param, over METHOD_DEFAULTS
 
     def cells(self):
@@ -115,7 +116,8 @@ class SweepSpec:
 
 # Settings added after the first sweeps: left out of settings.json at their defaults, so that older sweep
 # folders keep matching the settings they were run with.
-_LATER_SETTINGS = {"epochs": 0.0, "train_last_k": 0, "trunk_cache": "off", "eval_per_epoch": 1, "params": {}}
+_LATER_SETTINGS = {"epochs": 0.0, "train_last_k": 0, "trunk_cache": "off", "eval_per_epoch": 1, "params": {},
+                   "keep_fraction": 1.0}
 
 
 def cell_dir(spec: SweepSpec, method, kind, rate, seed) -> Path:
@@ -234,6 +236,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
                                                                       summary["final"].items()}}
     if spec.epochs:
         result.update(curve_summary(summary["curve"]))
+    result.update({f"keep_{k}": v for k, v in summary.get("pair_filter", {}).items()})
     if spec.gen_prompts > 0:
         result.update(_gold_generation(spec, trainer, seed, base))
         result["seconds"] = time.perf_counter() - t0
@@ -257,7 +260,7 @@ def cell_config(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
         "model": {"name": spec.model, "lora_r": spec.lora_r, "train_last_k": spec.train_last_k,
                   "trunk_cache": spec.trunk_cache, "trunk_cache_dir": str(spec.out / "trunk")},
         "method": {"name": method},
-        "data": {"max_length": spec.max_length},
+        "data": {"max_length": spec.max_length, "keep_fraction": spec.keep_fraction},
         "train": {"output_dir": str(out), "batch_size": spec.batch_size, "max_steps": steps, "lr": spec.lr,
                   "epochs": spec.epochs, "eval_per_epoch": spec.eval_per_epoch,
                   "seed": seed, "progress": False, "warmup_steps": max(1, steps // 10),
@@ -520,7 +523,7 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
     trained = f"last {spec.train_last_k} blocks" if spec.train_last_k else "all blocks"
     lines = [f"# Robustness sweep\n\nData `{spec.data}`, model `{spec.model}` (LoRA r={spec.lora_r}, {trained}), "
              f"{budget} x {spec.batch_size} pairs, lr {spec.lr}, {spec.train_pairs} training pairs, "
-             f"{spec.eval_pairs} clean held-out pairs, seeds {spec.seeds}.\n", _settings_line(spec)]
+             f"{spec.eval_pairs} clean held-out pairs, seeds {spec.seeds}.\n", _settings_line(spec), _keep_line(spec)]
     seeds = len(spec.seeds)
     if any(r["n"] < seeds for r in aggregate(results, "accuracy_M")):
         lines.append(f"A value marked (n=k) rests on the k of the {seeds} seeds whose cells are finished.\n")
@@ -561,6 +564,14 @@ def _caption(spec: SweepSpec) -> str:
     return (f"data {spec.data}, {Path(spec.model).name}, {budget} x {spec.batch_size} pairs, "
             f"{spec.train_pairs} training pairs, {spec.eval_pairs} clean held-out pairs, "
             f"{len(spec.seeds)} seed(s): mean ± std")
+
+
+def _keep_line(spec: SweepSpec) -> str:
+    if spec.keep_fraction >= 1:
+        return ""
+    return (f"Each cell trained only on the {spec.keep_fraction:.0%} of its training pairs the base model agrees "
+            "with most (`data.keep_fraction`; columns keep_*: pairs kept, flipped share before and after, flip "
+            "AUROC of the base model's margin).\n")
 
 
 def _settings_line(spec: SweepSpec) -> str:
@@ -627,6 +638,8 @@ def check_numbers(args) -> None:
             raise UserError(f"bench: --{key.replace('_', '-')} must be >= {low}, got {value}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise UserError(f"bench: --lr must be a positive number, got {args.lr}")
+    if not 0 < args.keep_fraction <= 1:
+        raise UserError(f"bench: --keep-fraction must be in (0, 1], got {args.keep_fraction}")
     if args.train_pairs < args.batch_size:
         raise UserError(f"bench: --train-pairs ({args.train_pairs}) must be at least --batch-size ({args.batch_size})")
     try:
@@ -684,6 +697,9 @@ def cmd_bench(args) -> int:
                         "use --data verifiable or verifiable-sampled")
     if online and not set(kinds) & set(ONLINE_NOISE):
         raise UserError(f"bench: online methods {online} take only the noise kinds {sorted(ONLINE_NOISE)}")
+    if online and args.keep_fraction < 1:
+        raise UserError(f"bench: --keep-fraction filters given training pairs; the online methods {online} train on "
+                        "pairs they generate (leave them out, or --keep-fraction 1)")
     skipped = [k for k in kinds if k not in ONLINE_NOISE]
     if online and skipped:
         print(f"bench: online methods {online} take no {skipped} noise (a margin oracle's threshold is in reward "
@@ -707,7 +723,8 @@ def cmd_bench(args) -> int:
                      eval_pairs=args.eval_pairs, max_length=args.max_length, lora_r=args.lora_r, out=Path(args.out),
                      gen_prompts=_gen_prompts(args), gen_max_new_tokens=args.gen_max_new_tokens,
                      epochs=args.epochs, train_last_k=args.train_last_k, trunk_cache=args.trunk_cache,
-                     eval_per_epoch=args.eval_per_epoch, params=parse_params(args.param, methods))
+                     eval_per_epoch=args.eval_per_epoch, keep_fraction=args.keep_fraction,
+                     params=parse_params(args.param, methods))
     for method, rate in itertools.product(methods, spec.rates):  # a misspelt --param key stops here,
         cell_config(spec, method, kinds[0], rate, 0, spec.out / "cells" / method, spec.train_pairs)  # early
     if args.report_dir and Path(args.report_dir).exists() and not Path(args.report_dir).is_dir():
@@ -750,6 +767,9 @@ def register_cli(sub):
     p.add_argument("--epochs", type=float, default=0.0, help="passes over each cell's training pairs instead of "
                    "--steps; cells then evaluate every epoch and record their learning curve")
     p.add_argument("--eval-per-epoch", type=int, default=1, help="held-out evaluations per epoch with --epochs")
+    p.add_argument("--keep-fraction", type=float, default=1.0,
+                   help="train each cell only on this share of its (noisy) training pairs, those the base model "
+                        "agrees with most (data.keep_fraction); offline methods")
     p.add_argument("--train-last-k", type=int, default=0, help="train only the last k blocks (0 = all)")
     p.add_argument("--trunk-cache", choices=["off", "memory", "disk"], default="off",
                    help="compute the frozen blocks once: 'disk' shares them (and the reference log-probs) "

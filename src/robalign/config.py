@@ -94,6 +94,10 @@ class DataConfig:
     skip_invalid: bool = _f(False, "Skip and count invalid rows instead of stopping with an error.")
     limit: int = _f(0, "Use only the first N training pairs (0 = all).")
     eval_limit: int = _f(0, "Use only the first N evaluation pairs (0 = all).")
+    keep_fraction: float = _f(1.0, "Train only on this share of the training pairs: those whose given label the "
+                              "base model agrees with most (its length-normalised margin M, computed once before "
+                              "training); the rest are dropped as likely mislabelled. 1 = all. Offline methods. "
+                              "docs/long_training.md")
 
     @property
     def prompt_budget(self) -> int:
@@ -106,6 +110,7 @@ class DataConfig:
         _check(-1 <= self.max_prompt_length < self.max_length, "data.max_prompt_length",
                "must be -1, 0 or in [1, max_length)")
         _check(self.limit >= 0 and self.eval_limit >= 0, "data.limit", "must be >= 0")
+        _check(0 < self.keep_fraction <= 1, "data.keep_fraction", "must be in (0, 1]")
 
 
 @dataclass

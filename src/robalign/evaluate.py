@@ -59,7 +59,8 @@ class PreferenceEvaluator:
             key = (self.pad_id, self.batch_size,
                    tuple((tuple(p.prompt_ids), tuple(p.chosen_ids), tuple(p.rejected_ids)) for p in self.pairs))
             if key not in cache:
-                refs = [self.reference.logps(b) for b in self.batches]
+                device = _device_of(getattr(self.reference, "model", None))
+                refs = [self.reference.logps(b.to(device)) for b in self.batches]
                 cache[key] = (self.precision, [] if refs and refs[0] is None else refs)
             recorded, self._ref = cache[key]
             check_recorded_precision(recorded, self.precision, "the evaluator's shared reference cache (held-out "
@@ -78,17 +79,25 @@ class PreferenceEvaluator:
         was_training = model.training
         model.eval()
         refs = self._reference_logps()
+        device = _device_of(model)
         h, m = [], []
-        for k, batch in enumerate(self.batches):
-            lp = sequence_logps(model, batch)
+        for k, batch in enumerate(self.batches):  # kept on the CPU, moved one at a time (GPU memory)
+            lp = sequence_logps(model, batch.to(device))
             avg_c, avg_r = lp.mean()
             m.append(avg_c - avg_r)
             if refs is not None:
-                h.append((lp.chosen - refs[k].chosen) - (lp.rejected - refs[k].rejected))
+                ref = refs[k]
+                h.append((lp.chosen - ref.chosen.to(device)) - (lp.rejected - ref.rejected.to(device)))
         model.train(was_training)
         # Per pair, in `self.order` (for paired comparisons between runs on the same held-out pairs).
         self.last_margins = {"h": torch.cat(h) if h else None, "M": torch.cat(m)}
         return summarize(self.last_margins["h"], self.last_margins["M"])
+
+
+def _device_of(model) -> torch.device:
+    """Where `model`'s weights live (the CPU for None or a model without parameters)."""
+    param = next(model.parameters(), None) if model is not None else None
+    return param.device if param is not None else torch.device("cpu")
 
 
 def accuracy(margin: torch.Tensor) -> float:

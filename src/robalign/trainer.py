@@ -234,6 +234,10 @@ class Trainer:
             if problem:
                 raise ConfigError(f"model.trunk_cache: {cfg.model.trunk_cache!r} with method {self.method.name}: "
                                   f"{problem} (or set model.trunk_cache: off)")
+        if cfg.data.keep_fraction < 1 and self.method.online:
+            raise ConfigError(f"data.keep_fraction: {cfg.data.keep_fraction} with method {self.method.name}: it "
+                              "filters given training pairs, and an online method trains on pairs it generates; "
+                              "use data.keep_fraction: 1")
         problem = self.method.activation_checkpointing_problem(tc.activation_checkpointing)
         if problem:
             raise ConfigError(f"train.activation_checkpointing: {tc.activation_checkpointing!r} with method "
@@ -335,6 +339,7 @@ class Trainer:
                         skipped, eval_skipped)
         self.pad_id = self.tokenizer.pad_token_id
         self.trunk = self._build_trunk() if self.cfg.model.trunk_cache != "off" else None
+        self.pair_filter = self._keep_agreeing_pairs() if dc.keep_fraction < 1 else None
         self.stream = BatchStream(self.train_data, tc.batch_size, seed=tc.seed, pad_id=self.pad_id,
                                   world_size=self.acc.num_processes, rank=self.acc.process_index, trunk=self.trunk)
         self.per_epoch = self.stream.micro_batches_per_epoch
@@ -342,6 +347,22 @@ class Trainer:
             tc.max_steps = max(1, math.ceil(tc.epochs * self.per_epoch / tc.grad_accum))
         if self.trunk is not None:
             check_split(self.model, self.stream.batch(0).to(self.acc.device))
+
+    def _keep_agreeing_pairs(self) -> dict:
+        """`data.keep_fraction`: drops the training pairs the base model disagrees with most (robalign.pair_filter)
+        before the first step, while the weights are still the base model's; returns what it did."""
+        from robalign.pair_filter import base_margins, filter_report, keep_most_agreeing
+
+        with self.eval_precision.autocast():
+            margins = base_margins(self.model, self.train_data, pad_id=self.pad_id, trunk=self.trunk)
+        kept = keep_most_agreeing(margins, self.cfg.data.keep_fraction)
+        report = filter_report(margins, kept, [p.is_flipped for p in self.train_data])
+        self.train_data = [self.train_data[i] for i in kept]
+        log.info("data.keep_fraction: training on %d of %d pairs (the base model's margin M)%s", report["kept"],
+                 report["pairs"], "; flipped share %.3f -> %.3f, flip AUROC of -M %.3f" % (
+                     report["flipped_before"], report["flipped_after"], report.get("flip_auroc", math.nan))
+                 if "flipped_before" in report else "")
+        return report
 
     def _build_trunk(self) -> TrunkCache:
         """The frozen trunk's states (and the reference's log-probs) of every training and held-out pair."""
@@ -639,7 +660,7 @@ class Trainer:
         curve = self._plot_curves()
         return {"start": start_eval, "final": final_eval, "steps": self.step_num,
                 "skipped_batches": self.skipped_batches, "processes": self.acc.num_processes, "curve": curve,
-                **self._best_summary()}
+                **self._best_summary(), **({"pair_filter": self.pair_filter} if self.pair_filter else {})}
 
     def _push(self) -> None:
         from robalign import hub
