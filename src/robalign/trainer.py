@@ -358,10 +358,10 @@ class Trainer:
         kept = keep_most_agreeing(margins, self.cfg.data.keep_fraction)
         report = filter_report(margins, kept, [p.is_flipped for p in self.train_data])
         self.train_data = [self.train_data[i] for i in kept]
+        flips = (f"; flipped share {report['flipped_before']:.3f} -> {report['flipped_after']:.3f}, flip AUROC of -M "
+                 f"{report.get('flip_auroc', math.nan):.3f}") if "flipped_before" in report else ""
         log.info("data.keep_fraction: training on %d of %d pairs (the base model's margin M)%s", report["kept"],
-                 report["pairs"], "; flipped share %.3f -> %.3f, flip AUROC of -M %.3f" % (
-                     report["flipped_before"], report["flipped_after"], report.get("flip_auroc", math.nan))
-                 if "flipped_before" in report else "")
+                 report["pairs"], flips)
         return report
 
     def _build_trunk(self) -> TrunkCache:
