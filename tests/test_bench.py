@@ -375,7 +375,7 @@ def test_param_of_a_method_section_goes_to_that_section(tmp_path):
                      model="tiny-llama", steps=2, batch_size=2, lr=1e-3, train_pairs=8, eval_pairs=4,
                      max_length=64, lora_r=0, out=tmp_path, params={"gapo": {"radius": 0.5}})
     cfg, _ = cell_config(spec, "gapo", "flip", 0.4, 0, tmp_path / "c", 8)
-    assert cfg.extra["gapo"].radius == 0.5
+    assert cfg.method.radius == 0.5
 
 
 def test_bench_validates_a_data_file_as_train_does(tmp_path, capsys):

@@ -101,3 +101,71 @@ def test_example_configs_run_from_the_repository_root(monkeypatch):
         cfg = load_config(path.relative_to(repo))
         assert Path(cfg.data.train) == (repo.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz").resolve()
         assert Path(cfg.train.output_dir).parent == repo / "runs"
+
+
+# --- method parameters: one Params per method, older layouts still load ----------------------------------
+
+
+def test_method_parameters_are_the_methods_params():
+    cfg = build_config({"method": {"name": "gapo", "beta": 1.5}})
+    assert cfg.method.params.beta == 1.5 and cfg.method.radius == 0.05  # gapo's own defaults
+    assert cfg.to_dict()["method"]["radius"] == 0.05 and "gapo" not in cfg.to_dict()
+    assert build_config({"method": {"name": "simpo"}}).method.beta == 2.0
+
+
+def test_a_methods_own_section_holds_more_of_its_parameters():
+    flags = build_config({"method": {"name": "gapo"}}, {"gapo.radius": "0.2", "scope": "last_k_layers"})
+    section = build_config({"method": {"name": "gapo"}, "gapo": {"radius": 0.2, "scope": "last_k_layers"}})
+    inline = build_config({"method": {"name": "gapo", "radius": 0.2, "scope": "last_k_layers"}})
+    assert flags.to_dict() == section.to_dict() == inline.to_dict()
+    with pytest.raises(ConfigError, match="both as method.radius and as gapo.radius"):
+        build_config({"method": {"name": "gapo", "radius": 0.1}, "gapo": {"radius": 0.2}})
+    # The command line wins over the file, wherever either put the key.
+    assert build_config({"gapo": {"radius": 0.1}, "method": {"name": "gapo"}}, {"radius": "0.3"}).method.radius == 0.3
+
+
+def test_unknown_method_key_lists_the_methods_keys():
+    with pytest.raises(ConfigError, match="does not take parameter.*epsilon.*it takes beta, sft_weight, sft_reduction"):
+        build_config({"method": {"name": "dpo", "epsilon": 0.1}})
+    with pytest.raises(ConfigError, match="unknown key method.bogus"):
+        build_config({"method": {"name": "dpo", "bogus": 1}})
+
+
+def test_an_older_config_yaml_loads_with_the_same_settings():
+    """What robalign wrote before the methods owned their parameters: every method key, null where unset,
+    and a section for every method with parameters of its own."""
+    older = {"method": {"name": "dpo", "beta": None, "epsilon": None, "rho": None, "gamma": None, "beta_prime": None,
+                        "normalize_length": None, "kind": None, "sft_weight": 0.0, "sft_reduction": "mean"},
+             "gapo": {"radius": 0.05, "scope": "backbone"}, "sail": {"r": 0.4, "p": 0.3, "g": 0.3},
+             "oracle_robust": {"sf_coef": 1.0, "projection_radius": None},
+             "online": {"oracle": "", "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 64}}
+    assert build_config(older).to_dict() == build_config({}).to_dict()
+    sail = build_config({**older, "method": {**older["method"], "name": "sail"}, "sail": {"r": 0.0, "p": 0.5}})
+    assert (sail.method.r, sail.method.p, sail.method.beta) == (0.0, 0.5, 0.1)
+    with pytest.raises(ConfigError, match="gapo.radius"):  # another method's section is still checked
+        build_config({"gapo": {"radius": -1.0}})
+    with pytest.raises(ConfigError, match="sft_weight"):  # an SFT term a method cannot take is not dropped
+        build_config({"method": {"name": "sail", "sft_weight": 0.5}})
+
+
+def test_config_yaml_round_trips(tmp_path):
+    import yaml
+
+    for name in ("dpo", "cdpo", "gapo", "sail", "oracle_robust"):
+        cfg = build_config({"method": {"name": name}, "train": {"output_dir": str(tmp_path)}})
+        again = build_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+        assert again.to_dict() == cfg.to_dict()
+
+
+def test_params_validate_on_construction():
+    from robalign.losses.rdpo import Params
+    from robalign.methods.gapo import GapoParams
+
+    assert Params(epsilon=0.2).epsilon == 0.2 and isinstance(Params(beta=1).beta, float)
+    for bad in ({"epsilon": 0.5}, {"beta": 0}, {"beta": "0.1"}, {"sft_reduction": "max"}):
+        with pytest.raises(ValueError, match=f"rdpo.{next(iter(bad))}"):
+            Params(**bad)
+    with pytest.raises(ValueError, match="gapo.last_k must be >= 1"):
+        GapoParams(last_k=0)
+    with pytest.raises(ValueError, match="gapo.scope must be one of"):
+        GapoParams(scope="head")

@@ -22,7 +22,7 @@ def _run(tmp_path, *extra):
 def test_score_ranks_by_weight_and_keeps_the_most_stable(tmp_path, capsys, tiny):
     from robalign.data.collate import collate
     from robalign.data.tokenize import tokenize_pairs
-    from robalign.methods.gapo import GapoConfig, GapoMethod, validate_gapo_params
+    from robalign.methods.gapo import GapoMethod, GapoParams
 
     kept_path = tmp_path / "kept.jsonl"
     rc, out = _run(tmp_path, "--batch-size", "8", "--keep-fraction", "0.5", "--keep-out", str(kept_path))
@@ -39,7 +39,7 @@ def test_score_ranks_by_weight_and_keeps_the_most_stable(tmp_path, capsys, tiny)
     # one batch holds all six pairs, so the gaps are those of one anchor on the whole data
     model, tok = tiny
     data, _ = tokenize_pairs(tok, pairs, max_length=40, max_prompt_length=20)
-    gap = GapoMethod(validate_gapo_params({}), GapoConfig(radius=0.5)).anchor(model, collate(data, tok.pad_token_id)).gap
+    gap = GapoMethod(GapoParams(radius=0.5)).anchor(model, collate(data, tok.pad_token_id)).gap
     by_id = {r["id"]: r["gap"] for r in rows}
     assert torch.allclose(torch.tensor([by_id[p.id] for p in pairs]), gap, atol=1e-6)
     kept = load_pairs(kept_path).pairs

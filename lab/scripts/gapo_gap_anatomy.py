@@ -40,29 +40,28 @@ def main():
     ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from robalign.config import build_config
     from robalign.data import load_pairs
     from robalign.data.collate import collate
     from robalign.data.tokenize import tokenize_pairs
     from robalign.logprobs import sequence_logps
     from robalign.losses.gapo import flip_auroc_ranked, gapo_loss
-    from robalign.methods.gapo import _requiring_grad, asam_weights, build_gapo, margin_of, scoped_parameters
+    from robalign.methods.gapo import GapoMethod, asam_weights, margin_of, requiring_grad, scoped_parameters
     from robalign.models import disable_dropout, load_model_and_tokenizer
 
     base = ROOT / args.dir
     model, tok = load_model_and_tokenizer(str(base / f"gapo_s{args.seed}" / "final"))
     disable_dropout(model)
     model.eval().requires_grad_(False)
-    method = build_gapo({}, build_config({}))
-    beta, gamma, rho = method.beta, method.gamma, method.cfg.radius
+    method = GapoMethod()
+    beta, gamma, rho = method.beta, method.gamma, method.params.radius
     pairs = load_pairs(str(base / f"flip0.2_s{args.seed}.jsonl")).pairs[:args.pairs]
     data, _ = tokenize_pairs(tok, pairs, max_length=args.max_length, max_prompt_length=0)
-    named = scoped_parameters(model, method.cfg.scope, method.cfg.last_k)
+    named = scoped_parameters(model, method.params.scope, method.params.last_k)
     params = [p for _, p in named]
     w = asam_weights(model, named)
 
     def scaled_gradient(pair) -> torch.Tensor:
-        with _requiring_grad(params):
+        with requiring_grad(params):
             margin = margin_of(sequence_logps(model, collate([pair], tok.pad_token_id)), None, "simpo")[0]
             grads = torch.autograd.grad(margin, params)
         return torch.cat([(wi * g).flatten() for wi, g in zip(w, grads)])

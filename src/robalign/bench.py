@@ -19,11 +19,12 @@ import os
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from robalign.errors import UserError
 
+# The sweep's overrides of the methods' own defaults (their `Params`, robalign.methods.METHODS).
 METHOD_DEFAULTS = {"cdpo": {"epsilon": 0.2}, "rdpo": {"epsilon": 0.2}, "oracle_robust_offline": {"rho": 0.2}}
 
 
@@ -266,21 +267,12 @@ def cell_config(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
                   "seed": seed, "progress": False, "warmup_steps": max(1, steps // 10),
                   "save_final": False, "eval_at_start": bool(spec.epochs)}}
     if method == "gapo" and spec.trunk_cache != "off":  # the anchor may perturb only what trains
-        tree["gapo"] = {"scope": "last_k_layers", "last_k": spec.train_last_k}
+        tree["method"].update(scope="last_k_layers", last_k=spec.train_last_k)
     oracle = online_oracle(kind, rate) if is_online(method) else None
     if oracle:
         tree["online"] = {"oracle": oracle, "max_new_tokens": spec.gen_max_new_tokens}
-    for key, value in method_settings(method, spec.params, rate).items():
-        tree.setdefault(_param_section(method, key), {})[key] = value
+    tree["method"].update(method_settings(method, spec.params, rate))
     return build_config(tree, source=f"bench cell {out.name}"), oracle
-
-
-def _param_section(method: str, key: str) -> str:
-    """A method's own config section (gapo:, sail:, ...) when it has `key`, else `method:`."""
-    from robalign.config import section_types
-
-    section = section_types().get(method)
-    return method if section is not None and key in {f.name for f in fields(section)} else "method"
 
 
 def curve_summary(curve: list[dict]) -> dict:

@@ -98,7 +98,7 @@ def _add_progress_flag(p) -> None:
 
 
 def _train_parser(sub):
-    from robalign.config import describe_fields
+    from robalign.config import describe_fields, method_section_keys
     from robalign.evaluate import ACCURACY_EXPLAINED
 
     p = sub.add_parser("train", help="train a policy on preference data",
@@ -129,6 +129,14 @@ def _train_parser(sub):
         taken.update(flags)
         p.add_argument(*flags, dest=key, default=None, nargs="?", const="true", metavar="V",
                        help=f"{help_} [default: {default}]")
+    # A section named after a method holds more of its parameters (older configs' gapo:, sail:, ...): --gapo.radius
+    # is --method.radius, listed above.
+    for key in method_section_keys():
+        flags = [f for f in dict.fromkeys([f"--{key}", f"--{key.replace('_', '-')}"]) if f not in taken]
+        taken.update(flags)
+        if flags:
+            p.add_argument(*flags, dest=key, default=None, nargs="?", const="true", metavar="V",
+                           help=argparse.SUPPRESS)
     return p
 
 

@@ -84,8 +84,11 @@ def config_changes(saved: dict, current: dict) -> list[str]:
             if k not in WATCH_ONLY and old.get(k) != new.get(k)]
 
 
-def check_resume_config(out: Path, current: dict) -> None:
-    """Refuses to resume a run with settings other than those in its config.yaml."""
+def check_resume_config(out: Path, current: dict, normalize=None) -> None:
+    """Refuses to resume a run with settings other than those in its config.yaml.
+
+    `normalize(saved) -> dict` rewrites the saved settings as `current` is written (an older version wrote the
+    same settings in another layout)."""
     path = out / "config.yaml"
     if not path.is_file():
         return
@@ -94,6 +97,8 @@ def check_resume_config(out: Path, current: dict) -> None:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read the run's settings ({err}); restore it or start anew with "
                         "--overwrite") from None
+    if normalize is not None:
+        saved = normalize(saved)
     changes = config_changes(saved, current)
     if changes:
         raise UserError(f"--resume: these settings differ from the run's {path}: " + "; ".join(changes) +

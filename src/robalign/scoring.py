@@ -8,6 +8,7 @@ Pairs are batched by length, so a pair's score depends a little on which pairs s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,12 +26,15 @@ def register_cli(sub):
     p.add_argument("--model", required=True, help="model directory, hub id, .gguf, or a built-in name")
     p.add_argument("--data", required=True, help="preference data (.jsonl[.gz] / .json / .parquet / hf:NAME)")
     p.add_argument("--out", required=True, help="scores JSONL to write")
-    p.add_argument("--radius", type=float, default=0.05, help="anchor radius ρ [0.05]")
-    p.add_argument("--beta", type=float, default=2.0, help="β [2.0]")
-    p.add_argument("--gamma", type=float, default=0.5, help="γ [0.5]")
-    p.add_argument("--perturbation", choices=["asam", "sam"], default="asam")
-    p.add_argument("--scope", choices=["backbone", "all", "last_k_layers"], default="backbone")
-    p.add_argument("--last-k", type=int, default=1, help="blocks perturbed with --scope last_k_layers")
+    from robalign.methods.gapo import GapoParams
+
+    d = GapoParams()  # the defaults are gapo's own
+    p.add_argument("--radius", type=float, default=d.radius, help=f"anchor radius ρ [{d.radius}]")
+    p.add_argument("--beta", type=float, default=d.beta, help=f"β [{d.beta}]")
+    p.add_argument("--gamma", type=float, default=d.gamma, help=f"γ [{d.gamma}]")
+    p.add_argument("--perturbation", choices=_choices(GapoParams, "perturbation"), default=d.perturbation)
+    p.add_argument("--scope", choices=_choices(GapoParams, "scope"), default=d.scope)
+    p.add_argument("--last-k", type=int, default=d.last_k, help="blocks perturbed with --scope last_k_layers")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--limit", type=int, default=0, help="score only the first N pairs (0 = all)")
@@ -41,10 +45,14 @@ def register_cli(sub):
     p.set_defaults(func=cmd_score)
 
 
+def _choices(cls, key: str) -> list[str]:
+    return list(next(f for f in dataclasses.fields(cls) if f.name == key).metadata["choices"])
+
+
 def _settings(args):
     """(method, data config) from the arguments; UserError for invalid values."""
     from robalign.config import build_config
-    from robalign.methods.gapo import GapoConfig, GapoMethod, validate_gapo_params
+    from robalign.methods.gapo import GapoMethod, GapoParams
 
     if args.batch_size < 1 or args.limit < 0:
         raise UserError("score: --batch-size must be >= 1 and --limit >= 0")
@@ -52,14 +60,13 @@ def _settings(args):
         raise UserError("score: --keep-fraction and --keep-out go together")
     if args.keep_fraction is not None and not 0 < args.keep_fraction <= 1:
         raise UserError(f"score: --keep-fraction must be in (0, 1], got {args.keep_fraction}")
-    gcfg = GapoConfig(radius=args.radius, perturbation=args.perturbation, scope=args.scope, last_k=args.last_k)
-    gcfg.validate()
     try:
-        params = validate_gapo_params({"beta": args.beta, "gamma": args.gamma})
+        params = GapoParams(beta=args.beta, gamma=args.gamma, radius=args.radius, perturbation=args.perturbation,
+                            scope=args.scope, last_k=args.last_k)
     except ValueError as err:
         raise UserError(f"score: {err}") from None
     dc = build_config({"data": {"max_length": args.max_length}}).data
-    return GapoMethod(params, gcfg), dc
+    return GapoMethod(params), dc
 
 
 def score_pairs(model, pairs, method, *, pad_id: int, batch_size: int = 8) -> list[dict]:

@@ -27,7 +27,7 @@ import yaml
 from robalign import checkpoint as ckpt
 from robalign import progress
 from robalign.best import BestKeeper
-from robalign.config import RunConfig
+from robalign.config import RunConfig, normalized
 from robalign.data.collate import BatchStream
 from robalign.data.tokenize import tokenize_pairs
 from robalign.errors import ConfigError, UserError
@@ -120,12 +120,9 @@ def refuse_sharded_weights(acc, cfg) -> None:
     """Methods that read or write whole weights between steps refuse sharded runs at start-up, not at step 1."""
     if not weights_are_sharded(acc):
         return
-    if cfg.method.name == "gapo":
-        raise UserError("method gapo needs whole weights on every process (the anchor perturbs them and takes one "
-                        "global norm); FSDP / ZeRO-3 shard them. Use DDP or DeepSpeed ZeRO-2 (docs/scaling.md)")
-    if cfg.method.name == "oracle_robust" and cfg.extra["oracle_robust"].projection_radius:
-        raise UserError("oracle_robust.projection_radius projects whole weights; FSDP / ZeRO-3 shard them. Use DDP "
-                        "or ZeRO-2, or set oracle_robust.projection_radius: 0 (docs/scaling.md)")
+    problem = cfg.method.params.whole_weights_problem()
+    if problem:
+        raise UserError(f"{problem}; FSDP / ZeRO-3 shard them. Use DDP or DeepSpeed ZeRO-2 (docs/scaling.md)")
 
 
 def _configured_weights(dtype: str) -> str:
@@ -227,7 +224,7 @@ class Trainer:
             check_quantization(cfg.model.quantization, self.acc.device.type)
         seed_everything(tc.seed)
         self.out = Path(tc.output_dir)
-        self.method = build_method(cfg.method.name, cfg.method.loss_params(), cfg)
+        self.method = build_method(cfg.method.name, cfg.method.params, cfg)
         refuse_sharded_weights(self.acc, cfg)
         if cfg.model.trunk_cache != "off":
             problem = self.method.trunk_cache_problem(cfg.model.train_last_k)
@@ -593,7 +590,7 @@ class Trainer:
     def _train(self, resume: bool) -> dict:
         tc = self.cfg.train
         if resume:
-            check_resume_config(self.out, self.cfg.to_dict())
+            check_resume_config(self.out, self.cfg.to_dict(), normalize=normalized)
             self._resume()
             if (self.step_num >= tc.max_steps or self.stopped_early) and self._finished_before():
                 return self._finished_summary()

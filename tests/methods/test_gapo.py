@@ -15,8 +15,8 @@ from robalign.data.tokenize import tokenize_pairs
 from robalign.errors import ConfigError, UserError
 from robalign.logprobs import sequence_logps
 from robalign.losses.gapo import anchor_step, flip_auroc, flip_auroc_ranked, gapo_loss
-from robalign.methods import build_method
-from robalign.methods.gapo import GapoConfig, GapoMethod, scoped_parameters, validate_gapo_params
+from robalign.methods import build_method, method_params
+from robalign.methods.gapo import GapoMethod, GapoParams, scoped_parameters
 from robalign.reference import FrozenCopyReference, NoReference
 
 BETA, GAMMA = 2.0, 0.5
@@ -28,7 +28,7 @@ def _batch(tok, n=4, seed=0):
 
 
 def _method(**gapo):
-    return GapoMethod(validate_gapo_params({}), GapoConfig(**gapo))
+    return GapoMethod(GapoParams(**gapo))
 
 
 def _copy(tiny, dtype=None):
@@ -100,15 +100,17 @@ def test_flip_auroc_by_hand_ties_and_single_class():
 
 
 def test_parameters_and_config_are_validated():
-    assert validate_gapo_params({}) == {"beta": 2.0, "gamma": 0.5, "sft_weight": 0.0, "sft_reduction": "mean"}
+    d = GapoParams().to_dict()
+    assert {k: d[k] for k in ("beta", "gamma", "sft_weight", "sft_reduction")} == {
+        "beta": 2.0, "gamma": 0.5, "sft_weight": 0.0, "sft_reduction": "mean"}
     for bad in ({"epsilon": 0.1}, {"beta": 0.0}, {"beta": float("nan")}, {"sft_weight": -1.0},
                 {"sft_reduction": "max"}, {"gamma": True}):
         with pytest.raises(ValueError):
-            validate_gapo_params(bad)
+            method_params("gapo", bad)
     tree = {"method": {"name": "gapo", "beta": 1.5, "gamma": 0.2}, "gapo": {"radius": 0.1, "margin": "dpo"}}
     cfg = build_config(tree)
-    method = build_method("gapo", cfg.method.loss_params(), cfg)
-    assert (method.beta, method.gamma, method.cfg.radius, method.needs_reference) == (1.5, 0.2, 0.1, True)
+    method = build_method("gapo", cfg.method.params, cfg)
+    assert (method.beta, method.gamma, method.params.radius, method.needs_reference) == (1.5, 0.2, 0.1, True)
     assert not build_method("gapo", {}).needs_reference
     for bad in ({"radius": -0.1}, {"scope": "head"}, {"perturbation": "adam"}, {"anchor": "second"},
                 {"last_k": 0}, {"margin": "ipo"}):

@@ -15,7 +15,7 @@ from torch import nn
 
 from robalign.data.collate import collate
 from robalign.data.tokenize import TokenizedPair
-from robalign.methods.gapo import GapoConfig, GapoMethod, validate_gapo_params
+from robalign.methods.gapo import GapoMethod, GapoParams
 
 VOCAB, HIDDEN, PAD = 32, 16, 0
 
@@ -58,7 +58,7 @@ def _pairs(n=8):
 
 
 def _gap(model, pairs):
-    method = GapoMethod(validate_gapo_params({}), GapoConfig(radius=0.5))
+    method = GapoMethod(GapoParams(radius=0.5))
     return method.anchor(model, collate(pairs, PAD, shared_prompt=False)).gap
 
 

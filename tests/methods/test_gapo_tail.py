@@ -9,7 +9,7 @@ from conftest import make_pairs
 from robalign.data.collate import collate
 from robalign.data.tokenize import tokenize_pairs
 from robalign.logprobs import split_body_and_head
-from robalign.methods.gapo import GapoConfig, GapoMethod, validate_gapo_params
+from robalign.methods.gapo import GapoMethod, GapoParams
 from robalign.reference import NoReference
 
 
@@ -19,8 +19,8 @@ def _batch(tok, shared_prompt):
 
 
 def _step(model, batch, tail):
-    method = GapoMethod(validate_gapo_params({}), GapoConfig(radius=0.5, scope="last_k_layers", last_k=1,
-                                                              tail_forward=tail))
+    method = GapoMethod(GapoParams(radius=0.5, scope="last_k_layers", last_k=1,
+                                   tail_forward=tail))
     model.zero_grad(set_to_none=True)
     calls = []
     body, _ = split_body_and_head(model)
@@ -74,9 +74,9 @@ def test_tail_first_order_anchor_equals_full_first_order_anchor(tiny, lora, marg
                             torch.ones(b), torch.ones(b))
 
     def gap(tail):
-        cfg = GapoConfig(radius=0.5, scope="last_k_layers", last_k=1, anchor="first_order", tail_forward=tail,
+        cfg = GapoParams(radius=0.5, scope="last_k_layers", last_k=1, anchor="first_order", tail_forward=tail,
                          margin=margin)
-        return GapoMethod(validate_gapo_params({}), cfg).anchor(model, batch, ref).gap
+        return GapoMethod(cfg).anchor(model, batch, ref).gap
 
     full, tail = gap(False), gap(True)
     assert full.abs().min() > 1e-6

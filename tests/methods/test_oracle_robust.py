@@ -32,10 +32,12 @@ def setup(tiny):
 
 
 def _method(tok, tmp_path=None, params=None, **section):
-    tree = {"online": {"max_new_tokens": 6}, "oracle_robust": section}
+    tree = {"online": {"max_new_tokens": 6}, "method": {"name": "oracle_robust", **(params or {})},
+            "oracle_robust": section}
     if tmp_path is not None:
         tree["train"] = {"output_dir": str(tmp_path)}
-    method = build_method("oracle_robust", params or {}, build_config(tree))
+    cfg = build_config(tree)
+    method = build_method("oracle_robust", cfg.method.params, cfg)
     method.bind(tok)
     if tmp_path is None:
         method.out_dir = None

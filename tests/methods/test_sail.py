@@ -33,10 +33,11 @@ def setup(tiny):
 
 
 def _sail(tok, tmp_path=None, **sail):
-    tree = {"online": {"max_new_tokens": 6}, "sail": sail}
+    tree = {"online": {"max_new_tokens": 6}, "method": {"name": "sail"}, "sail": sail}
     if tmp_path is not None:
         tree["train"] = {"output_dir": str(tmp_path)}
-    method = build_method("sail", {}, build_config(tree))
+    cfg = build_config(tree)
+    method = build_method("sail", cfg.method.params, cfg)
     method.bind(tok)
     if tmp_path is None:
         method.out_dir = None  # nothing written

@@ -79,7 +79,7 @@ class LoadResult:
         return "\n  ".join([head, *shown])
 
 
-class _FileLevelError(Exception):
+class FileLevelError(Exception):
     """A problem that ends reading the whole source (e.g. a truncated gzip stream)."""
 
     def __init__(self, error: DataError):
@@ -112,18 +112,18 @@ def load_pairs(
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be at least 1 (got {limit})")
-    label, rows = _open_source(source, split)
+    label, rows = open_source(source, split)
     result = LoadResult(pairs=[], skipped=0, source=label)
     try:
         _read_rows(rows, result, label, skip_invalid, limit)
-    except _FileLevelError as err:
+    except FileLevelError as err:
         if not (skip_invalid and result.pairs):
             raise err.error from None
-        _skip_or_raise(result, err.error, skip_invalid, note="; the rest of the file was skipped")
+        skip_or_raise(result, err.error, skip_invalid, note="; the rest of the file was skipped")
     finally:
         getattr(rows, "close", lambda: None)()  # release the file when `limit` stopped early
     if not result.pairs:
-        _raise_no_pairs(result)
+        raise_no_pairs(result)
     return result
 
 
@@ -135,14 +135,14 @@ def _read_rows(rows: Rows, result: LoadResult, label: str, skip_invalid: bool, l
                 raise row
             pair = row_to_pair(row, path=label, line=line, default_id=f"{id_base}:{line}")
         except DataError as err:
-            _skip_or_raise(result, err, skip_invalid)
+            skip_or_raise(result, err, skip_invalid)
             continue
         result.pairs.append(pair)
         if limit is not None and len(result.pairs) >= limit:
             return
 
 
-def _skip_or_raise(result: LoadResult, err: DataError, skip_invalid: bool, note: str = "") -> None:
+def skip_or_raise(result: LoadResult, err: DataError, skip_invalid: bool, note: str = "") -> None:
     if not skip_invalid:
         raise err
     result.skipped += 1
@@ -150,7 +150,7 @@ def _skip_or_raise(result: LoadResult, err: DataError, skip_invalid: bool, note:
         result.skip_reasons.append(str(err) + note)
 
 
-def _raise_no_pairs(result: LoadResult) -> None:
+def raise_no_pairs(result: LoadResult) -> None:
     if result.skipped:
         problem = (
             f"no valid preference pairs: all {result.skipped} rows were invalid, "
@@ -168,7 +168,7 @@ def _raise_no_pairs(result: LoadResult) -> None:
 # Sources
 
 
-def _open_source(source: Any, split: str) -> tuple[str, Rows]:
+def open_source(source: Any, split: str) -> tuple[str, Rows]:
     """Resolve `source` to (label for messages, iterator over (line, row))."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -251,13 +251,13 @@ def _hub_rows(spec: str, split: str) -> Rows:
     return ((i + 1, row) for i, row in enumerate(ds))
 
 
-def _gzip_error(path: str, line: int, exc: BaseException) -> _FileLevelError:
+def _gzip_error(path: str, line: int, exc: BaseException) -> FileLevelError:
     where = f"after line {line}" if line else "at the start"
     problem = f"gzip stream is truncated or corrupt {where} ({exc})"
     fix = "re-download or re-compress the file"
     if line:
         fix += f"; pass --skip-invalid to keep the rows before line {line + 1}"
-    return _FileLevelError(DataError(path, line or None, problem, fix))
+    return FileLevelError(DataError(path, line or None, problem, fix))
 
 
 def _jsonl_rows(path: str) -> Rows:
@@ -412,7 +412,7 @@ def _parquet_batches(reader: Any, path: str) -> Rows:
         try:
             batch = next(batches, None)
         except (pa.ArrowException, OSError) as exc:
-            raise _FileLevelError(
+            raise FileLevelError(
                 DataError(
                     path, n or None, f"Parquet data is corrupt after row {n} ({exc})", "re-export the file"
                 )
@@ -493,10 +493,10 @@ def _prompt_and_completions(row: dict, path: str, line: int | None) -> tuple[Tex
         _check_text_completion(chosen, "chosen", path, line)
         _check_text_completion(rejected, "rejected", path, line)
         return prompt, chosen, rejected
-    chosen, rejected = _messages(chosen, "chosen", path, line), _messages(rejected, "rejected", path, line)
+    chosen, rejected = parse_messages(chosen, "chosen", path, line), parse_messages(rejected, "rejected", path, line)
     if prompt is None:
         return split_implicit_messages(chosen, rejected, path=path, line=line)
-    prompt = _messages(prompt, "prompt", path, line)
+    prompt = parse_messages(prompt, "prompt", path, line)
     chosen, rejected = _strip_prompt(prompt, chosen), _strip_prompt(prompt, rejected)
     _check_message_completion(chosen, "chosen", path, line)
     _check_message_completion(rejected, "rejected", path, line)
@@ -536,7 +536,7 @@ def _check_text_completion(text: str, name: str, path: str, line: int | None) ->
         )
 
 
-def _messages(value: list, name: str, path: str, line: int | None) -> Messages:
+def parse_messages(value: list, name: str, path: str, line: int | None) -> Messages:
     """Validate a message list; keep role, content and other string-valued keys (e.g. name)."""
     out = []
     for i, msg in enumerate(value, start=1):

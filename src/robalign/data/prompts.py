@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from robalign.data.io import (
+    FileLevelError,
     LoadResult,
-    _FileLevelError,
-    _messages,
-    _open_source,
-    _raise_no_pairs,
-    _skip_or_raise,
+    open_source,
+    parse_messages,
+    raise_no_pairs,
     row_to_pair,
+    skip_or_raise,
 )
 from robalign.data.pairs import PreferencePair
 from robalign.errors import DataError
@@ -55,7 +55,7 @@ def prompt_row_to_pair(row: Any, *, path: str, line: int | None, default_id: str
     elif isinstance(prompt, list):
         if not prompt:
             raise DataError(path, line, "'prompt' is an empty message list", _FIX)
-        prompt = _messages(prompt, "prompt", path, line)
+        prompt = parse_messages(prompt, "prompt", path, line)
     else:
         raise DataError(path, line, f"'prompt' is {type(prompt).__name__}; it must be a string or a "
                         "list of messages", _FIX)
@@ -75,7 +75,7 @@ def load_online_data(source, *, skip_invalid: bool = False, split: str = "train"
     Raises:
         DataError: a bad row (unless `skip_invalid`), an unreadable source, or no usable rows.
     """
-    label, rows = _open_source(source, split)
+    label, rows = open_source(source, split)
     result = LoadResult(pairs=[], skipped=0, source=label)
     base = str(label).rsplit("/", 1)[-1].removeprefix("hf:") or str(label)
     try:
@@ -85,13 +85,13 @@ def load_online_data(source, *, skip_invalid: bool = False, split: str = "train"
                     raise row
                 result.pairs.append(prompt_row_to_pair(row, path=label, line=line, default_id=f"{base}:{line}"))
             except DataError as err:
-                _skip_or_raise(result, err, skip_invalid)
-    except _FileLevelError as err:
+                skip_or_raise(result, err, skip_invalid)
+    except FileLevelError as err:
         if not (skip_invalid and result.pairs):
             raise err.error from None
-        _skip_or_raise(result, err.error, skip_invalid, note="; the rest of the file was skipped")
+        skip_or_raise(result, err.error, skip_invalid, note="; the rest of the file was skipped")
     finally:
         getattr(rows, "close", lambda: None)()
     if not result.pairs:
-        _raise_no_pairs(result)
+        raise_no_pairs(result)
     return result

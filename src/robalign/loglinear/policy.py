@@ -17,7 +17,7 @@ import torch.nn.functional as F
 __all__ = ["LogLinearPolicy", "adversarial_oracle", "antisymmetric"]
 
 
-def _check_beta_rho(beta: float, rho: float | None = None) -> None:
+def check_beta_rho(beta: float, rho: float | None = None) -> None:
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     # SPEC §2: ρ outside [0, 0.5) is an error, not a warning (the uncertainty set would be vacuous).
@@ -53,7 +53,7 @@ def adversarial_oracle(p_star: torch.Tensor, rho: float) -> torch.Tensor:
     Returns:
         [X, Y, Y] observed oracle.
     """
-    _check_beta_rho(1.0, rho)
+    check_beta_rho(1.0, rho)
     return p_star - rho * torch.sign(p_star - 0.5)
 
 
@@ -149,7 +149,7 @@ class LogLinearPolicy:
         Returns:
             Scalar tensor.
         """
-        _check_beta_rho(beta)
+        check_beta_rho(beta)
         h, p = self.margins(theta), self._p(p_star)
         per_pair = p * F.softplus(-beta * h) + (1.0 - p) * F.softplus(beta * h)
         return (self.pair_weights(theta) * per_pair).sum()
@@ -186,7 +186,7 @@ class LogLinearPolicy:
         Returns:
             Scalar tensor.
         """
-        _check_beta_rho(beta, rho)
+        check_beta_rho(beta, rho)
         penalty = self.sensitivity_penalty(theta, smoothing=smoothing)
         return self.sail_loss(theta, p_star, beta=beta) + rho * beta * penalty  # SPEC §5
 
@@ -211,7 +211,7 @@ class LogLinearPolicy:
         Returns:
             Scalar tensor.
         """
-        _check_beta_rho(beta, rho)
+        check_beta_rho(beta, rho)
         h, weights, p = self.margins(theta), self.pair_weights(theta), self._p(p_star)
         upper = torch.ones_like(h[0], dtype=torch.bool).triu(1)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robalign.loglinear.policy import LogLinearPolicy, _check_beta_rho
+from robalign.loglinear.policy import LogLinearPolicy, check_beta_rho
 
 __all__ = [
     "ProxRefineResult",
@@ -226,7 +226,7 @@ def rscgd(
         theta0: [d] starting point (projected onto the ball).
         baseline: see `surrogate_loss`.
     """
-    _check_beta_rho(beta, rho)
+    check_beta_rho(beta, rho)
     _check_rscgd_args(steps, batch_size, lr, output, snapshot_every)
     generator = torch.Generator().manual_seed(seed)
     # R is drawn first and always, so the trajectory does not depend on the output rule.
@@ -296,7 +296,7 @@ def proximal_refine(
         eps_prox: ε_prox.
         radius: D of the ball around θ_ref; None for no projection.
     """
-    _check_beta_rho(beta, rho)
+    check_beta_rho(beta, rho)
     lr = lam_env / 2.0 if lr is None else lr
     anchor = theta_r.detach().to(policy.features.dtype)
     theta, residual = anchor.clone(), float("inf")

@@ -1,11 +1,12 @@
-"""Preference losses: pure functions of sequence log-probs (SPEC §2)."""
+"""Preference losses: pure functions of sequence log-probs (SPEC §2), one module per offline loss."""
 
 from robalign.losses.offline import (
     COMMON_DEFAULTS,
     LOSSES,
+    Loss,
     LossOutput,
-    LossSpec,
     PairLogps,
+    loss_params,
     preference_loss,
     validate_loss_params,
 )
@@ -13,9 +14,10 @@ from robalign.losses.offline import (
 __all__ = [
     "COMMON_DEFAULTS",
     "LOSSES",
+    "Loss",
     "LossOutput",
-    "LossSpec",
     "PairLogps",
+    "loss_params",
     "preference_loss",
     "validate_loss_params",
 ]

@@ -1,30 +1,47 @@
-"""Training methods by name. One dict maps names to (validate, build); the trainer reads capabilities.
+"""Training methods by name: `METHODS` maps each name to its `Params` and its builder; the trainer reads
+capabilities (of the method and of its parameters), never names.
 
-Importing a method module also registers its config section (`gapo:`, `online:`, `sail:`,
-`oracle_robust:`) with `robalign.config`.
+To add an offline loss, write its module under `robalign/losses/` and list its `LOSS` in `LOSSES`
+(robalign.losses.offline): it is then a method too. A method with its own training step adds one line here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from robalign.losses import LOSSES, validate_loss_params
-from robalign.methods import gapo, oracle_robust, sail
+from robalign.losses import LOSSES
 from robalign.methods.base import Method, StepResult
+from robalign.methods.gapo import GapoParams, build_gapo
 from robalign.methods.offline import PreferenceLossMethod
+from robalign.methods.oracle_robust import OracleRobustMethod, OracleRobustParams
+from robalign.methods.sail import SailMethod, SailParams
+from robalign.settings import Params
 
 
-def _loss_entry(name: str):
-    return (lambda params: validate_loss_params(name, params),
-            lambda params, cfg: PreferenceLossMethod(name, validate_loss_params(name, params)))
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its parameters and how to build it.
+
+    Attributes:
+        params: the method's `Params` dataclass (every setting, its default, help and valid values).
+        build: `build(params, run_config or None) -> Method`.
+    """
+
+    params: type[Params]
+    build: Callable[..., Method]
 
 
-# name -> (validate(params) -> params, build(params, run_config) -> Method)
-METHODS: dict = {
-    **{name: _loss_entry(name) for name in LOSSES},
-    "gapo": (gapo.validate_gapo_params, gapo.build_gapo),
-    "sail": (sail.validate_params, sail.build),
-    "oracle_robust": (oracle_robust.validate_params, oracle_robust.build),
+def _offline(name: str) -> MethodSpec:
+    return MethodSpec(LOSSES[name].params, lambda params, cfg: PreferenceLossMethod(name, params))
+
+
+METHODS: dict[str, MethodSpec] = {
+    **{name: _offline(name) for name in LOSSES},
+    "gapo": MethodSpec(GapoParams, build_gapo),
+    "sail": MethodSpec(SailParams, SailMethod),
+    "oracle_robust": MethodSpec(OracleRobustParams, OracleRobustMethod),
 }
 
 
@@ -56,17 +73,26 @@ def canonical_name(name: str, params: dict | None = None) -> str:
     return ALIASES.get(name, name)
 
 
-def validate_method(name: str, params: dict) -> dict:
+def method_params(name: str, params: dict | None = None) -> Params:
+    """The `Params` of method `name` (an alias too) built from `params`, the method's defaults for the rest.
+
+    Raises:
+        ValueError: an unknown method, a parameter it does not take (the message lists those it takes), or an
+            invalid value.
+    """
+    params = params or {}
     name = canonical_name(name, params)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r} (valid: {', '.join(sorted(METHODS))})")
-    return METHODS[name][0](params)
+    return METHODS[name].params.from_dict(params)
 
 
-def build_method(name: str, params: dict, cfg=None) -> Method:
-    validate_method(name, params)
-    name = canonical_name(name, params)
-    return METHODS[name][1](params, cfg)
+def build_method(name: str, params: dict | Params | None = None, cfg=None) -> Method:
+    """Method `name` with `params` (its `Params`, or a dict of parameters over the defaults)."""
+    if not isinstance(params, Params):
+        params = method_params(name, params)
+    return METHODS[canonical_name(name)].build(params, cfg)
 
 
-__all__ = ["ALIASES", "METHODS", "Method", "StepResult", "build_method", "canonical_name", "validate_method"]
+__all__ = ["ALIASES", "METHODS", "Method", "MethodSpec", "StepResult", "build_method", "canonical_name",
+           "method_params"]

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +51,9 @@ import torch.distributed as dist
 from torch import nn
 
 from robalign.blocks import decoder_layers
-from robalign.config import _check, _choice, _f, register_section
 from robalign.errors import ConfigError, UserError
 from robalign.logprobs import SequenceLogps, sequence_logps, split_body_and_head
+from robalign.losses.common import SftParams
 from robalign.losses.gapo import (
     anchor_step,
     flip_auroc,
@@ -65,77 +64,58 @@ from robalign.losses.gapo import (
 )
 from robalign.methods.base import Method, StepResult, reward_metrics
 from robalign.methods.gapo_tail import TailRecorder
+from robalign.settings import setting
 
 
-@register_section("gapo")
 @dataclass
-class GapoConfig:
-    """The `gapo:` section: how the anchor is built. β, γ and the SFT term come from `method:`."""
+class GapoParams(SftParams):
+    """Everything gapo is told: the loss (β, γ, the SFT term) and how the anchor is built.
 
-    radius: float = _f(0.05, "Anchor radius ρ (>= 0): size of the adversarial weight step; 0 gives Γ = 0 and "
-                       "uniform weights σ(γ).")
-    perturbation: str = _f("asam", "Anchor step: 'asam' (ρ w⊙w⊙g/‖w⊙g‖, scale-invariant) or 'sam' (ρ g/‖g‖).")
-    scope: str = _f("backbone", "Weights the anchor perturbs: 'backbone' (embeddings, blocks, final norm; not an "
-                    "untied lm_head), 'all', or 'last_k_layers'. Under LoRA: the frozen base weights.")
-    last_k: int = _f(1, "Number of final transformer blocks perturbed with scope 'last_k_layers'.")
-    margin: str = _f("simpo", "Margin m: 'simpo' (reference-free length-normalised M) or 'dpo' (log-ratio h "
-                     "against the reference model).")
-    anchor: str = _f("exact", "'exact' (m(θ+δ) by a forward at perturbed weights) or 'first_order' "
-                     "(m + ⟨∇m, δ⟩ by forward-mode differentiation; weights never modified).")
-    tail_forward: bool = _f(True, "With scope 'last_k_layers': run only the last k blocks (from the probe's "
-                            "recorded block input) for m(θ+δ), or for ⟨∇m, δ⟩ with the first-order anchor; same "
-                            "numbers, k/L of the cost. False: a full forward.")
-    reuse_graph: bool = _f(True, "Reuse the probe forward for the loss (2 forward + 2 backward); false runs the "
-                           "authors' third forward (same result, slower).")
-    allow_low_precision_anchor: bool = _f(False, "Allow non-fp32 weights or autocast for the anchor (in bf16 "
-                                          "almost no weight changes under δ and Γ collapses to 0).")
+    In a config file all of them go under `method:`; a `gapo:` section (older configs) holds more of them.
+    """
 
-    def validate(self):
-        _check(isinstance(self.radius, numbers.Real) and math.isfinite(self.radius) and self.radius >= 0,
-               "gapo.radius", "must be a finite number >= 0")
-        _choice(self.perturbation, ("asam", "sam"), "gapo.perturbation")
-        _choice(self.scope, ("backbone", "all", "last_k_layers"), "gapo.scope")
-        _check(self.last_k >= 1, "gapo.last_k", "must be >= 1")
-        _choice(self.margin, ("simpo", "dpo"), "gapo.margin")
-        _choice(self.anchor, ("exact", "first_order"), "gapo.anchor")
+    method = "gapo"
+    beta: float = setting(2.0, "Inverse temperature β of the margin in the GAPO loss.", gt=0)
+    gamma: float = setting(0.5, "Target margin γ.")
+    radius: float = setting(0.05, "Anchor radius ρ: size of the adversarial weight step; 0 gives Γ = 0 and "
+                            "uniform weights σ(γ).", ge=0)
+    perturbation: str = setting("asam", "Anchor step: 'asam' (ρ w⊙w⊙g/‖w⊙g‖, scale-invariant) or 'sam' (ρ g/‖g‖).",
+                                choices=("asam", "sam"))
+    scope: str = setting("backbone", "Weights the anchor perturbs: 'backbone' (embeddings, blocks, final norm; not an "
+                         "untied lm_head), 'all', or 'last_k_layers'. Under LoRA: the frozen base weights.",
+                         choices=("backbone", "all", "last_k_layers"))
+    last_k: int = setting(1, "Number of final transformer blocks perturbed with scope 'last_k_layers'.", ge=1)
+    margin: str = setting("simpo", "Margin m: 'simpo' (reference-free length-normalised M) or 'dpo' (log-ratio h "
+                          "against the reference model).", choices=("simpo", "dpo"))
+    anchor: str = setting("exact", "'exact' (m(θ+δ) by a forward at perturbed weights) or 'first_order' "
+                          "(m + ⟨∇m, δ⟩ by forward-mode differentiation; weights never modified).",
+                          choices=("exact", "first_order"))
+    tail_forward: bool = setting(True, "With scope 'last_k_layers': run only the last k blocks (from the probe's "
+                                 "recorded block input) for m(θ+δ), or for ⟨∇m, δ⟩ with the first-order anchor; "
+                                 "same numbers, k/L of the cost. False: a full forward.")
+    reuse_graph: bool = setting(True, "Reuse the probe forward for the loss (2 forward + 2 backward); false runs the "
+                                "authors' third forward (same result, slower).")
+    allow_low_precision_anchor: bool = setting(False, "Allow non-fp32 weights or autocast for the anchor (in bf16 "
+                                               "almost no weight changes under δ and Γ collapses to 0).")
 
+    @property
+    def forward_mode_attention(self) -> bool:
+        return self.anchor == "first_order"
 
-# ------------------------------------------------------------------------------------ parameters
+    def quantization_problem(self) -> str | None:
+        return "the anchor perturbs the frozen base weights, which are quantized"
 
-DEFAULTS = {"beta": 2.0, "gamma": 0.5, "sft_weight": 0.0, "sft_reduction": "mean"}
-
-
-def _finite(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise ValueError(f"gapo parameter {name!r} must be a finite number, got {v!r}")
-    return float(v)
-
-
-def validate_gapo_params(params: dict) -> dict:
-    """Method-section parameters of gapo merged over `DEFAULTS` (β 2.0, γ 0.5); ValueError if invalid."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"method 'gapo' does not take parameter(s) {unknown}; it takes {sorted(DEFAULTS)} "
-                         "(anchor settings go in the gapo: section)")
-    out = {**DEFAULTS, **params}
-    out["beta"], out["gamma"] = _finite("beta", out["beta"]), _finite("gamma", out["gamma"])
-    out["sft_weight"] = _finite("sft_weight", out["sft_weight"])
-    if out["beta"] <= 0:
-        raise ValueError(f"gapo parameter 'beta' must be > 0, got {out['beta']}")
-    if out["sft_weight"] < 0:
-        raise ValueError(f"gapo parameter 'sft_weight' must be >= 0, got {out['sft_weight']}")
-    if out["sft_reduction"] not in ("mean", "sum"):
-        raise ValueError(f"gapo parameter 'sft_reduction' must be 'mean' or 'sum', got {out['sft_reduction']!r}")
-    return out
+    def whole_weights_problem(self) -> str | None:
+        return ("method gapo needs whole weights on every process (the anchor perturbs them and takes one "
+                "global norm)")
 
 
-def build_gapo(params: dict, cfg=None) -> GapoMethod:
+def build_gapo(params: GapoParams, cfg=None) -> GapoMethod:
     """Builder registered in `robalign.methods.METHODS`; `cfg` is the RunConfig (or None: defaults)."""
-    gcfg = (cfg.extra.get("gapo") if cfg is not None else None) or GapoConfig()
     if cfg is not None and cfg.model.lora_dropout > 0:
         raise ConfigError("model.lora_dropout: gapo needs 0 (the probe, anchor and loss passes must see the "
                           "same network)")
-    return GapoMethod(validate_gapo_params(params), gcfg)
+    return GapoMethod(params)
 
 
 # ------------------------------------------------------------------------------- scope and checks
@@ -236,7 +216,7 @@ def all_reduce_mean(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _requiring_grad(params: list[nn.Parameter]):
+def requiring_grad(params: list[nn.Parameter]):
     """Temporarily lets autograd differentiate frozen weights (LoRA base weights) too."""
     flags = [p.requires_grad for p in params]
     try:
@@ -347,16 +327,15 @@ class GapoMethod(Method):
     (NaN when a micro-batch holds one class); `finalize` gives the AUROC over all logged pairs.
 
     Args:
-        params: validated method parameters (beta, gamma, sft_weight, sft_reduction).
-        cfg: the `gapo:` section.
+        params: the method's parameters.
     """
 
     name = "gapo"
     log_pairs = True
 
-    def __init__(self, params: dict, cfg: GapoConfig):
-        self.params, self.cfg = dict(params), cfg
-        self.beta, self.gamma = self.params["beta"], self.params["gamma"]
+    def __init__(self, params: GapoParams | None = None):
+        self.params = cfg = params or GapoParams()
+        self.beta, self.gamma = cfg.beta, cfg.gamma
         self.needs_reference = cfg.margin == "dpo"
         # SPEC §3: the anchor is applied and evaluated in fp32. Under mixed precision the master weights are
         # fp32, but autocast would multiply θ + δ in bf16, where δ rounds away; and m(θ), m̃ must come from one
@@ -365,7 +344,7 @@ class GapoMethod(Method):
         self._checked_model = None
 
     def activation_checkpointing_problem(self, mode: str) -> str | None:
-        c = self.cfg
+        c = self.params
         if mode == "none":
             return None
         if c.anchor == "first_order" and c.scope != "last_k_layers":
@@ -377,7 +356,7 @@ class GapoMethod(Method):
         return None
 
     def precision_problem(self, weights: str) -> str | None:
-        if weights == "fp32" or self.cfg.allow_low_precision_anchor:
+        if weights == "fp32" or self.params.allow_low_precision_anchor:
             return None
         return (f"the anchor needs fp32 weights, but they are {weights}: at most about (ρ·2⁹)² weights change under δ "
                 "and the anchor collapses onto the policy (SPEC §3). Use model.dtype: fp32 (with "
@@ -385,7 +364,7 @@ class GapoMethod(Method):
                 "gapo.allow_low_precision_anchor: true to accept this")
 
     def trunk_cache_problem(self, train_last_k: int) -> str | None:
-        c = self.cfg
+        c = self.params
         if c.scope != "last_k_layers" or c.last_k > train_last_k:
             return (f"the anchor must perturb only trainable blocks, or the cached trunk would not see it; set "
                     f"gapo.scope: last_k_layers and gapo.last_k: {train_last_k} (= model.train_last_k)")
@@ -397,12 +376,12 @@ class GapoMethod(Method):
         With `keep_graph` the returned margin keeps the probe forward's graph for the loss; otherwise
         everything returned is detached and the graph is freed.
         """
-        c = self.cfg
+        c = self.params
         named = scoped_parameters(model, c.scope, c.last_k)
         check_precision(named, c.allow_low_precision_anchor)
         params = [p for _, p in named]
         tail = self._tail_recorder(model)
-        with _requiring_grad(params), (tail.recording(keep_logits=c.anchor == "first_order") if tail
+        with requiring_grad(params), (tail.recording(keep_logits=c.anchor == "first_order") if tail
                                             else contextlib.nullcontext()):
             lp = sequence_logps(model, batch)
             m = margin_of(lp, ref, c.margin)
@@ -430,7 +409,7 @@ class GapoMethod(Method):
 
     def _tail_recorder(self, model) -> TailRecorder | None:
         """A recorder for the last-k-blocks anchor forward when the scope allows it, else None."""
-        c = self.cfg
+        c = self.params
         if not (c.tail_forward and c.scope == "last_k_layers"):
             return None
         blocks = decoder_layers(split_body_and_head(model)[0])
@@ -442,15 +421,15 @@ class GapoMethod(Method):
             check_dropout_off(policy)
             self._checked_model = policy
         ref = reference.logps(batch) if self.needs_reference else None
-        a = self.anchor(policy, batch, ref, keep_graph=self.cfg.reuse_graph)
+        a = self.anchor(policy, batch, ref, keep_graph=self.params.reuse_graph)
         lp, m = a.logps, a.margin
-        if not self.cfg.reuse_graph:  # the authors' third forward, at the restored weights
+        if not self.params.reuse_graph:  # the authors' third forward, at the restored weights
             lp = sequence_logps(policy, batch)
-            m = margin_of(lp, ref, self.cfg.margin)
+            m = margin_of(lp, ref, self.params.margin)
         per_pair, gap, weight = gapo_loss(m, a.anchor_margin, beta=self.beta, gamma=self.gamma)
         loss = per_pair.mean()
-        if self.params["sft_weight"] > 0:
-            sft = self.params["sft_weight"] * sft_nll(lp.chosen, lp.chosen_lengths, self.params["sft_reduction"])
+        if self.params.sft_weight > 0:
+            sft = self.params.sft_weight * sft_nll(lp.chosen, lp.chosen_lengths, self.params.sft_reduction)
             per_pair, loss = per_pair + sft, loss + sft.mean()
         metrics = self._metrics(lp, ref, gap.detach(), weight, a, batch)
         per_pair_log = {"gap": gap.detach(), "weight": weight, "margin": m.detach(), "loss": per_pair.detach()}

@@ -40,50 +40,16 @@ from pathlib import Path
 
 import torch
 
-from robalign.config import _check, _f, register_section
 from robalign.data.collate import PreferenceBatch, collate
 from robalign.data.tokenize import TokenizedPair
 from robalign.errors import ConfigError
 from robalign.generation import GeneratedPair, generate_pairs
 from robalign.logprobs import SequenceLogps
 from robalign.methods.base import Method, reward_metrics
+from robalign.online_settings import OnlineConfig
 from robalign.oracles import build_oracle
 
 GENERATIONS = "generations.jsonl"
-
-
-@register_section("online")
-@dataclass
-class OnlineConfig:
-    oracle: str = _f("", "Preference oracle of generated pairs (SPEC §7 grammar, e.g. "
-                     "'bt:verifiable+flip:0.1'); empty = the method's default: 'bt:length' for sail "
-                     "(works on any prompt), 'bt:length+adversarial:0.1' for oracle_robust.")
-    temperature: float = _f(0.9, "Sampling temperature of online generations (0 = greedy).")
-    top_p: float = _f(1.0, "Nucleus mass of online generations (1.0 = the full distribution).")
-    max_new_tokens: int = _f(64, "Most tokens per generated response.")
-
-    def validate(self):
-        _check(self.temperature >= 0 and math.isfinite(self.temperature), "online.temperature", "must be >= 0")
-        _check(0 < self.top_p <= 1, "online.top_p", "must be in (0, 1]")
-        _check(self.max_new_tokens >= 1, "online.max_new_tokens", "must be >= 1")
-        if self.oracle:
-            build_oracle(self.oracle)  # raises ConfigError naming the valid choices
-
-
-def section(cfg, name: str, cls):
-    """The run's config section `name`, or its defaults when no run config is given (unit tests)."""
-    return cls() if cfg is None else cfg.extra[name]
-
-
-def take_params(method: str, params: dict, defaults: dict, checks: dict) -> dict:
-    """Validated method parameters from `MethodConfig.loss_params()`; unknown ones are errors."""
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"method {method!r} does not take parameter(s) {unknown}; it takes {sorted(defaults)}")
-    merged = {**defaults, **params}
-    for key, value in merged.items():
-        checks[key](key, value)
-    return merged
 
 
 @dataclass
@@ -151,7 +117,8 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _is_main() -> bool:
+def is_main() -> bool:
+    """Whether this is process 0 of the data-parallel group (or the only process)."""
     return _world()[0] == 0
 
 
@@ -202,18 +169,18 @@ class OnlineMethod(Method):
     """Base of the online methods: sampling from π_θ, oracle labels, the generation record.
 
     Args:
-        params: validated method parameters (at least `beta`).
-        cfg: the run config (None in unit tests: section defaults, nothing written to disk).
+        params: the method's `Params` (at least `beta`).
+        cfg: the run config (None in unit tests: `online:` defaults, nothing written to disk).
     """
 
     needs_reference = True
     online = True
     default_oracle = "bt:length"
 
-    def __init__(self, params: dict, cfg=None):
-        self.params = dict(params)
-        self.beta = float(params["beta"])
-        self.gen = section(cfg, "online", OnlineConfig)
+    def __init__(self, params, cfg=None):
+        self.params = params
+        self.beta = params.beta
+        self.gen = OnlineConfig() if cfg is None else cfg.online
         self.oracle_spec = self.gen.oracle or self.default_oracle
         self.oracle = build_oracle(self.oracle_spec)
         if cfg is not None and cfg.model.reference == "cached":
@@ -306,5 +273,5 @@ def mean_or_zero(values: torch.Tensor) -> torch.Tensor:
     return values.float().mean() if values.numel() else torch.zeros((), device=values.device)
 
 
-__all__ = ["GENERATIONS", "Draws", "OnlineConfig", "OnlineMethod", "Row", "assemble", "batch_rows",
-           "local_seeds", "local_uniforms", "process_sum"]
+__all__ = ["GENERATIONS", "Draws", "OnlineMethod", "Row", "assemble", "batch_rows",
+           "is_main", "local_seeds", "local_uniforms", "process_sum"]

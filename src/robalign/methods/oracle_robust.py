@@ -42,64 +42,56 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from robalign.checkpoint import trainable_state
-from robalign.config import _check, _choice, _f, register_section
 from robalign.errors import UserError
 from robalign.logprobs import sequence_logps
-from robalign.losses.offline import _noise_rate, _positive
 from robalign.losses.online import OnlineLossOutput, oracle_robust_loss
 from robalign.methods.base import StepResult
 from robalign.methods.online import (
     Draws,
     OnlineMethod,
     Row,
-    _is_main,
     assemble,
     batch_rows,
     gold_agreement,
+    is_main,
     labelled_reward_metrics,
     margin,
     process_sum,
     record,
-    section,
-    take_params,
 )
 from robalign.policy import unwrap_policy
+from robalign.settings import Params, setting
 
 ITERATES = "iterates"
 _ITERATE = re.compile(r"^iterate-(\d+)\.safetensors$")
 
 
-@register_section("oracle_robust")
 @dataclass
-class OracleRobustConfig:
-    sf_coef: float = _f(1.0, "Weight of the score-function term: 1 = the paper's gradient, 0 = the "
-                        "behaviour-policy approximation.")
-    projection_radius: float | None = _f(None, "Radius D of the projection ball around θ_ref over the trainable "
-                              "parameters (None or 0 = no projection).")
-    output: str = _f("last", "Which iterate is the output: 'last' (final/) or 'random' (the theory's "
-                     "uniformly random saved iterate, written to output/ and named in output_iterate.json).")
-    iterate_every: int = _f(10, "With output 'random': save θ_t to iterates/ every N optimiser steps.")
-    prox_steps: int = _f(0, "Proximal refinement steps K from the output iterate (0 = none).")
-    prox_lambda: float = _f(1.0, "λ_env of the proximal term ‖θ − θ_R‖²/(2λ_env) (take λ_env < 1/κ).")
-    prox_eps: float = _f(1e-3, "Stop refining once the mini-batch residual is below ε_prox.")
-    prox_lr: float = _f(0.0, "Step size of the refinement (0 = train.lr).")
+class OracleRobustParams(Params):
+    """Everything oracle_robust is told: β, ρ, the score-function weight, the projection, the output iterate
+    and the proximal refinement (older configs: an `oracle_robust:` section)."""
 
-    def validate(self):
-        _check(math.isfinite(self.sf_coef) and self.sf_coef >= 0, "oracle_robust.sf_coef", "must be >= 0")
-        _check(self.projection_radius is None or self.projection_radius >= 0, "oracle_robust.projection_radius",
-               "must be >= 0 or None")
-        _choice(self.output, ("last", "random"), "oracle_robust.output")
-        _check(self.iterate_every >= 1, "oracle_robust.iterate_every", "must be >= 1")
-        _check(self.prox_steps >= 0, "oracle_robust.prox_steps", "must be >= 0")
-        _check(self.prox_lambda > 0, "oracle_robust.prox_lambda", "must be > 0")
-        _check(self.prox_eps >= 0 and self.prox_lr >= 0, "oracle_robust.prox_eps / prox_lr", "must be >= 0")
+    method = "oracle_robust"
+    beta: float = setting(0.1, "Inverse temperature β of the implicit reward.", gt=0)
+    rho: float = setting(0.1, "Robustness radius ρ of the penalty ρβ|h(y1, y2)|.", ge=0, lt=0.5)
+    sf_coef: float = setting(1.0, "Weight of the score-function term: 1 = the paper's gradient, 0 = the "
+                             "behaviour-policy approximation.", ge=0)
+    projection_radius: float | None = setting(None, "Radius D of the projection ball around θ_ref over the "
+                                              "trainable parameters (None or 0 = no projection).", ge=0,
+                                              optional=True)
+    output: str = setting("last", "Which iterate is the output: 'last' (final/) or 'random' (the theory's "
+                          "uniformly random saved iterate, written to output/ and named in output_iterate.json).",
+                          choices=("last", "random"))
+    iterate_every: int = setting(10, "With output 'random': save θ_t to iterates/ every N optimiser steps.", ge=1)
+    prox_steps: int = setting(0, "Proximal refinement steps K from the output iterate (0 = none).", ge=0)
+    prox_lambda: float = setting(1.0, "λ_env of the proximal term ‖θ − θ_R‖²/(2λ_env) (take λ_env < 1/κ).", gt=0)
+    prox_eps: float = setting(1e-3, "Stop refining once the mini-batch residual is below ε_prox.", ge=0)
+    prox_lr: float = setting(0.0, "Step size of the refinement (0 = train.lr).", ge=0)
 
-
-DEFAULTS = {"beta": 0.1, "rho": 0.1}
-
-
-def validate_params(params: dict) -> dict:
-    return take_params("oracle_robust", params, DEFAULTS, {"beta": _positive, "rho": _noise_rate})
+    def whole_weights_problem(self) -> str | None:
+        if not self.projection_radius:
+            return None
+        return "oracle_robust.projection_radius projects whole weights (set it to 0 to train without the projection)"
 
 
 # ----------------------------------------------------------------------------------- projection
@@ -177,10 +169,9 @@ class OracleRobustMethod(OnlineMethod):
     name = "oracle_robust"
     default_oracle = "bt:length+adversarial:0.1"
 
-    def __init__(self, params: dict, cfg=None):
-        super().__init__(validate_params(params), cfg)
-        self.rho = float(self.params["rho"])
-        self.rob = section(cfg, "oracle_robust", OracleRobustConfig)
+    def __init__(self, params: OracleRobustParams | None = None, cfg=None):
+        super().__init__(params or OracleRobustParams(), cfg)
+        self.rho = self.params.rho
         self.seed = cfg.train.seed if cfg is not None else 0
         self.centre: list[torch.Tensor] | None = None
         self._pending_centre: dict | None = None  # θ_0 read back on resume
@@ -196,20 +187,20 @@ class OracleRobustMethod(OnlineMethod):
         if folder is None:
             return
         for t, path in list_iterates(folder):
-            if (not resumed or t > step) and _is_main():
+            if (not resumed or t > step) and is_main():
                 path.unlink()  # a fresh run, or iterates past the checkpoint (recomputed identically)
         first = folder / iterate_name(0)
-        if resumed and self.rob.projection_radius:
+        if resumed and self.params.projection_radius:
             if not first.is_file():
                 raise UserError(f"oracle_robust: cannot restore the projection centre: {first} is missing")
             self._pending_centre = load_file(str(first))
 
     def after_optimizer_step(self, model) -> None:
         """θ ← Proj_Θ(θ) after the optimiser step (SPEC §5); records whether it was active."""
-        if not self.rob.projection_radius:
+        if not self.params.projection_radius:
             return
         params = [p for _, p in trainable(model)]
-        active, dist = project_ball(params, self._centre(model), self.rob.projection_radius)
+        active, dist = project_ball(params, self._centre(model), self.params.projection_radius)
         device = params[0].device
         self.projected = torch.tensor(float(active), device=device)
         self.distance = torch.tensor(dist, device=device)
@@ -220,7 +211,7 @@ class OracleRobustMethod(OnlineMethod):
         self.model, self.reference = unwrap_policy(policy), reference
         if first:
             self._at_step_start(policy, t)
-        if self.rob.prox_steps:
+        if self.params.prox_steps:
             self.recent.append(batch)
         out, ctx = self.objective(policy, reference, batch)
         self._write(t, ctx["records"])
@@ -243,7 +234,7 @@ class OracleRobustMethod(OnlineMethod):
         h = margin(lp, ref)
         y1_pref = labels.y1_preferred.to(h.device)
         out = oracle_robust_loss(h, y1_pref, lp.chosen + lp.rejected, beta=self.beta, rho=self.rho,
-                                 sf_coef=self.rob.sf_coef, all_sum=process_sum)
+                                 sf_coef=self.params.sf_coef, all_sum=process_sum)
         recs = [record(r, g, x, "oracle", w, o, gp) for r, g, x, w, o, gp in
                 zip(rows, generated, texts, labels.y1_preferred.tolist(), labels.observed_prob.tolist(),
                     labels.gold_prob.tolist())]
@@ -265,7 +256,7 @@ class OracleRobustMethod(OnlineMethod):
             # Of the update that produced the current weights (the hook runs after this step's metrics).
             "online/projection_active": self.projected.to(device),
         })
-        if self.rob.projection_radius:
+        if self.params.projection_radius:
             metrics["online/dist_to_ref"] = self.distance.to(device)
         return metrics
 
@@ -282,12 +273,12 @@ class OracleRobustMethod(OnlineMethod):
 
     def _at_step_start(self, policy, t: int) -> None:
         """Before the first micro-step of step t: keep θ_0 as the centre, save θ_t when it is an iterate."""
-        if t == 0 and self.rob.projection_radius and self.centre is None:
+        if t == 0 and self.params.projection_radius and self.centre is None:
             self.centre = [p.detach().clone() for _, p in trainable(policy)]
-        radius = self.rob.projection_radius
-        save = (self.rob.output == "random" and t % self.rob.iterate_every == 0) or (t == 0 and radius)
+        radius = self.params.projection_radius
+        save = (self.params.output == "random" and t % self.params.iterate_every == 0) or (t == 0 and radius)
         folder = self._iterate_dir()
-        if save and folder is not None and _is_main():
+        if save and folder is not None and is_main():
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".tmp-{iterate_name(t)}"
             save_file(trainable_state(unwrap_policy(policy)), str(tmp))
@@ -301,9 +292,9 @@ class OracleRobustMethod(OnlineMethod):
         """Chooses the output iterate, optionally refines it, writes output/ and output_iterate.json."""
         out = Path(out_dir)
         total = self.steps_done()
-        choice: dict = {"output": self.rob.output, "steps": total}
+        choice: dict = {"output": self.params.output, "steps": total}
         weights = None
-        if self.rob.output == "random":
+        if self.params.output == "random":
             candidates = [(t, p) for t, p in list_iterates(out / ITERATES) if t < total]
             if candidates:
                 rng = torch.Generator().manual_seed(self.seed)  # independent of the training RNG
@@ -316,7 +307,7 @@ class OracleRobustMethod(OnlineMethod):
                 choice.update(output="last", note="no saved iterate with t < T; the last iterate is the output")
         if choice["output"] == "last":
             choice.update(step=total, model_dir="final")
-        refine = bool(self.rob.prox_steps and self.recent)
+        refine = bool(self.params.prox_steps and self.recent)
         if self.model is not None and (weights is not None or refine):
             model = self._output_model(weights)
             if refine:
@@ -335,12 +326,12 @@ class OracleRobustMethod(OnlineMethod):
         return model
 
     def _refine(self, model) -> ProxResult:
-        lr = self.rob.prox_lr or (self.cfg.train.lr if self.cfg is not None else 1e-3)
-        centre = self._centre(model) if self.rob.projection_radius else None
+        lr = self.params.prox_lr or (self.cfg.train.lr if self.cfg is not None else 1e-3)
+        centre = self._centre(model) if self.params.projection_radius else None
         return proximal_refine(lambda m, b: self.objective(m, self.reference, b)[0].loss, model,
-                               list(self.recent), steps=self.rob.prox_steps, lam_env=self.rob.prox_lambda,
-                               eps_prox=self.rob.prox_eps, lr=lr, centre=centre,
-                               radius=self.rob.projection_radius)
+                               list(self.recent), steps=self.params.prox_steps, lam_env=self.params.prox_lambda,
+                               eps_prox=self.params.prox_eps, lr=lr, centre=centre,
+                               radius=self.params.projection_radius)
 
     def _save_model(self, model, target: Path) -> None:
         if hasattr(model, "merge_and_unload"):
@@ -363,9 +354,5 @@ def list_iterates(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def build(params: dict, cfg) -> OracleRobustMethod:
-    return OracleRobustMethod(params, cfg)
-
-
-__all__ = ["OracleRobustConfig", "OracleRobustMethod", "ProxResult", "build", "list_iterates", "project_ball",
-           "proximal_refine", "validate_params"]
+__all__ = ["OracleRobustMethod", "OracleRobustParams", "ProxResult", "list_iterates", "project_ball",
+           "proximal_refine"]

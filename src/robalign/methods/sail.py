@@ -24,11 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from robalign.config import _check, _f, register_section
 from robalign.data.prompts import is_prompt_only_ids
 from robalign.errors import UserError
 from robalign.logprobs import sequence_logps
-from robalign.losses.offline import _positive
 from robalign.losses.online import DP, DPO, PP, PR, ROUTE_NAMES, draw_routes, sail_loss, self_label
 from robalign.methods.base import StepResult
 from robalign.methods.online import (
@@ -42,35 +40,28 @@ from robalign.methods.online import (
     mean_or_zero,
     process_sum,
     record,
-    section,
-    take_params,
 )
+from robalign.settings import Params, setting
 
 
-@register_section("sail")
 @dataclass
-class SailConfig:
-    r: float = _f(0.4, "SAIL-DP share: dataset pair relabelled by the policy's own Bradley–Terry draw.")
-    p: float = _f(0.3, "SAIL-PP share: two policy samples labelled by the policy's own draw.")
-    g: float = _f(0.3, "SAIL-PR share: two policy samples labelled by the preference oracle.")
-    coef_dp: float = _f(0.2, "Weight of −½(log σ(βh))² on DP rows.")
-    coef_pp: float = _f(0.2, "Weight of −½(log σ(βh))² and of the score-function term on PP rows.")
-    coef_pr: float = _f(0.3, "Weight of the score-function term on PR rows.")
+class SailParams(Params):
+    """Everything sail is told: β and the route shares and coefficients (older configs: a `sail:` section)."""
 
-    def validate(self):
-        for key in ("r", "p", "g"):
-            _check(0 <= getattr(self, key) <= 1, f"sail.{key}", "must be in [0, 1]")
-        _check(self.r + self.p + self.g <= 1 + 1e-9, "sail.r + sail.p + sail.g",
-               f"must be <= 1 (the rest is plain DPO), got {self.r + self.p + self.g:g}")
-        for key in ("coef_dp", "coef_pp", "coef_pr"):
-            _check(getattr(self, key) >= 0, f"sail.{key}", "must be >= 0")
+    method = "sail"
+    beta: float = setting(0.1, "Inverse temperature β of the implicit reward.", gt=0)
+    r: float = setting(0.4, "SAIL-DP share: dataset pair relabelled by the policy's own Bradley–Terry draw.",
+                       ge=0, le=1)
+    p: float = setting(0.3, "SAIL-PP share: two policy samples labelled by the policy's own draw.", ge=0, le=1)
+    g: float = setting(0.3, "SAIL-PR share: two policy samples labelled by the preference oracle.", ge=0, le=1)
+    coef_dp: float = setting(0.2, "Weight of −½(log σ(βh))² on DP rows.", ge=0)
+    coef_pp: float = setting(0.2, "Weight of −½(log σ(βh))² and of the score-function term on PP rows.", ge=0)
+    coef_pr: float = setting(0.3, "Weight of the score-function term on PR rows.", ge=0)
 
-
-DEFAULTS = {"beta": 0.1}
-
-
-def validate_params(params: dict) -> dict:
-    return take_params("sail", params, DEFAULTS, {"beta": _positive})
+    def check_values(self) -> None:
+        if self.r + self.p + self.g > 1 + 1e-9:
+            raise ValueError(f"sail.r + sail.p + sail.g must be <= 1 (the rest is plain DPO), got "
+                             f"{self.r + self.p + self.g:g}")
 
 
 class SailMethod(OnlineMethod):
@@ -79,15 +70,14 @@ class SailMethod(OnlineMethod):
     name = "sail"
     default_oracle = "bt:length"
 
-    def __init__(self, params: dict, cfg=None):
-        super().__init__(validate_params(params), cfg)
-        self.sail = section(cfg, "sail", SailConfig)
+    def __init__(self, params: SailParams | None = None, cfg=None):
+        super().__init__(params or SailParams(), cfg)
 
     def step(self, policy, reference, batch) -> StepResult:
         tok = self._require_tokenizer()
         t, _ = self._tick()
         rows = batch_rows(batch)
-        s = self.sail
+        s = self.params
         draws = Draws.take(len(rows))  # global RNG: restored on resume, sliced per process
         routes = draw_routes(draws.routes, s.r, s.p, s.g)
         u_self = draws.self_label
@@ -162,8 +152,4 @@ class SailMethod(OnlineMethod):
         return metrics
 
 
-def build(params: dict, cfg) -> SailMethod:
-    return SailMethod(params, cfg)
-
-
-__all__ = ["SailConfig", "SailMethod", "build", "validate_params"]
+__all__ = ["SailMethod", "SailParams"]

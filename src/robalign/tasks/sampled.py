@@ -26,10 +26,10 @@ import torch
 from robalign.data.pairs import PreferencePair
 from robalign.tasks.verifiable import (
     TASK_VERSION,
-    _read_jsonl,
     compliant_response,
     make_prompts,
     noncompliant_response,
+    read_jsonl,
     score,
 )
 
@@ -80,7 +80,7 @@ def cache_sampled_pairs(directory: str | os.PathLike, model_name: str, model, to
     """`sampled_preference_pairs`, written once (temporary file + rename) and re-read on later calls."""
     path = sampled_cache_file(directory, model_name, n, seed, k, max_new_tokens)
     if path.exists():
-        return _read_jsonl(path)
+        return read_jsonl(path)
     pairs = sampled_preference_pairs(model, tokenizer, n, seed, k=k, max_new_tokens=max_new_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")

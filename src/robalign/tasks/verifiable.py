@@ -605,7 +605,7 @@ def cache_file(directory: str | os.PathLike, n: int, seed: int) -> Path:
     return Path(directory) / f"verifiable-v{TASK_VERSION}-n{n}-seed{seed}.jsonl"
 
 
-def _read_jsonl(path: Path) -> list[PreferencePair]:
+def read_jsonl(path: Path) -> list[PreferencePair]:
     known = ("prompt", "chosen", "rejected", "id", "is_flipped", "chosen_score", "rejected_score")
     pairs = []
     with open(path, encoding="utf-8") as f:
@@ -624,7 +624,7 @@ def cache_pairs(directory: str | os.PathLike, n: int, seed: int) -> list[Prefere
     """
     path = cache_file(directory, n, seed)
     if path.exists():
-        return _read_jsonl(path)
+        return read_jsonl(path)
     pairs = make_preference_pairs(n, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")

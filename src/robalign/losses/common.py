@@ -1,0 +1,136 @@
+"""What every offline loss shares: the batch of sequence log-probs, the margins, the SFT term, the
+result, and `Loss`, the registry entry a loss module declares.
+
+Shapes: B = number of pairs. All log-probs are token **sums** over the completion (SPEC §1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from robalign.settings import Params, setting
+
+
+@dataclass(frozen=True)
+class PairLogps:
+    """Sequence log-probs of a batch of B preference pairs.
+
+    Attributes:
+        chosen: [B] summed completion log-probs lp_θ(y_w) of the policy.
+        rejected: [B] lp_θ(y_l).
+        ref_chosen: [B] lp_ref(y_w), or None for reference-free losses.
+        ref_rejected: [B] lp_ref(y_l), or None.
+        chosen_lengths: [B] completion token counts len(y_w) (≥ 1), or None.
+        rejected_lengths: [B] len(y_l), or None.
+    """
+
+    chosen: Tensor
+    rejected: Tensor
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+    chosen_lengths: Tensor | None = None
+    rejected_lengths: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """Result of `preference_loss`.
+
+    Attributes:
+        loss: scalar batch loss to backpropagate.
+        per_pair: [B] per-pair loss including the SFT term (for drdpo: the per-pair DPO losses; its
+            batch loss is −β′ log mean_i exp(−ℓ_i/β′) over the DPO losses, plus the mean SFT term).
+        chosen_rewards: [B] detached β(lp_θ(y_w) − lp_ref(y_w)); β·avg_θ(y_w) for reference-free losses.
+        rejected_rewards: [B] detached, same for y_l.
+        margin: [B] detached implicit-reward margin the loss acts on (h, M, ...).
+    """
+
+    loss: Tensor
+    per_pair: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+    margin: Tensor
+
+
+# --- margins (SPEC §1) --------------------------------------------------------------------------
+
+
+def dpo_margin(p: PairLogps) -> Tensor:
+    """h = [lp_θ(y_w) − lp_ref(y_w)] − [lp_θ(y_l) − lp_ref(y_l)], shape [B]."""
+    return (p.chosen - p.ref_chosen) - (p.rejected - p.ref_rejected)
+
+
+def lengths(p: PairLogps, why: str) -> tuple[Tensor, Tensor]:
+    """(len(y_w), len(y_l)), each [B]; raises ValueError naming `why` when they were not given."""
+    if p.chosen_lengths is None or p.rejected_lengths is None:
+        raise ValueError(f"chosen_lengths and rejected_lengths are required {why}")
+    return p.chosen_lengths, p.rejected_lengths
+
+
+def sft_nll(p: PairLogps, reduction: str) -> Tensor:
+    """NLL of the chosen response, [B]: token mean (default) or sequence sum (RPO)."""
+    nll = -p.chosen  # SFT / RPO term, Liu et al. 2024 (arXiv 2405.16436)
+    if reduction == "mean":
+        if p.chosen_lengths is None:
+            raise ValueError("chosen_lengths is required for the SFT term with sft_reduction='mean'")
+        nll = nll / p.chosen_lengths
+    return nll
+
+
+# --- parameters and the registry entry ---------------------------------------------------------------
+
+BETA_HELP = "Inverse temperature β of the implicit reward."
+EPSILON_HELP = "Assumed flip rate ε of the training labels."
+RHO_HELP = "Robustness radius ρ of the penalty ρβ|h|."
+GAMMA_HELP = "Target margin γ."
+
+
+@dataclass
+class SftParams(Params):
+    """The SFT (RPO) term on the chosen response, which every offline loss and gapo accept."""
+
+    last = ("sft_weight", "sft_reduction")
+
+    sft_weight: float = setting(0.0, "Weight of the SFT (RPO) term NLL(chosen) added to the loss.", ge=0)
+    sft_reduction: str = setting("mean", "SFT NLL over tokens: 'mean' or 'sum' (Liu et al.'s RPO).",
+                                 choices=("mean", "sum"))
+
+
+@dataclass
+class BetaParams(SftParams):
+    """β of the implicit reward β·log π_θ/π_ref at its usual default, which most offline losses take."""
+
+    beta: float = setting(0.1, BETA_HELP, gt=0)
+
+
+def mean_reduce(per_pair: Tensor, params: dict) -> Tensor:
+    return per_pair.mean()
+
+
+@dataclass(frozen=True)
+class Loss:
+    """An offline loss: what it needs and how it is computed (one per module, listed in `LOSSES`).
+
+    Attributes:
+        name: registry key.
+        fn: pure per-pair function `fn(PairLogps, **params) -> (per_pair [B], margin [B])`, taking the
+            fields of `params` other than the SFT term's.
+        params: its `Params` dataclass (defaults, help, valid ranges).
+        needs_reference: whether reference log-probs are required (False only for simpo).
+        reduce: `reduce(per_pair [B], params) -> scalar` batch reduction of the base loss.
+    """
+
+    name: str
+    fn: Callable[..., tuple[Tensor, Tensor]]
+    params: type[SftParams]
+    needs_reference: bool = True
+    reduce: Callable[[Tensor, dict], Tensor] = field(default=mean_reduce)
+
+    @property
+    def defaults(self) -> dict:
+        """The loss's own parameters and their defaults (SPEC §2 table), without the SFT term's."""
+        common = SftParams.keys()
+        return {k: v for k, v in self.params.defaults().items() if k not in common}

@@ -1,0 +1,30 @@
+"""SymPO: a symmetric loss ℓ(z) + ℓ(−z) = 1 on z = βh (SPEC §2 sympo row)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from robalign.losses.common import BetaParams, Loss, PairLogps, dpo_margin
+from robalign.settings import setting
+
+
+@dataclass
+class Params(BetaParams):
+    method = "sympo"
+    kind: str = setting("ramp", "Loss shape: 'ramp' clip(0.5 − 0.5z, 0, 1) or 'sigmoid' σ(−z).",
+                        choices=("ramp", "sigmoid"))
+
+
+def sympo(p: PairLogps, *, beta: float, kind: str) -> tuple[Tensor, Tensor]:
+    """Symmetric loss ℓ(z) + ℓ(−z) = 1 on z = βh: ramp clip(0.5 − 0.5z, 0, 1) or sigmoid σ(−z)."""
+    h = dpo_margin(p)
+    z = beta * h
+    # SymPO symmetric losses (ramp / sigmoid), SPEC §2 sympo row
+    loss = torch.clamp(0.5 - 0.5 * z, 0.0, 1.0) if kind == "ramp" else torch.sigmoid(-z)
+    return loss, h
+
+
+LOSS = Loss("sympo", sympo, Params)
