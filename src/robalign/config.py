@@ -122,7 +122,7 @@ class DataConfig:
         check(0 < self.keep_fraction <= 1, "data.keep_fraction", "must be in (0, 1]")
 
 
-METHOD_NAME_HELP = ("Training method: a loss of SPEC §2 (dpo ipo hinge cdpo rdpo simpo hypo sympo drdpo "
+METHOD_NAME_HELP = ("Training method: a preference loss (dpo ipo hinge cdpo rdpo simpo hypo sympo drdpo "
                     "oracle_robust_offline), gapo, sail or oracle_robust. TRL's loss_type names: sigmoid = dpo, "
                     "robust = rdpo (label_smoothing = epsilon), hinge = hinge; TRL's ipo = ipo with "
                     "normalize_length: true. Its parameters are the other method.* keys (docs/methods.md).")
