@@ -31,7 +31,7 @@ from common import DATA_PATH, machine, matmul_ceiling, memory_mib  # noqa: E402
 
 
 def _pairs(args):
-    from robalign.bench import split_file
+    from robalign.experiments.cells import split_file
 
     train, held = split_file(args.data, args.seed, train_pairs=args.pairs, eval_pairs=args.eval_pairs)
     return train, held

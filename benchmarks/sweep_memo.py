@@ -37,9 +37,10 @@ def main():
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     common.set_threads(args.threads)
-    from robalign.bench import SweepSpec, run_cell
+    from robalign.experiments.cells import run_cell
+    from robalign.experiments.spec import SweepSpec
     from robalign.models import load_model_and_tokenizer
-    from robalign.reference import DiskMemo
+    from robalign.reference import DiskMemo, SharedReference
 
     methods = args.methods.split(",")
     base = load_model_and_tokenizer(args.model)
@@ -48,15 +49,14 @@ def main():
                              5e-4, 256, 64, 192, 16, root / name) for name in ("memo", "no-memo")}
     # One held-out cache per run, as `run_sweep` keeps one per process: the memo's gain is then only what a
     # sweep gains from it (training batches, and held-out batches another process scored).
-    eval_caches = {name: {} for name in specs}
-    memos = {"memo": DiskMemo(root / "memo" / "reference_memo"), "no-memo": None}
+    shared = {"memo": SharedReference(batches=DiskMemo(root / "memo" / "reference_memo")), "no-memo": SharedReference()}
     seconds = {name: [] for name in specs}
     results = {name: [] for name in specs}
     for k, method in enumerate(methods):
         for name in list(specs)[::(-1) ** k]:  # each run goes first every other time (the first cell warms up)
             t = time.perf_counter()
             result = run_cell(specs[name], method, "flip", args.rate, args.seed, base=base,
-                              eval_reference_cache=eval_caches[name], reference_memo=memos[name])
+                              shared_reference=shared[name])
             seconds[name].append(time.perf_counter() - t)
             result.pop("seconds")
             results[name].append(result)

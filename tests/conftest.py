@@ -57,3 +57,31 @@ def fresh_accelerate_state(monkeypatch):
     AcceleratorState._reset_state(True)
     yield
     AcceleratorState._reset_state(True)
+
+
+_PROGRESS_ENV = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+
+
+@pytest.fixture(autouse=True)
+def _progress_bars_back_on():
+    """`--progress false` (robalign.progress.silence) turns bars off for the whole process and the processes it
+    starts; a test that passes it in-process must not silence the tests after it (test_cli reads the bars)."""
+    import robalign.progress as progress
+
+    before = {key: os.environ.get(key) for key in _PROGRESS_ENV}
+    yield
+    if not progress._silenced:
+        return
+    progress._silenced = False
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    for module, switch in (("transformers.utils.logging", "enable_progress_bar"),
+                           ("datasets.utils.logging", "enable_progress_bar"),
+                           ("huggingface_hub.utils", "enable_progress_bars")):
+        try:
+            getattr(__import__(module, fromlist=[switch]), switch)()
+        except (ImportError, AttributeError):
+            pass

@@ -50,7 +50,7 @@ def measure(sweep: Path, methods: list[str], cells: list[str], seeds: list[int],
     ref_gold_reward_greedy)."""
     from peft import PeftModel
 
-    from robalign.bench import held_out_prompts
+    from robalign.experiments.cells import held_out_prompts
     from robalign.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(model_name)

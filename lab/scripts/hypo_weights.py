@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from robalign.bench import split_file
 from robalign.config import DataConfig
 from robalign.data import inject_noise
 from robalign.errors import UserError
+from robalign.experiments.cells import split_file
 
 
 def hypo_weight_ratio(delta_ref: torch.Tensor, beta: float) -> torch.Tensor:

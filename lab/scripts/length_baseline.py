@@ -15,10 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from robalign.bench import split_file
 from robalign.data import inject_noise
 from robalign.data.noise import completion_length as chars  # what `length` noise compares
 from robalign.errors import UserError
+from robalign.experiments.cells import split_file
 
 
 def longer_wins_accuracy(pairs) -> float:

@@ -6,7 +6,7 @@ loss's gradient, and how closely each method's held-out accuracy follows DPO's c
 1. The batch-mean implicit reward margin β·h (`rewards/margins`) logged at every step of the finished DPO
    cells of those noise kinds: median, 90th percentile (q90) and maximum in absolute value.
 2. For each loss on h, its per-pair gradient in h divided by DPO's, taken by autograd through
-   `robalign.losses` with the sweep's parameters (`robalign.bench.METHOD_DEFAULTS`) on one batch of 40
+   `robalign.losses` with the sweep's parameters (`robalign.experiments.spec.METHOD_DEFAULTS`) on one batch of 40
    pairs whose β·h span [−q90, q90]: its range and max ÷ min. AdamW divides each
    parameter's step by a running root-mean-square of its gradients, so a loss whose gradient is DPO's
    times a near-constant factor (max ÷ min near 1) takes nearly DPO's steps.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from robalign.bench import METHOD_DEFAULTS
+from robalign.experiments.spec import METHOD_DEFAULTS
 from robalign.losses import LOSSES, preference_loss
 
 ON_H = ["cdpo", "rdpo", "hinge", "sympo", "drdpo", "ipo", "oracle_robust_offline"]  # losses of the margin h, besides dpo

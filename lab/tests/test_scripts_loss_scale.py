@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "lab" / "scripts" / "loss_scale.py"
-EPS = 0.2  # cdpo's and rdpo's ε in the sweeps (robalign.bench.METHOD_DEFAULTS)
+EPS = 0.2  # cdpo's and rdpo's ε in the sweeps (robalign.experiments.spec.METHOD_DEFAULTS)
 
 
 def write_cell(out: Path, name: str, margins: list[float], acc_h: float | None = 0.5):

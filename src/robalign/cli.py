@@ -331,7 +331,7 @@ def _plugins():
     import importlib
     import importlib.util
 
-    names = ("robalign.demo", "robalign.scoring", "robalign.bench")
+    names = ("robalign.experiments.demo", "robalign.scoring", "robalign.experiments.cli")
     return [importlib.import_module(n).register_cli for n in names if importlib.util.find_spec(n)]
 
 

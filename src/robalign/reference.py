@@ -10,6 +10,7 @@ import contextlib
 import copy
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -208,3 +209,20 @@ def build_cached_reference(provider, pairs, *, path: Path, pad_id: int, batch_si
     chosen, rejected = reference_logps(provider, pairs, pad_id=pad_id, batch_size=batch_size, progress=progress)
     write_tensors({"chosen": chosen, "rejected": rejected}, path, metadata={"precision": precision})
     return CachedReference(chosen, rejected)
+
+
+@dataclass
+class SharedReference:
+    """Reference log-probs that trainers of one base model share (the cells of a sweep, the runs of the demo),
+    so that what one of them computed, the others read.
+
+    Attributes:
+        heldout: the held-out pairs' reference log-probs, by pair content (`PreferenceEvaluator`'s
+            reference_cache); filled by the first trainer that evaluates a split.
+        batches: the training (and held-out) batches' reference log-probs, by batch content
+            (`MemoizedReference`'s memo): a dict, a `DiskMemo` shared with other processes, or None (not kept).
+    Only valid while every trainer given it has the same base model.
+    """
+
+    heldout: dict = field(default_factory=dict)
+    batches: dict | DiskMemo | None = None

@@ -57,6 +57,7 @@ from robalign.reference import (
     InitialPolicyReference,
     MemoizedReference,
     NoReference,
+    SharedReference,
     build_cached_reference,
     cache_key,
 )
@@ -192,16 +193,14 @@ class Trainer:
         cfg: the validated run configuration.
         train_pairs / eval_pairs: already-loaded `PreferencePair` lists (else read from cfg.data).
         model / tokenizer: an already-built policy (else loaded from cfg.model).
-        eval_reference_cache: shared with other trainers of the same base model, so the reference
-            log-probs of the same held-out pairs are computed once (`PreferenceEvaluator`).
-        reference_memo: shared with other trainers of the same base model (a dict, or a
-            `robalign.reference.DiskMemo` shared with other processes): the reference log-probs of a
-            batch that one of them has already met are read, not recomputed (`MemoizedReference`).
-            Offline methods' training batches and every held-out batch use it.
+        shared_reference: a `robalign.reference.SharedReference` given to every trainer of the same base
+            model (sweep cells, demo runs): the reference log-probs of held-out pairs and of batches that one
+            of them has already computed are read, not recomputed. Offline methods' training batches and
+            every held-out batch use it.
     """
 
     def __init__(self, cfg: RunConfig, *, train_pairs=None, eval_pairs=None, model=None, tokenizer=None,
-                 accelerator=None, eval_reference_cache: dict | None = None, reference_memo=None):
+                 accelerator=None, shared_reference: SharedReference | None = None):
         self.cfg = cfg
         tc = cfg.train
         check_installed(requested(tc))  # a missing tracker package is said before a model loads or a folder is made
@@ -246,7 +245,8 @@ class Trainer:
         train_pairs, eval_pairs = read_data(self.cfg, self.method.online, train_pairs, eval_pairs)  # bad data fails before a model loads
         self._setup_model(model, tokenizer)
         self._setup_data(train_pairs, eval_pairs)
-        self._setup_reference(eval_reference_cache, reference_memo)
+        shared = shared_reference
+        self._setup_reference(shared.heldout if shared else None, shared.batches if shared else None)
         self._setup_optimizer()
         self.step_num, self.position, self.skipped_batches = 0, 0, 0
         self.fit = torch.zeros(4)  # since the last evaluation: flipped preferred, flipped seen, clean ..., clean ...

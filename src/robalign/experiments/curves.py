@@ -121,8 +121,8 @@ def _cost_of_noise(results: list[dict], cell_of, key: str) -> list[str]:
 
 
 def _early_stopping(results: list[dict], cell_of, key: str) -> list[str]:
-    """What stopping at the best evaluation on a noisy validation half keeps (robalign.selection), paired."""
-    from robalign.selection import last_correctness, stopped_correctness
+    """What stopping at the best evaluation on a noisy validation half keeps (robalign.experiments.selection), paired."""
+    from robalign.experiments.selection import last_correctness, stopped_correctness
 
     cells: dict[tuple, dict] = {}
     for r in results:

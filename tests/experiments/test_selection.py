@@ -2,7 +2,7 @@
 
 import torch
 
-from robalign.selection import halves, last_correctness, selected_evaluation, stopped_correctness
+from robalign.experiments.selection import halves, last_correctness, selected_evaluation, stopped_correctness
 
 
 def test_halves_partition_the_pairs_and_the_test_half_does_not_depend_on_the_rate():

@@ -50,9 +50,9 @@ def test_report_only_needs_a_sweep_and_a_finished_cell(tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
     assert main(args + ["--report-dir", str(tmp_path / "a-file")]) == 2
     assert "is a file" in capsys.readouterr().err
-    from robalign.bench import SweepSpec, _check_settings
+    from robalign.experiments.spec import SweepSpec, check_settings
 
-    _check_settings(SweepSpec("verifiable", ["dpo"], ["flip"], [0.0], [0], "tiny-llama", 2, 4, 5e-4, 16, 8, 256, 16,
+    check_settings(SweepSpec("verifiable", ["dpo"], ["flip"], [0.0], [0], "tiny-llama", 2, 4, 5e-4, 16, 8, 256, 16,
                               tmp_path, gen_prompts=16))
     assert main(args) == 2
     assert "no cell of this grid is finished" in capsys.readouterr().err
@@ -65,7 +65,7 @@ def _cell(method, kind, rate, seed, acc):
 def test_paired_differences_subtract_the_same_seed_cell():
     import statistics
 
-    from robalign.bench import paired_against, paired_noise_cost
+    from robalign.experiments.summary import paired_against, paired_noise_cost
 
     acc = {("dpo", 0, 0): 0.60, ("dpo", 0, 1): 0.70, ("dpo", 0.3, 0): 0.50, ("dpo", 0.3, 1): 0.66,
            ("rdpo", 0, 0): 0.62, ("rdpo", 0, 1): 0.75, ("rdpo", 0.3, 0): 0.58, ("rdpo", 0.3, 1): 0.64}
@@ -85,7 +85,8 @@ def test_paired_differences_subtract_the_same_seed_cell():
 
 
 def test_a_report_marks_values_that_rest_on_fewer_seeds(tmp_path):
-    from robalign.bench import SweepSpec, write_outputs
+    from robalign.experiments.report import write_outputs
+    from robalign.experiments.spec import SweepSpec
 
     spec = SweepSpec("verifiable", ["dpo"], ["flip"], [0.0, 0.3], [0, 1, 2], "tiny-llama", 2, 4, 5e-4, 16, 8, 256, 16,
                      tmp_path)
@@ -105,17 +106,17 @@ def test_bench_rejects_bad_rates(tmp_path, capsys):
 
 
 def test_bench_refuses_to_mix_settings_in_one_directory(tmp_path, capsys):
-    from robalign.bench import SweepSpec, _check_settings
+    from robalign.experiments.spec import SweepSpec, check_settings
 
     spec = SweepSpec("verifiable", ["dpo"], ["flip"], [0.0], [0], "tiny-llama", 2, 2, 1e-3, 8, 4, 64, 0, tmp_path)
-    _check_settings(spec)
+    check_settings(spec)
     spec.steps = 3
     import pytest
 
     from robalign.errors import UserError
 
     with pytest.raises(UserError, match="other settings"):
-        _check_settings(spec)
+        check_settings(spec)
 
 
 def test_sweep_on_the_built_in_task_reports_gold_reward_win_rate_and_kl(tmp_path, capsys):
@@ -170,7 +171,7 @@ def test_gen_prompts_need_a_gold_reward(tmp_path, capsys):
 def test_margin_noise_on_a_file_without_scores_fails_before_any_cell(tmp_path, capsys):
     from argparse import Namespace
 
-    from robalign.bench import _kinds
+    from robalign.experiments.cli import _kinds
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
@@ -203,7 +204,7 @@ def test_cell_lock_lets_one_process_train_a_cell_and_takes_over_stale_locks(tmp_
     import subprocess
     import sys
 
-    from robalign.bench import cell_lock
+    from robalign.experiments.cells import cell_lock
 
     cell = tmp_path / "cells" / "dpo-flip-0-s0"
     with cell_lock(cell) as mine:
@@ -285,7 +286,7 @@ def test_cells_of_one_sweep_share_the_reference_log_probs_of_their_held_out_spli
 def test_a_method_missing_from_a_panel_keeps_its_colour_and_its_legend_entry(tmp_path, monkeypatch):
     import matplotlib.figure
 
-    from robalign.bench import plot_accuracy
+    from robalign.experiments.plots import plot_accuracy
 
     figures = []
     save = matplotlib.figure.Figure.savefig
@@ -331,7 +332,9 @@ def test_an_epochs_sweep_on_the_cached_trunk_records_curves_and_computes_the_tru
 
 
 def test_param_sets_a_method_setting_in_its_cells_and_the_report(tmp_path):
-    from robalign.bench import SweepSpec, _settings_line, cell_config, parse_params
+    from robalign.experiments.cells import cell_config
+    from robalign.experiments.report import _settings_line
+    from robalign.experiments.spec import SweepSpec, parse_params
 
     params = parse_params(["cdpo.epsilon=0.4", "sympo.kind=ramp", "gapo.radius=0.5"], ["dpo", "cdpo", "sympo", "gapo"])
     assert params == {"cdpo": {"epsilon": 0.4}, "sympo": {"kind": "ramp"}, "gapo": {"radius": 0.5}}
@@ -347,7 +350,9 @@ def test_param_sets_a_method_setting_in_its_cells_and_the_report(tmp_path):
 
 
 def test_param_rate_tells_each_cell_its_own_noise_rate(tmp_path):
-    from robalign.bench import SweepSpec, _settings_line, cell_config, parse_params
+    from robalign.experiments.cells import cell_config
+    from robalign.experiments.report import _settings_line
+    from robalign.experiments.spec import SweepSpec, parse_params
 
     spec = SweepSpec(data="verifiable", methods=["dpo", "rdpo"], kinds=["flip"], rates=[0, 0.3], seeds=[0],
                      model="tiny-llama", steps=2, batch_size=2, lr=1e-3, train_pairs=8, eval_pairs=4,
@@ -369,7 +374,8 @@ def test_param_errors_are_one_message_before_anything_loads(tmp_path, capsys):
 
 
 def test_param_of_a_method_section_goes_to_that_section(tmp_path):
-    from robalign.bench import SweepSpec, cell_config
+    from robalign.experiments.cells import cell_config
+    from robalign.experiments.spec import SweepSpec
 
     spec = SweepSpec(data="verifiable", methods=["gapo"], kinds=["flip"], rates=[0.4], seeds=[0],
                      model="tiny-llama", steps=2, batch_size=2, lr=1e-3, train_pairs=8, eval_pairs=4,
@@ -397,7 +403,7 @@ def test_bench_help_shows_every_default(capsys):
 
 
 def test_accuracy_plot_is_labelled_and_keeps_coinciding_methods_apart(tmp_path, monkeypatch):
-    from robalign import bench
+    from robalign.experiments import plots
 
     drawn = []
     import matplotlib.axes
@@ -407,7 +413,7 @@ def test_accuracy_plot_is_labelled_and_keeps_coinciding_methods_apart(tmp_path, 
                         lambda ax, x, y, **kw: drawn.append((list(x), kw["marker"])) or original(ax, x, y, **kw))
     rows = [{"method": m, "kind": "flip", "rate": r, "mean": 0.6, "std": 0.0, "n": 1}
             for m in ("dpo", "ipo") for r in (0.0, 0.4)]  # identical values: the lines coincide
-    bench.plot_accuracy(rows, ["flip"], tmp_path / "a.png", "accuracy_h", caption="data x, 3 epochs")
+    plots.plot_accuracy(rows, ["flip"], tmp_path / "a.png", "accuracy_h", caption="data x, 3 epochs")
     (x_dpo, m_dpo), (x_ipo, m_ipo) = drawn
     assert m_dpo != m_ipo and all(a != b for a, b in zip(x_dpo, x_ipo))
     assert (tmp_path / "a.png").stat().st_size > 1000
@@ -426,7 +432,9 @@ def test_every_numeric_flag_is_range_checked_before_anything_is_written(tmp_path
 
 
 def test_keep_fraction_reaches_each_cell_and_is_checked_first(tmp_path, capsys):
-    from robalign.bench import SweepSpec, _keep_line, cell_config
+    from robalign.experiments.cells import cell_config
+    from robalign.experiments.report import _keep_line
+    from robalign.experiments.spec import SweepSpec
 
     spec = SweepSpec(data="verifiable", methods=["dpo"], kinds=["flip"], rates=[0.4], seeds=[0],
                      model="tiny-llama", steps=2, batch_size=2, lr=1e-3, train_pairs=8, eval_pairs=4,

@@ -5,7 +5,7 @@ trains its last blocks for several epochs on the same pairs, once with clean lab
 of them flipped (and once per extra method asked for). Every epoch is evaluated on clean held-out pairs, and
 the run records how many of its flipped training labels it has come to prefer (memorised). A noisy run is
 also scored as `train.load_best_model_at_end` would leave it when the best evaluation is picked on a
-validation split as noisy as the training labels (`robalign.selection`). Intervals are 95 % bootstraps over
+validation split as noisy as the training labels (`robalign.experiments.selection`). Intervals are 95 % bootstraps over
 the held-out pairs, paired where two runs are compared on the same pairs.
 """
 
@@ -62,6 +62,7 @@ def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoP
     from robalign.config import build_config
     from robalign.data import inject_noise
     from robalign.models import load_model_and_tokenizer
+    from robalign.reference import SharedReference
     from robalign.tasks.verifiable import make_preference_pairs
     from robalign.trainer import Trainer
 
@@ -70,7 +71,7 @@ def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoP
     held_out = make_preference_pairs(preset.eval_pairs, seed + 10_000)  # clean: noise never touches evaluation
     base, tokenizer = load_model_and_tokenizer(model)
     last_k = min(preset.train_last_k, base.config.num_hidden_layers - 1)  # a tiny test model has 2 blocks
-    eval_reference_cache: dict = {}  # the held-out pairs' base-model log-probs: computed by the first run only
+    shared = SharedReference()  # the held-out pairs' base-model log-probs: computed by the first run only
     rows = []
     for run in demo_runs(methods):
         t0 = time.perf_counter()
@@ -83,7 +84,7 @@ def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoP
                       "lr": preset.lr, "warmup_steps": 2, "seed": seed, "eval_per_epoch": 1, "save_final": False,
                       "progress": progress}})
         trainer = Trainer(cfg, train_pairs=noisy if run.noisy else clean, eval_pairs=held_out,
-                          model=copy.deepcopy(base), tokenizer=tokenizer, eval_reference_cache=eval_reference_cache)
+                          model=copy.deepcopy(base), tokenizer=tokenizer, shared_reference=shared)
         summary = trainer.train(overwrite=True)  # the demo's own folders: a re-run replaces them
         rows.append(_row(run, method, summary, out / run.folder, seed, noise_rate, time.perf_counter() - t0))
     _pair_with_clean(rows, out, demo_runs(methods))
@@ -97,7 +98,7 @@ def _margins(run_dir: Path) -> dict:
 
 
 def _row(run: DemoRun, method: dict, summary: dict, run_dir: Path, seed: int, rate: float, seconds: float) -> dict:
-    from robalign.selection import last_correctness, stopped_correctness
+    from robalign.experiments.selection import last_correctness, stopped_correctness
     from robalign.stats import correctness, hierarchical_bootstrap
 
     table = _margins(run_dir)

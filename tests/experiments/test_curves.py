@@ -3,7 +3,7 @@
 import torch
 from safetensors.torch import save_file
 
-from robalign.curve_report import _cost_of_noise
+from robalign.experiments.curves import _cost_of_noise
 
 
 def test_cost_of_noise_is_clean_minus_noisy_correctness_on_the_same_pairs(tmp_path):

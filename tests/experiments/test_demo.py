@@ -3,7 +3,7 @@
 import json
 
 from robalign.cli import main
-from robalign.demo import meaning
+from robalign.experiments.demo import meaning
 
 
 def test_demo_on_tiny_model_writes_curves_intervals_and_report(tmp_path, capsys):
