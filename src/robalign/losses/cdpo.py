@@ -1,4 +1,9 @@
-"""Conservative DPO (label smoothing; Mitchell 2023, "A note on DPO with noisy preferences")."""
+"""Conservative DPO (cDPO): DPO with label smoothing, trusting each label with probability 1 − ε (Mitchell
+2023, "A note on DPO with noisy preferences & relationship to IPO"; analysed by Chowdhury, Kini, Natarajan
+2024, arXiv 2403.00409).
+
+Loss: ℓ = (1−ε)·(−log σ(βh)) + ε·(−log σ(−βh))
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Oracle-robust penalty, offline form: softplus(−βh) + ρβ|h| (SPEC §5, arXiv 2602.20457)."""
+"""Oracle-robust penalty, offline form: DPO plus the closed-form worst case over a preference oracle that may
+move each preference probability by up to ρ (Li, Gaur, Aggarwal 2026, arXiv 2602.20457). Formerly named
+`robust`, the name TRL uses for rDPO.
+
+Loss: ℓ = −log σ(βh) + ρβ|h|
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""SymPO: a symmetric loss ℓ(z) + ℓ(−z) = 1 on z = βh (SPEC §2 sympo row)."""
+"""SymPO: a symmetric loss ℓ(z) + ℓ(−z) = 1 on z = βh; symmetric losses keep the learned reward
+rank-preserving under label noise (Nishimori et al. 2025, "On Symmetric Losses for Robust Policy
+Optimization with Noisy Preferences", arXiv 2505.24709).
+
+Loss: z = βh
+      kind: ramp     ℓ = clip(½ − ½z, 0, 1)
+      kind: sigmoid  ℓ = σ(−z)
+"""
 
 from __future__ import annotations
 
