@@ -23,7 +23,7 @@ class Params(BetaParams):
 
 def hypo(p: PairLogps, *, beta: float) -> tuple[Tensor, Tensor]:
     """HyPO: softplus(−β(Δ_θ − max(0, Δ_ref))); the reference only counts when it agrees with the label."""
-    m = (p.chosen - p.rejected) - F.relu(p.ref_chosen - p.ref_rejected)  # HyPO = SPEC §2 hypo row
+    m = (p.chosen - p.rejected) - F.relu(p.ref_chosen - p.ref_rejected)  # HyPO, arXiv 2602.11902
     return F.softplus(-beta * m), m
 
 

@@ -25,7 +25,7 @@ class Params(BetaParams):
 def oracle_robust_offline(p: PairLogps, *, beta: float, rho: float) -> tuple[Tensor, Tensor]:
     """Oracle-robust penalty, offline form: softplus(−βh) + ρβ|h| (formerly `robust`, the name TRL uses for rDPO)."""
     h = dpo_margin(p)
-    return F.softplus(-beta * h) + rho * beta * h.abs(), h  # SPEC §5 offline form, arXiv 2602.20457
+    return F.softplus(-beta * h) + rho * beta * h.abs(), h  # offline form of L^W_ρ, arXiv 2602.20457
 
 
 LOSS = Loss("oracle_robust_offline", oracle_robust_offline, Params)

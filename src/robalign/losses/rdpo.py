@@ -19,7 +19,7 @@ from robalign.settings import setting
 @dataclass
 class Params(BetaParams):
     method = "rdpo"
-    # ε = 0.5 divides by zero and ε > 0.5 inverts the labels: an error, not a warning (SPEC §2).
+    # ε = 0.5 divides by zero and ε > 0.5 inverts the labels: an error, not a warning.
     epsilon: float = setting(0.1, EPSILON_HELP, ge=0, lt=0.5)
 
 

@@ -190,7 +190,7 @@ def check_precision(named: list[tuple[str, nn.Parameter]], allow: bool):
 
 
 def check_dropout_off(model):
-    """All passes of a step must see the same network (SPEC §3 step 5)."""
+    """All passes of a step must see the same network (probe, anchor and loss compare margins)."""
     if not model.training:
         return
     live = [n for n, m in model.named_modules() if isinstance(m, nn.Dropout) and m.p > 0]
@@ -356,7 +356,7 @@ class GapoMethod(Method):
         self.params = cfg = params or GapoParams()
         self.beta, self.gamma = cfg.beta, cfg.gamma
         self.needs_reference = cfg.margin == "dpo"
-        # SPEC §3: the anchor is applied and evaluated in fp32. Under mixed precision the master weights are
+        # The anchor is applied and evaluated in fp32. Under mixed precision the master weights are
         # fp32, but autocast would multiply θ + δ in bf16, where δ rounds away; and m(θ), m̃ must come from one
         # precision, or Γ measures rounding instead of the anchor. So the whole step runs without autocast.
         self.fp32_step = not cfg.allow_low_precision_anchor
@@ -378,7 +378,7 @@ class GapoMethod(Method):
         if weights == "fp32" or self.params.allow_low_precision_anchor:
             return None
         return (f"the anchor needs fp32 weights, but they are {weights}: at most about (ρ·2⁹)² weights change under δ "
-                "and the anchor collapses onto the policy (SPEC §3). Use model.dtype: fp32 (with "
+                "and the anchor collapses onto the policy. Use model.dtype: fp32 (with "
                 "train.mixed_precision: bf16 for speed: GAPO's step then runs in fp32), or set "
                 "gapo.allow_low_precision_anchor: true to accept this")
 
@@ -390,7 +390,7 @@ class GapoMethod(Method):
         return None
 
     def anchor(self, model, batch, ref: SequenceLogps | None = None, *, keep_graph: bool = False) -> Anchor:
-        """Probe, anchor step and anchor margins of one batch (SPEC §3 steps 1–3).
+        """Probe, anchor step and anchor margins of one batch (steps 1–3 of the module docstring).
 
         With `keep_graph` the returned margin keeps the probe forward's graph for the loss; otherwise
         everything returned is detached and the graph is freed.

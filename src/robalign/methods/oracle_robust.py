@@ -104,7 +104,7 @@ def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
 @torch.no_grad()
 def project_ball(params: Sequence[torch.Tensor], centre: Sequence[torch.Tensor],
                  radius: float) -> tuple[bool, float]:
-    """In place: θ ← c + (θ − c)·min(1, D/‖θ − c‖), one global norm over all tensors (SPEC §5 Proj_Θ).
+    """In place: θ ← c + (θ − c)·min(1, D/‖θ − c‖), one global norm over all tensors (R-SCGD's Proj_Θ, arXiv 2602.20457).
 
     Returns:
         (whether the projection moved θ, ‖θ − c‖ after it).
@@ -215,7 +215,7 @@ class OracleRobustMethod(OnlineMethod):
             self._pending_centre = load_file(str(first))
 
     def after_optimizer_step(self, model) -> None:
-        """θ ← Proj_Θ(θ) after the optimiser step (SPEC §5); records whether it was active."""
+        """θ ← Proj_Θ(θ) after the optimiser step (R-SCGD); records whether it was active."""
         if not self.params.projection_radius:
             return
         params = [p for _, p in trainable(model)]
