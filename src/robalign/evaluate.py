@@ -1,4 +1,4 @@
-"""Clean held-out preference evaluation of the implicit reward (SPEC §8).
+"""Clean held-out preference evaluation of the implicit reward.
 
 Reports both implicit rewards: the reference log-ratio margin h (when a reference exists) and the
 reference-free length-normalised margin M, so reference-based and reference-free methods compare.

@@ -1,4 +1,4 @@
-"""Generation-based evaluation on held-out prompts (SPEC §8): gold reward, gold win rate, KL to the reference.
+"""Generation-based evaluation on held-out prompts: gold reward, gold win rate, KL to the reference.
 
 For each prompt the policy π and the reference π_ref each decode greedily and draw `n_samples` samples
 (at `temperature`); a gold reward function scores every completion. Reported:

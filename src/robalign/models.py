@@ -133,7 +133,7 @@ def _load_pretrained(name: str, trust_remote_code: bool, dtype: str = "fp32"):
     offline = "" if local.exists() else hub.prepare(f"model {name!r}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        # safetensors only: never unpickle weights (SPEC: no pickle of untrusted files).
+        # safetensors only: never unpickle weights (unpickling an untrusted file can run arbitrary code).
         from robalign.precision import DTYPES
 
         model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES.get(dtype, "auto"), use_safetensors=True,

@@ -16,7 +16,7 @@ from robalign.settings import check, setting
 class OnlineConfig:
     """The `online:` section: how the online methods (sail, oracle_robust) generate and label their pairs."""
 
-    oracle: str = setting("", "Preference oracle of generated pairs (SPEC §7 grammar, e.g. "
+    oracle: str = setting("", "Preference oracle of generated pairs (the `build_oracle` grammar, e.g. "
                           "'bt:verifiable+flip:0.1'); empty = the method's default: 'bt:length' for sail "
                           "(works on any prompt), 'bt:length+adversarial:0.1' for oracle_robust.")
     temperature: float = setting(0.9, "Sampling temperature of online generations (0 = greedy).")

@@ -5,7 +5,7 @@ or ``{"data": [...]}``), ``.parquet`` (streamed in record batches), an in-memory
 (or `DatasetDict`, indexed by `split`, or any iterable of dict rows), and ``"hf:NAME[:CONFIG]"`` for
 `datasets.load_dataset`.
 
-Row formats (see SPEC §9):
+Row formats:
 
 * explicit: ``prompt``, ``chosen``, ``rejected`` all strings, or all message lists. With message
   lists, ``chosen``/``rejected`` hold the assistant turn(s) after the prompt, or full conversations

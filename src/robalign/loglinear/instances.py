@@ -46,7 +46,7 @@ def random_instance(
         seed: seeds a private generator (float64 throughout).
         feature_bound: B_ψ.
         signal: ‖θ⋆‖; larger gives more decisive preferences.
-        delta: δ, the clip of P⋆ into [δ, 1 − δ] (SPEC §5).
+        delta: δ, the clip of P⋆ into [δ, 1 − δ] (the assumption δ ≤ P⋆ ≤ 1 − δ of arXiv 2602.20457).
         rho_observed: how far the observed oracle moves (must be < δ to stay inside (0, 1)).
     """
     if not 0.0 <= rho_observed < delta <= 0.5:

@@ -1,4 +1,5 @@
-"""Exact log-linear policies, computed by enumeration (SPEC §6).
+"""Exact log-linear policies, computed by enumeration: π_θ(y|x) ∝ exp(θᵀψ(x, y)), the
+policy class of arXiv 2602.20457's analysis.
 
 A policy over finite prompts X and responses Y with features ψ ∈ R^{X×Y×d}:
 
@@ -20,7 +21,7 @@ __all__ = ["LogLinearPolicy", "adversarial_oracle", "antisymmetric"]
 def check_beta_rho(beta: float, rho: float | None = None) -> None:
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-    # SPEC §2: ρ outside [0, 0.5) is an error, not a warning (the uncertainty set would be vacuous).
+    # ρ outside [0, 0.5) is an error, not a warning (the uncertainty set would be vacuous).
     if rho is not None and not 0.0 <= rho < 0.5:
         raise ValueError(f"rho must be in [0, 0.5), got {rho}")
 
@@ -42,7 +43,7 @@ def antisymmetric(p_upper: torch.Tensor) -> torch.Tensor:
 
 
 def adversarial_oracle(p_star: torch.Tensor, rho: float) -> torch.Tensor:
-    """The pointwise adversary of SPEC §7: move P⋆ by ρ toward the worse answer of each pair.
+    """The pointwise adversary (arXiv 2602.20457): move P⋆ by ρ toward the worse answer of each pair.
 
     P(y_i ≻ y_j) = P⋆ − ρ·sign(P⋆ − ½), which stays antisymmetric and, when ρ < δ ≤ P⋆ ≤ 1 − δ, in (0, 1).
 
@@ -100,7 +101,7 @@ class LogLinearPolicy:
         return self.features.shape[2]
 
     def feature_bound(self) -> float:
-        """B_ψ = max_{x,y} ‖ψ(x,y)‖, the constant in the weak-convexity bounds of SPEC §5."""
+        """B_ψ = max_{x,y} ‖ψ(x,y)‖, the constant in the weak-convexity bounds of arXiv 2602.20457."""
         return self.features.norm(dim=-1).max().item()
 
     def _theta(self, theta: torch.Tensor) -> torch.Tensor:
@@ -122,9 +123,9 @@ class LogLinearPolicy:
         """h_θ[x,i,j] = (θ − θ_ref)ᵀ(ψ(x,i) − ψ(x,j)), [X, Y, Y].
 
         This is the DPO log-ratio margin [lp_θ(y_i) − lp_ref(y_i)] − [lp_θ(y_j) − lp_ref(y_j)]
-        (SPEC §1): the log-normalisers of π_θ and π_ref cancel within one prompt. β stays outside.
+        (Rafailov et al. 2023, arXiv 2305.18290): the log-normalisers of π_θ and π_ref cancel within one prompt. β stays outside.
         """
-        scores = self.features @ (self._theta(theta) - self.theta_ref)  # SPEC §5, log-linear h_θ
+        scores = self.features @ (self._theta(theta) - self.theta_ref)  # log-linear h_θ, arXiv 2602.20457
         return scores[:, :, None] - scores[:, None, :]
 
     def pair_weights(self, theta: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,8 @@ class LogLinearPolicy:
         return self.prompt_weights[:, None, None] * probs[:, :, None] * probs[:, None, :]
 
     def sail_loss(self, theta: torch.Tensor, p_star: torch.Tensor, *, beta: float) -> torch.Tensor:
-        """L_SAIL(θ) = E_{x, y1,y2 ~ π_θ}[P·softplus(−βh) + (1 − P)·softplus(βh)] (SPEC §4–5).
+        """L_SAIL(θ) = E_{x, y1,y2 ~ π_θ}[P·softplus(−βh) + (1 − P)·softplus(βh)] (SAIL's objective,
+        Ding et al. 2024, arXiv 2406.15567, in the form of arXiv 2602.20457).
 
         The label y1 ≻ y2 is drawn with probability P = p_star[x, y1, y2]; the bracket is that draw's
         expected DPO loss softplus(−β h(y_w, y_l)).
@@ -155,7 +157,7 @@ class LogLinearPolicy:
         return (self.pair_weights(theta) * per_pair).sum()
 
     def sensitivity_penalty(self, theta: torch.Tensor, *, smoothing: float = 0.0) -> torch.Tensor:
-        """R(θ) = E_{x, y1,y2 ~ π_θ}|h_θ(x,y1,y2)| (SPEC §5), a scalar.
+        """R(θ) = E_{x, y1,y2 ~ π_θ}|h_θ(x,y1,y2)|, the sensitivity penalty of arXiv 2602.20457, a scalar.
 
         Args:
             theta: [d].
@@ -170,9 +172,9 @@ class LogLinearPolicy:
     def robust_loss(
         self, theta: torch.Tensor, p_star: torch.Tensor, *, beta: float, rho: float, smoothing: float = 0.0
     ) -> torch.Tensor:
-        """Closed-form worst case L^W_ρ(θ) = L_SAIL(θ) + ρβ·R(θ) (SPEC §5; closed form, arXiv 2602.20457).
+        """Closed-form worst case L^W_ρ(θ) = L_SAIL(θ) + ρβ·R(θ) (the closed form of arXiv 2602.20457).
 
-        Exact, and equal to `worst_case_loss`, under the SPEC's assumption ρ < δ ≤ P⋆ ≤ 1 − δ, i.e. when
+        Exact, and equal to `worst_case_loss`, under the paper's assumption ρ < δ ≤ P⋆ ≤ 1 − δ, i.e. when
         every interval [P⋆ − ρ, P⋆ + ρ] lies inside [0, 1]. Where an interval is cut by [0, 1] the true
         worst case is smaller and this is an upper bound on it.
 
@@ -188,7 +190,7 @@ class LogLinearPolicy:
         """
         check_beta_rho(beta, rho)
         penalty = self.sensitivity_penalty(theta, smoothing=smoothing)
-        return self.sail_loss(theta, p_star, beta=beta) + rho * beta * penalty  # SPEC §5
+        return self.sail_loss(theta, p_star, beta=beta) + rho * beta * penalty  # L^W_ρ = L_SAIL + ρβR
 
     def worst_case_loss(
         self, theta: torch.Tensor, p_star: torch.Tensor, *, beta: float, rho: float
@@ -200,7 +202,7 @@ class LogLinearPolicy:
         its interval [max(P⋆ − ρ, 0), min(P⋆ + ρ, 1)] is at an endpoint: evaluate both and keep the
         larger. Pairs are independent, so the per-pair maxima add up to the global one. Ties (i = j)
         contribute log 2 whatever P is. Valid for any P⋆ in [0, 1]; it equals `robust_loss` when
-        ρ < δ ≤ P⋆ ≤ 1 − δ (SPEC §5) and is ≤ it otherwise (strictly where a cut interval has h ≠ 0).
+        ρ < δ ≤ P⋆ ≤ 1 − δ and is ≤ it otherwise (strictly where a cut interval has h ≠ 0).
 
         Args:
             theta: [d].

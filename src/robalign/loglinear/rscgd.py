@@ -1,4 +1,4 @@
-"""R-SCGD on the exact engine: projected stochastic composite gradient descent (SPEC §5, arXiv 2602.20457).
+"""R-SCGD on the exact engine: projected stochastic composite gradient descent (Li, Gaur, Aggarwal 2026, arXiv 2602.20457).
 
 Per step t: sample B prompts x ~ μ, two responses y1, y2 ~ π_θt(·|x), a label from the observed oracle,
 and step along
@@ -84,7 +84,7 @@ class ProxRefineResult:
 def project_ball(
     theta: torch.Tensor, centre: torch.Tensor, radius: float | None
 ) -> tuple[torch.Tensor, bool]:
-    """Proj onto {θ : ‖θ − centre‖ ≤ radius} (SPEC §5: Θ is a ball around θ_ref); None means no constraint.
+    """Proj onto {θ : ‖θ − centre‖ ≤ radius} (Θ is a ball around θ_ref, as in R-SCGD); None means no constraint.
 
     Returns:
         ([d] projected point, whether the projection moved it).
@@ -141,17 +141,17 @@ def surrogate_loss(
     """
     h = policy.margins(theta)[batch.prompts, batch.y1, batch.y2]  # h(y1, y2), [B]
     signed = torch.where(batch.y1_wins, h, -h)  # h(y_w, y_l)
-    per_sample = F.softplus(-beta * signed) + rho * beta * h.abs()  # SPEC §5, ℓ_i
+    per_sample = F.softplus(-beta * signed) + rho * beta * h.abs()  # ℓ_i = softplus(−βh_w) + ρβ|h|
     log_probs = policy.log_probs(theta)
     score_logp = log_probs[batch.prompts, batch.y1] + log_probs[batch.prompts, batch.y2]
     detached = per_sample.detach()
     advantage = detached - detached.mean() if baseline else detached
-    surrogate = (per_sample + sf_coef * advantage * score_logp).mean()  # SPEC §5, G
+    surrogate = (per_sample + sf_coef * advantage * score_logp).mean()  # its gradient is R-SCGD's estimate G
     return surrogate, per_sample
 
 
 def _make_optimizer(name: str, theta: torch.Tensor, lr: float) -> torch.optim.Optimizer:
-    # Plain SGD with a constant step is the theory's optimiser; Adam is an allowed option (SPEC §5).
+    # Plain SGD with a constant step is the theory's optimiser; Adam is an allowed option.
     if name == "sgd":
         return torch.optim.SGD([theta], lr=lr)
     if name == "adam":
@@ -176,7 +176,7 @@ def _rscgd_step(
     radius: float | None,
     config: dict,
 ) -> torch.Tensor:
-    """θ ← Proj_Θ(θ − ηG) in place (SPEC §5); returns [loss, ‖G‖, ‖θ_new − θ_ref‖, projected] as a tensor."""
+    """θ ← Proj_Θ(θ − ηG) in place (the R-SCGD update); returns [loss, ‖G‖, ‖θ_new − θ_ref‖, projected] as a tensor."""
     opt.zero_grad()
     surrogate, per_sample = surrogate_loss(policy, theta, batch, **config)
     surrogate.backward()
@@ -278,7 +278,7 @@ def proximal_refine(
     eps_prox: float = 1e-6,
     radius: float | None = None,
 ) -> ProxRefineResult:
-    """Optional refinement from θ_R (SPEC §5): K projected steps on L^W_ρ(θ) + ‖θ − θ_R‖²/(2λ_env).
+    """Optional proximal refinement from θ_R (arXiv 2602.20457): K projected steps on L^W_ρ(θ) + ‖θ − θ_R‖²/(2λ_env).
 
     Exact gradients from the engine replace the mini-batch estimate. The residual is the gradient-mapping
     norm ‖θ − Proj(θ − η∇F(θ))‖/η (= ‖∇F‖ without projection); the loop stops once it is < eps_prox.

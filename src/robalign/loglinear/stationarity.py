@@ -1,4 +1,4 @@
-"""Stationarity of the weakly convex robust objective: bounds, prox points, Moreau envelope (SPEC §5).
+"""Stationarity of the weakly convex robust objective: bounds, prox points, Moreau envelope (Li, Gaur, Aggarwal 2026, arXiv 2602.20457).
 
 φ = L^W_ρ is not convex but κ-weakly convex (φ + κ‖·‖²/2 is convex) on the ball ‖θ − θ_ref‖ ≤ D. For
 λ < 1/κ the Moreau envelope φ_λ(θ) = min_u φ(u) + ‖u − θ‖²/(2λ) is smooth, with
@@ -28,7 +28,7 @@ _SMOOTHING_SCHEDULE = (1e-3, 1e-6, 1e-9, 1e-12)
 
 
 def sensitivity_weak_convexity_bound(B_psi: float, D: float) -> float:  # noqa: N803 (paper's symbols)
-    """κ_R ≤ 16 B_ψ² + 4 D B_ψ³ for R(θ) = E|h_θ| over ‖θ − θ_ref‖ ≤ D, ‖ψ‖ ≤ B_ψ (SPEC §5)."""
+    """κ_R ≤ 16 B_ψ² + 4 D B_ψ³ for R(θ) = E|h_θ| over ‖θ − θ_ref‖ ≤ D, ‖ψ‖ ≤ B_ψ: R is κ_R-weakly convex (arXiv 2602.20457)."""
     return 16.0 * B_psi**2 + 4.0 * D * B_psi**3
 
 
@@ -44,7 +44,7 @@ def sail_weak_convexity_bound(B_psi: float, D: float, *, beta: float) -> float: 
 
 
 def robust_weak_convexity_bound(B_psi: float, D: float, *, beta: float, rho: float) -> float:  # noqa: N803
-    """κ ≤ κ_SAIL + ρβ·κ_R for φ = L^W_ρ = L_SAIL + ρβR (SPEC §5)."""
+    """κ ≤ κ_SAIL + ρβ·κ_R for φ = L^W_ρ = L_SAIL + ρβR (arXiv 2602.20457)."""
     return sail_weak_convexity_bound(B_psi, D, beta=beta) + rho * beta * sensitivity_weak_convexity_bound(
         B_psi, D
     )
@@ -128,7 +128,7 @@ def moreau_envelope_grad_norm(
     rho: float,
     lam: float,
 ) -> float:
-    """‖∇φ_λ(θ)‖ = ‖θ − prox_{λφ}(θ)‖/λ for φ = L^W_ρ (SPEC §5; stationarity measure, arXiv 2602.20457).
+    """‖∇φ_λ(θ)‖ = ‖θ − prox_{λφ}(θ)‖/λ for φ = L^W_ρ (the stationarity measure of arXiv 2602.20457).
 
     Args:
         policy: the exact engine.

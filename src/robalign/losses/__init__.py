@@ -1,4 +1,4 @@
-"""Preference losses: pure functions of sequence log-probs (SPEC §2), one module per offline loss."""
+"""Preference losses: pure functions of sequence log-probs, one module per offline loss."""
 
 from robalign.losses.offline import (
     COMMON_DEFAULTS,

@@ -1,4 +1,9 @@
-"""Conservative DPO (label smoothing; Mitchell 2023, "A note on DPO with noisy preferences")."""
+"""Conservative DPO (cDPO): DPO with label smoothing, trusting each label with probability 1 − ε (Mitchell
+2023, "A note on DPO with noisy preferences & relationship to IPO"; analysed by Chowdhury, Kini, Natarajan
+2024, arXiv 2403.00409).
+
+Loss: ℓ = (1−ε)·(−log σ(βh)) + ε·(−log σ(−βh))
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from robalign.settings import setting
 @dataclass
 class Params(BetaParams):
     method = "cdpo"
-    # ε = 0.5 divides rDPO by zero and ε > 0.5 inverts the labels: an error, not a warning (SPEC §2).
+    # ε = 0.5 divides rDPO by zero and ε > 0.5 inverts the labels: an error, not a warning.
     epsilon: float = setting(0.1, EPSILON_HELP, ge=0, lt=0.5)
 
 

@@ -1,7 +1,7 @@
 """What every offline loss shares: the batch of sequence log-probs, the margins, the SFT term, the
 result, and `Loss`, the registry entry a loss module declares.
 
-Shapes: B = number of pairs. All log-probs are token **sums** over the completion (SPEC §1).
+Shapes: B = number of pairs. All log-probs are token **sums** over the completion, as in DPO (Rafailov et al. 2023).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class LossOutput:
     margin: Tensor
 
 
-# --- margins (SPEC §1) --------------------------------------------------------------------------
+# --- margins --------------------------------------------------------------------------------------
 
 
 def dpo_margin(p: PairLogps) -> Tensor:
@@ -131,6 +131,6 @@ class Loss:
 
     @property
     def defaults(self) -> dict:
-        """The loss's own parameters and their defaults (SPEC §2 table), without the SFT term's."""
+        """The loss's own parameters and their defaults, without the SFT term's."""
         common = SftParams.keys()
         return {k: v for k, v in self.params.defaults().items() if k not in common}

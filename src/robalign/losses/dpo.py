@@ -1,4 +1,8 @@
-"""DPO: softplus(−βh) (Rafailov et al. 2023, arXiv 2305.18290)."""
+"""DPO, direct preference optimisation: the Bradley–Terry log-likelihood of the observed labels under the
+implicit reward β·log π_θ/π_ref (Rafailov et al. 2023, arXiv 2305.18290, Eq. 7).
+
+Loss: ℓ = −log σ(βh) = softplus(−βh)
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Dr.DPO: −β′ log mean_i exp(−ℓ_i/β′) over the per-pair DPO losses (Wu et al. 2024, arXiv 2407.07880)."""
+"""Dr.DPO, distributionally robust DPO: a batch-level log-mean-exp of the DPO losses that down-weights the pairs
+with the largest loss, the likely mislabelled ones (Wu et al. 2024, arXiv 2407.07880).
+
+Loss: ℓ_i = −log σ(βh_i) per pair
+      batch loss −β′·log(mean_i exp(−ℓ_i/β′)), not a mean over pairs
+"""
 
 from __future__ import annotations
 

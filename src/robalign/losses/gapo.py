@@ -1,4 +1,4 @@
-"""GAPO's pure mathematics (SPEC §3, arXiv 2602.04909): the anchor step δ, the anchor-gap loss, AUROC.
+"""GAPO's pure mathematics (Cho, Kim, Kim 2026, arXiv 2602.04909): the anchor step δ, the anchor-gap loss, AUROC.
 
 Everything here is a function of tensors and hyperparameters and imports only torch; the model plumbing
 (which weights, how the anchor forward runs, data parallelism) lives in `robalign.methods.gapo`.
@@ -18,7 +18,7 @@ from torch import Tensor
 
 def probe_loss(margin: Tensor, *, beta: float, gamma: float) -> Tensor:
     """L_probe = mean_i softplus(−(β m_i − γ)), the SimPO-shaped loss whose gradient picks the anchor."""
-    return F.softplus(-(beta * margin - gamma)).mean()  # SPEC §3 step 1
+    return F.softplus(-(beta * margin - gamma)).mean()  # GAPO's probe loss
 
 
 def anchor_step(grads: list[Tensor], weights: list[Tensor] | None, *, rho: float,
@@ -44,7 +44,7 @@ def anchor_step(grads: list[Tensor], weights: list[Tensor] | None, *, rho: float
     if weights is None:
         step = [g.clone() for g in wide]  # SAM, Foret et al. 2021 (arXiv 2010.01412)
     else:
-        # ASAM step (Kwon et al. 2021, arXiv 2102.11600) as used by GAPO, SPEC §3 step 2
+        # ASAM step (Kwon et al. 2021, arXiv 2102.11600) as used by GAPO (arXiv 2602.04909)
         w = [w.to(g.dtype) for w, g in zip(weights, wide)]
         step = torch._foreach_mul(w, wide)  # w ⊙ g
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(step))) if step else torch.zeros(())
@@ -67,7 +67,7 @@ def gapo_loss(margin: Tensor, anchor_margin: Tensor, *, beta: float,
         (per_pair [B] softplus(−(βΓ_i − γ)), gap [B] Γ_i with gradient, weight [B] detached σ(γ − βΓ_i)).
         The weight is the factor the loss puts on ∇m_i: ∂loss_i/∂θ = −β σ(γ − βΓ_i) ∇m_i.
     """
-    gap = margin - anchor_margin.detach()  # Anchor Gap Γ_i, SPEC §3 step 4
+    gap = margin - anchor_margin.detach()  # Anchor Gap Γ_i (arXiv 2602.04909)
     per_pair = F.softplus(-(beta * gap - gamma))
     weight = torch.sigmoid(gamma - beta * gap.detach())
     return per_pair, gap, weight

@@ -1,4 +1,8 @@
-"""SLiC hinge: max(0, 1 − βh) (Zhao et al. 2023, arXiv 2305.10425)."""
+"""SLiC-HF hinge: a margin loss on the log-ratio margin, zero once βh ≥ 1 (Zhao et al. 2023,
+arXiv 2305.10425).
+
+Loss: ℓ = max(0, 1 − βh)
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""HyPO: the reference only counts when it agrees with the label (SPEC §2 hypo row)."""
+"""HyPO (Hybrid-DPO): DPO in which the reference margin only counts where the reference agrees with the label,
+so a pessimistic reference no longer damps the update of a pair the policy still gets wrong (Yuan et al.
+2026, "Mitigating Mismatch within Reference-based Preference Optimization", arXiv 2602.11902).
+
+Loss: ℓ = −log σ(β·(Δ_θ − max(0, Δ_ref)))
+      Δ_θ = lp_θ(y_w) − lp_θ(y_l),  Δ_ref = lp_ref(y_w) − lp_ref(y_l)
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ class Params(BetaParams):
 
 def hypo(p: PairLogps, *, beta: float) -> tuple[Tensor, Tensor]:
     """HyPO: softplus(−β(Δ_θ − max(0, Δ_ref))); the reference only counts when it agrees with the label."""
-    m = (p.chosen - p.rejected) - F.relu(p.ref_chosen - p.ref_rejected)  # HyPO = SPEC §2 hypo row
+    m = (p.chosen - p.rejected) - F.relu(p.ref_chosen - p.ref_rejected)  # HyPO, arXiv 2602.11902
     return F.softplus(-beta * m), m
 
 

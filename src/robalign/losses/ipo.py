@@ -1,4 +1,10 @@
-"""IPO: (h − 1/(2β))² (Azar et al. 2023, arXiv 2310.12036)."""
+"""IPO: regresses the log-ratio margin onto the finite target 1/(2β) instead of pushing it without bound,
+so deterministic preferences cannot drive the policy away from the reference (Azar et al. 2023,
+arXiv 2310.12036, Eq. 17).
+
+Loss: ℓ = (h − 1/(2β))²
+      with normalize_length: true, h uses length-averaged log-ratios lp/len instead of sums (TRL's ipo)
+"""
 
 from __future__ import annotations
 

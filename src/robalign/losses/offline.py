@@ -1,4 +1,4 @@
-"""Offline pairwise preference losses (SPEC §2): the registry `LOSSES` and `preference_loss`.
+"""Offline pairwise preference losses: the registry `LOSSES` and `preference_loss`.
 
 Every loss lives in its own module (`robalign.losses.dpo`, `...cdpo`, ...): a small pure function of
 sequence log-probs that returns the per-pair loss and the implicit-reward margin it acts on, and its
@@ -9,7 +9,7 @@ parameters, adds the optional SFT term and packages the diagnostics.
 
 To add a loss: write a module like `robalign/losses/hinge.py` and add its `LOSS` to the list below.
 
-Shapes: B = number of pairs. All log-probs are token **sums** over the completion (SPEC §1).
+Shapes: B = number of pairs. All log-probs are token **sums** over the completion, as in DPO (Rafailov et al. 2023).
 Numerics: `−log σ(z)` is always written `softplus(−z)`, which stays finite for |z| ≫ 1.
 """
 

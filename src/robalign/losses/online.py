@@ -1,4 +1,5 @@
-"""Per-pair terms of the online objectives: SAIL (SPEC §4) and oracle-robust R-SCGD (SPEC §5).
+"""Per-pair terms of the online objectives: SAIL (Ding et al. 2024, arXiv 2406.15567)
+and oracle-robust R-SCGD (Li, Gaur, Aggarwal 2026, arXiv 2602.20457).
 
 Pure functions of margins and sequence log-probs; this module imports only torch. Shapes: B = pairs
 in the micro-batch. `h` is always the DPO log-ratio margin of the pair *as labelled* (winner first),
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Route codes of SAIL (SPEC §4): which responses a pair uses and who labels them.
+# Route codes of SAIL: which responses a pair uses and who labels them.
 DPO, DP, PP, PR = 0, 1, 2, 3
 ROUTE_NAMES = ("dpo", "dp", "pp", "pr")
 
@@ -41,7 +42,7 @@ def self_label(h: Tensor, beta: float, u: Tensor) -> Tensor:
     y1 wins with probability σ(βh(y1, y2)), i.e. the pair is swapped with probability 1 − σ(βh).
     No gradient flows through the draw.
     """
-    return u < torch.sigmoid(beta * h.detach())  # SPEC §4 SAIL-DP / SAIL-PP labels
+    return u < torch.sigmoid(beta * h.detach())  # SAIL-DP / SAIL-PP labels
 
 
 def signed_margin(h: Tensor, y1_preferred: Tensor) -> Tensor:
@@ -60,7 +61,7 @@ def self_label_term(h_w: Tensor, beta: float, coef: Tensor | float) -> Tensor:
     It is the score-function term of the self-labelling draw: with ℓ = −log σ(βh_w) and the label drawn
     from σ(βh_w), ℓ·∇log σ(βh_w) = −½ ∇(log σ(βh_w))².
     """
-    return -0.5 * coef * F.logsigmoid(beta * h_w).pow(2)  # SPEC §4, SAIL-DP/PP extra term
+    return -0.5 * coef * F.logsigmoid(beta * h_w).pow(2)  # SAIL-DP/PP extra term
 
 
 def batch_baseline(per_sample: Tensor, mask: Tensor | None = None, all_sum: AllSum | None = None) -> Tensor:
@@ -97,14 +98,14 @@ def score_function_term(per_sample: Tensor, logp_sum: Tensor, coef: Tensor | flo
         ([B] term, scalar baseline b).
     """
     b = batch_baseline(per_sample, mask, all_sum)
-    term = coef * (per_sample.detach() - b) * logp_sum  # SPEC §4 / §5 score-function term
+    term = coef * (per_sample.detach() - b) * logp_sum  # SAIL / R-SCGD score-function term
     if mask is not None:
         term = torch.where(mask, term, torch.zeros_like(term))
     return term, b
 
 
 def sensitivity_penalty(h: Tensor, beta: float, rho: float) -> Tensor:
-    """ρβ|h(y1, y2)|, [B]: the closed-form worst case over the oracle uncertainty set (SPEC §5)."""
+    """ρβ|h(y1, y2)|, [B]: the closed-form worst case over the oracle uncertainty set (arXiv 2602.20457)."""
     return rho * beta * h.abs()  # L^W_ρ = L_SAIL + ρβ E|h|, arXiv 2602.20457
 
 
@@ -133,7 +134,7 @@ class OnlineLossOutput:
 
 def sail_loss(h: Tensor, y1_preferred: Tensor, logp_sum: Tensor, routes: Tensor, *, beta: float,
               coef_dp: float, coef_pp: float, coef_pr: float, all_sum: AllSum | None = None) -> OnlineLossOutput:
-    """SAIL per pair (SPEC §4), by route: DPO softplus(−βh_w); DP + self-label term; PP + self-label
+    """SAIL per pair (arXiv 2406.15567), by route: DPO softplus(−βh_w); DP + self-label term; PP + self-label
     term + score-function term; PR + score-function term. The baseline b averages ℓ_i over PP ∪ PR.
 
     Args:
@@ -141,7 +142,7 @@ def sail_loss(h: Tensor, y1_preferred: Tensor, logp_sum: Tensor, routes: Tensor,
         y1_preferred: [B] bool labels (all True for DPO rows).
         logp_sum: [B] lp_θ(y1) + lp_θ(y2) (used on PP / PR rows only).
         routes: [B] codes DPO / DP / PP / PR.
-        beta, coef_dp, coef_pp, coef_pr: SPEC §4 parameters.
+        beta, coef_dp, coef_pp, coef_pr: β and the route coefficients (`SailParams`).
         all_sum: sums over data-parallel processes for the baseline (see `batch_baseline`).
     """
     h_w = signed_margin(h, y1_preferred)
@@ -158,7 +159,7 @@ def sail_loss(h: Tensor, y1_preferred: Tensor, logp_sum: Tensor, routes: Tensor,
 
 def oracle_robust_loss(h: Tensor, y1_preferred: Tensor, logp_sum: Tensor, *, beta: float, rho: float,
                        sf_coef: float, all_sum: AllSum | None = None) -> OnlineLossOutput:
-    """R-SCGD surrogate (SPEC §5): mean_i[ℓ_i + sf_coef·(ℓ_i.detach() − b)(lp_θ(y1) + lp_θ(y2))],
+    """R-SCGD surrogate (arXiv 2602.20457): mean_i[ℓ_i + sf_coef·(ℓ_i.detach() − b)(lp_θ(y1) + lp_θ(y2))],
     ℓ_i = softplus(−β h(y_w, y_l)) + ρβ|h(y1, y2)|, b = mean_i ℓ_i.
 
     Args:
@@ -172,7 +173,7 @@ def oracle_robust_loss(h: Tensor, y1_preferred: Tensor, logp_sum: Tensor, *, bet
     h_w = signed_margin(h, y1_preferred)
     base = dpo_term(h_w, beta)
     penalty = sensitivity_penalty(h, beta, rho)  # |h(y1, y2)| = |h(y_w, y_l)|
-    per_sample = base + penalty  # SPEC §5, ℓ_i
+    per_sample = base + penalty  # ℓ_i
     score, b = score_function_term(per_sample, logp_sum, sf_coef, all_sum=all_sum)
     per_pair = per_sample + score
     return OnlineLossOutput(per_pair.mean(), per_pair, h_w.detach(), base.detach(), penalty.detach(),

@@ -1,4 +1,9 @@
-"""Oracle-robust penalty, offline form: softplus(−βh) + ρβ|h| (SPEC §5, arXiv 2602.20457)."""
+"""Oracle-robust penalty, offline form: DPO plus the closed-form worst case over a preference oracle that may
+move each preference probability by up to ρ (Li, Gaur, Aggarwal 2026, arXiv 2602.20457). Formerly named
+`robust`, the name TRL uses for rDPO.
+
+Loss: ℓ = −log σ(βh) + ρβ|h|
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ class Params(BetaParams):
 def oracle_robust_offline(p: PairLogps, *, beta: float, rho: float) -> tuple[Tensor, Tensor]:
     """Oracle-robust penalty, offline form: softplus(−βh) + ρβ|h| (formerly `robust`, the name TRL uses for rDPO)."""
     h = dpo_margin(p)
-    return F.softplus(-beta * h) + rho * beta * h.abs(), h  # SPEC §5 offline form, arXiv 2602.20457
+    return F.softplus(-beta * h) + rho * beta * h.abs(), h  # offline form of L^W_ρ, arXiv 2602.20457
 
 
 LOSS = Loss("oracle_robust_offline", oracle_robust_offline, Params)

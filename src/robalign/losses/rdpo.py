@@ -1,4 +1,9 @@
-"""Provably robust DPO (Chowdhury, Kini, Natarajan 2024, arXiv 2403.00409)."""
+"""Provably robust DPO (rDPO): an unbiased estimate of the clean-label DPO loss when labels flip at random
+with known rate ε (Chowdhury, Kini, Natarajan 2024, arXiv 2403.00409, Eq. 8).
+
+Loss: ℓ(h) = [(1−ε)·(−log σ(βh)) − ε·(−log σ(−βh))] / (1 − 2ε)
+      unbiased: (1−ε)·ℓ(h) + ε·ℓ(−h) = −log σ(βh)
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from robalign.settings import setting
 @dataclass
 class Params(BetaParams):
     method = "rdpo"
-    # ε = 0.5 divides by zero and ε > 0.5 inverts the labels: an error, not a warning (SPEC §2).
+    # ε = 0.5 divides by zero and ε > 0.5 inverts the labels: an error, not a warning.
     epsilon: float = setting(0.1, EPSILON_HELP, ge=0, lt=0.5)
 
 

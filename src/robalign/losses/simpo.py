@@ -1,4 +1,8 @@
-"""SimPO: softplus(−(βM − γ)), reference-free and length-normalised (Meng et al. 2024, arXiv 2405.14734)."""
+"""SimPO: a reference-free loss on the length-normalised log-likelihood, with a target margin γ (Meng, Xia, Chen
+2024, arXiv 2405.14734, Eq. 6).
+
+Loss: ℓ = −log σ(βM − γ) = softplus(−(βM − γ))
+"""
 
 from __future__ import annotations
 

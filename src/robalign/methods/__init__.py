@@ -48,7 +48,7 @@ METHODS: dict[str, MethodSpec] = {
 # TRL's `DPOConfig.loss_type` names, where TRL computes the same loss (trl 1.16, DPOTrainer.dpo_loss):
 # `sigmoid` is DPO; `robust` is rDPO, TRL's `label_smoothing` being our ε. TRL's `hinge` is our `hinge`.
 # TRL's `ipo` averages the log-ratios over completion tokens: our `ipo` with `normalize_length: true` (our
-# default keeps SPEC's sums), so it is documented, not aliased.
+# default sums them, as DPO does), so it is documented, not aliased.
 ALIASES = {"sigmoid": "dpo", "robust": "rdpo"}
 _RENAMED = {"robust": "oracle_robust_offline"}  # our former names that now mean something else
 _warned: set = set()

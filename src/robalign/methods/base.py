@@ -72,7 +72,17 @@ class Method:
 
 
 def reward_metrics(policy: SequenceLogps, chosen_rewards, rejected_rewards) -> dict[str, torch.Tensor]:
-    """The conventional per-step names (TRL's), as detached batch means."""
+    """The conventional per-step names (TRL's), as detached batch means.
+
+    Metrics:
+        rewards/chosen: implicit reward of the chosen response, β(lp_θ(y_w) − lp_ref(y_w)) (β·avg_θ(y_w)
+            without a reference model).
+        rewards/rejected: the same for the rejected response y_l.
+        rewards/margins: rewards/chosen − rewards/rejected.
+        rewards/accuracies: share of pairs whose reward margin is positive (a tie counts ½).
+        logps/chosen: summed completion log-prob lp_θ(y_w) of the policy.
+        logps/rejected: lp_θ(y_l).
+    """
     margins = chosen_rewards - rejected_rewards
     return {
         "rewards/chosen": chosen_rewards.mean(),

@@ -1,4 +1,12 @@
-"""GAPO — geometric anchor preference optimisation (SPEC §3; Cho, Kim, Kim, arXiv 2602.04909).
+"""GAPO, geometric anchor preference optimisation: SimPO-shaped (or DPO-shaped) updates weighted by how brittle
+each pair's margin is under one shared adversarial weight step, the anchor, so that pairs whose margin
+collapses near the policy (often the mislabelled ones) move it less (Cho, Kim, Kim 2026, "Learning Where It
+Matters: Geometric Anchoring for Robust Preference Alignment", arXiv 2602.04909).
+
+Loss: ℓ_i = −log σ(βΓ_i − γ),  Γ_i = m_i(θ) − stopgrad(m_i(θ + δ))  (the anchor gap)
+      m = M (margin: simpo, no reference) or h (margin: dpo)
+      δ = ρ·(w⊙w⊙g)/‖w⊙g‖₂ (asam) or ρ·g/‖g‖₂ (sam),  g = ∇_θ mean_i −log σ(βm_i − γ) over the scope
+      implicit per-pair weight on ∇m_i: σ(γ − βΓ_i)
 
 One step on a micro-batch of B pairs:
 
@@ -182,7 +190,7 @@ def check_precision(named: list[tuple[str, nn.Parameter]], allow: bool):
 
 
 def check_dropout_off(model):
-    """All passes of a step must see the same network (SPEC §3 step 5)."""
+    """All passes of a step must see the same network (probe, anchor and loss compare margins)."""
     if not model.training:
         return
     live = [n for n, m in model.named_modules() if isinstance(m, nn.Dropout) and m.p > 0]
@@ -321,10 +329,21 @@ class Anchor:
 class GapoMethod(Method):
     """GAPO over the trainer's interface; `anchor()` is also what `robalign score` calls.
 
-    Metrics: gapo/gap_mean, gapo/weight_mean, gapo/weight_min, gapo/changed_fraction, gapo/delta_norm, and
-    with flip flags gapo/weight_flipped, gapo/weight_clean, gapo/flip_auroc (AUROC of −weight). They are
-    computed per micro-batch and averaged by the trainer, so flip_auroc is a mean of per-micro-batch AUROCs
-    (NaN when a micro-batch holds one class); `finalize` gives the AUROC over all logged pairs.
+    The rewards/* metrics use the margin's reward: β·avg_θ(y) with margin simpo, β(lp_θ − lp_ref) with dpo.
+    The metrics below are computed per micro-batch and averaged by the trainer, so flip_auroc is a mean of
+    per-micro-batch AUROCs (NaN when a micro-batch holds one class); `finalize` gives the AUROC over all
+    logged pairs. Every pair's gap, weight, margin and loss are written to pairs.jsonl.
+
+    Metrics:
+        gapo/gap_mean: mean anchor gap Γ = m(θ) − m(θ + δ).
+        gapo/weight_mean: mean implicit per-pair weight σ(γ − βΓ).
+        gapo/weight_min: smallest per-pair weight.
+        gapo/changed_fraction: share of the weight elements δ moves whose stored value actually changed (≈ 1
+            in fp32, near 0 in bf16, where the anchor collapses onto the policy).
+        gapo/delta_norm: ‖δ‖₂ over the scope (ρ for sam).
+        gapo/weight_flipped: mean weight of the pairs flagged `is_flipped` (only when the data has the flags).
+        gapo/weight_clean: mean weight of the unflipped pairs (idem).
+        gapo/flip_auroc: AUROC of −weight for detecting the flipped pairs (idem).
 
     Args:
         params: the method's parameters.
@@ -337,7 +356,7 @@ class GapoMethod(Method):
         self.params = cfg = params or GapoParams()
         self.beta, self.gamma = cfg.beta, cfg.gamma
         self.needs_reference = cfg.margin == "dpo"
-        # SPEC §3: the anchor is applied and evaluated in fp32. Under mixed precision the master weights are
+        # The anchor is applied and evaluated in fp32. Under mixed precision the master weights are
         # fp32, but autocast would multiply θ + δ in bf16, where δ rounds away; and m(θ), m̃ must come from one
         # precision, or Γ measures rounding instead of the anchor. So the whole step runs without autocast.
         self.fp32_step = not cfg.allow_low_precision_anchor
@@ -359,7 +378,7 @@ class GapoMethod(Method):
         if weights == "fp32" or self.params.allow_low_precision_anchor:
             return None
         return (f"the anchor needs fp32 weights, but they are {weights}: at most about (ρ·2⁹)² weights change under δ "
-                "and the anchor collapses onto the policy (SPEC §3). Use model.dtype: fp32 (with "
+                "and the anchor collapses onto the policy. Use model.dtype: fp32 (with "
                 "train.mixed_precision: bf16 for speed: GAPO's step then runs in fp32), or set "
                 "gapo.allow_low_precision_anchor: true to accept this")
 
@@ -371,7 +390,7 @@ class GapoMethod(Method):
         return None
 
     def anchor(self, model, batch, ref: SequenceLogps | None = None, *, keep_graph: bool = False) -> Anchor:
-        """Probe, anchor step and anchor margins of one batch (SPEC §3 steps 1–3).
+        """Probe, anchor step and anchor margins of one batch (steps 1–3 of the module docstring).
 
         With `keep_graph` the returned margin keeps the probe forward's graph for the loss; otherwise
         everything returned is detached and the graph is freed.

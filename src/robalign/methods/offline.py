@@ -8,7 +8,11 @@ from robalign.methods.base import Method, StepResult, reward_metrics
 
 
 class PreferenceLossMethod(Method):
-    """One concatenated forward of the policy, reference log-probs from the provider, one loss call."""
+    """One concatenated forward of the policy, reference log-probs from the provider, one loss call.
+
+    Logs the rewards/* and logps/* metrics of `reward_metrics` only (for reference-free losses the rewards
+    are β·avg_θ(y), those of the margin M).
+    """
 
     def __init__(self, name: str, params=None):
         """`params`: the loss's `Params`, or a dict of its parameters (the loss's defaults for the rest)."""

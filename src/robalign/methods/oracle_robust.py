@@ -1,14 +1,16 @@
-"""Oracle-robust online alignment: R-SCGD on a language model (SPEC §5, arXiv 2602.20457).
+"""Oracle-robust online alignment: online DPO on pairs sampled from the policy and labelled by an oracle that may
+deviate from the ideal one by up to ρ per preference probability; the worst case over that set is the
+closed-form sensitivity penalty ρβ|h|, trained by projected stochastic gradient steps, R-SCGD (Li, Gaur,
+Aggarwal 2026, "Oracle-Robust Online Alignment for LLMs", arXiv 2602.20457).
+
+Loss: mean_i[ℓ_i + sf_coef·(stopgrad(ℓ_i) − b)·(lp_θ(y1) + lp_θ(y2))]
+      ℓ_i = −log σ(βh(y_w, y_l)) + ρβ|h(y1, y2)|,  b = mean_i stopgrad(ℓ_i)
+      its gradient estimates that of L^W_ρ = L_SAIL + ρβ·E|h|
 
 Per micro-batch: the prompts of the batch (the dataset responses are not used), two samples each from
-π_θ, labels from the observed oracle, and the surrogate
-
-    mean_i[ℓ_i + sf_coef·(ℓ_i.detach() − b)·(lp_θ(y1) + lp_θ(y2))],
-    ℓ_i = softplus(−β h(y_w, y_l)) + ρβ|h(y1, y2)|,   b = mean_i ℓ_i,
-
-whose gradient is the estimate G of the robust objective L^W_ρ = L_SAIL + ρβ E|h| (sf_coef = 1: the
-paper's gradient; 0: the behaviour-policy approximation). β and ρ are `method.beta` (0.1) and
-`method.rho` (0.1).
+π_θ, labels from the observed oracle, and the surrogate above, whose gradient is the estimate G of the
+robust objective L^W_ρ (sf_coef = 1: the paper's gradient; 0: the behaviour-policy approximation). β and
+ρ are `method.beta` (0.1) and `method.rho` (0.1).
 
 Around the step:
 - projection: after each optimiser step, the trainable parameters are projected onto the ball of radius
@@ -102,7 +104,7 @@ def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
 @torch.no_grad()
 def project_ball(params: Sequence[torch.Tensor], centre: Sequence[torch.Tensor],
                  radius: float) -> tuple[bool, float]:
-    """In place: θ ← c + (θ − c)·min(1, D/‖θ − c‖), one global norm over all tensors (SPEC §5 Proj_Θ).
+    """In place: θ ← c + (θ − c)·min(1, D/‖θ − c‖), one global norm over all tensors (R-SCGD's Proj_Θ, arXiv 2602.20457).
 
     Returns:
         (whether the projection moved θ, ‖θ − c‖ after it).
@@ -164,7 +166,24 @@ def proximal_refine(objective: Callable, model, batches: Sequence, *, steps: int
 
 # ------------------------------------------------------------------------------------- the method
 class OracleRobustMethod(OnlineMethod):
-    """R-SCGD: sample, label by the observed oracle, robust surrogate with the score-function term."""
+    """R-SCGD: sample, label by the observed oracle, robust surrogate with the score-function term.
+
+    The rewards/* and logps/* metrics are those of the pairs as labelled by the observed oracle (winner first).
+
+    Metrics:
+        online/oracle_agreement: share of observed labels that pick the gold oracle's preferred response
+            (ties count ½).
+        online/observed_prob: mean probability P(y1 ≻ y2) of the observed oracle.
+        online/abs_h: mean |h| of the sampled pairs.
+        online/penalty: mean sensitivity penalty ρβ|h|.
+        online/sf_term: mean score-function term.
+        online/baseline: the baseline b of the score-function term.
+        online/len_y1: mean token length of the first sampled response.
+        online/len_y2: mean token length of the second sampled response.
+        online/projection_active: 1 when the projection moved the weights after the previous optimiser step.
+        online/dist_to_ref: ‖θ − θ_ref‖ over the trainable parameters after the projection (only with
+            projection_radius).
+    """
 
     name = "oracle_robust"
     default_oracle = "bt:length+adversarial:0.1"
@@ -196,7 +215,7 @@ class OracleRobustMethod(OnlineMethod):
             self._pending_centre = load_file(str(first))
 
     def after_optimizer_step(self, model) -> None:
-        """θ ← Proj_Θ(θ) after the optimiser step (SPEC §5); records whether it was active."""
+        """θ ← Proj_Θ(θ) after the optimiser step (R-SCGD); records whether it was active."""
         if not self.params.projection_radius:
             return
         params = [p for _, p in trainable(model)]

@@ -1,4 +1,13 @@
-"""SAIL: self-improving online alignment (SPEC §4; Ding et al., arXiv 2406.15567).
+"""SAIL, self-improving online alignment: the DPO loss in expectation over pairs the current policy samples, labelled
+by the policy's own Bradley–Terry draw or by a preference oracle, mixed with dataset pairs (Ding et al. 2024,
+arXiv 2406.15567).
+
+Loss: ℓ = −log σ(βh_w) on the pair as labelled; by route of each example:
+      DPO  ℓ
+      DP   ℓ − ½·coef_dp·(log σ(βh_w))²
+      PP   ℓ − ½·coef_pp·(log σ(βh_w))² + coef_pp·(stopgrad(ℓ) − b)·(lp_θ(y1) + lp_θ(y2))
+      PR   ℓ + coef_pr·(stopgrad(ℓ) − b)·(lp_θ(y1) + lp_θ(y2))
+      b = mean of stopgrad(ℓ) over the PP and PR examples of the micro-batch
 
 Each example of the micro-batch is routed at random (global torch RNG):
     DPO (1 − r − p − g)  the dataset pair, its label;
@@ -65,7 +74,20 @@ class SailParams(Params):
 
 
 class SailMethod(OnlineMethod):
-    """SAIL on one micro-batch: route, sample the PP / PR prompts, label, one forward, `sail_loss`."""
+    """SAIL on one micro-batch: route, sample the PP / PR prompts, label, one forward, `sail_loss`.
+
+    The rewards/* and logps/* metrics are those of the pairs as labelled (winner first).
+
+    Metrics:
+        sail/frac_dpo: share of the micro-batch routed to plain DPO (likewise sail/frac_dp, sail/frac_pp,
+            sail/frac_pr for the other routes).
+        sail/self_swap_rate: share of DP and PP pairs whose self-label swapped the two responses.
+        sail/self_label_term: mean of the −½·coef·(log σ(βh_w))² terms.
+        sail/score_term: mean of the score-function terms.
+        sail/baseline: the baseline b of the score-function term.
+        online/len_y1: mean token length of the first sampled response (PP and PR examples).
+        online/len_y2: mean token length of the second sampled response.
+    """
 
     name = "sail"
     default_oracle = "bt:length"

@@ -1,4 +1,4 @@
-"""Preference oracles and reward functions (SPEC §7)."""
+"""Preference oracles and reward functions."""
 
 from robalign.oracles.build import GOLD_KINDS, NOISES, build_oracle
 from robalign.oracles.oracles import (

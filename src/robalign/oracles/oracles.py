@@ -1,7 +1,7 @@
-"""Preference oracles: gold ones over a reward, and observed ones that distort a gold one (SPEC §7).
+"""Preference oracles: gold ones over a reward, and observed ones that distort a gold one.
 
 An oracle gives P(y1 ≻ y2 | x) for a batch of triples and samples labels from it with a caller's
-`torch.Generator`, so online runs (SPEC §4–§5) replay exactly. Every sample records the observed
+`torch.Generator`, so online runs (sail, oracle_robust) replay exactly. Every sample records the observed
 probability next to the gold one (P⋆ of the innermost gold oracle), so a run can report how far
 its labels were from the truth.
 
@@ -243,7 +243,7 @@ class MarginFlipOracle(NoisyOracle):
 
 
 class AdversarialOracle(NoisyOracle):
-    """Pointwise adversary: moves P by ρ toward the answer the gold finds worse (SPEC §5).
+    """Pointwise adversary: moves P by ρ toward the answer the gold finds worse: the pointwise deviation of the oracle-robust setting (arXiv 2602.20457).
 
     P_obs = clip(P − ρ · sign(P⋆ − ½), 0, 1), so |P_obs − P| ≤ ρ. On gold ties (P⋆ = ½) neither
     answer is worse and P is left alone: moving it either way would break

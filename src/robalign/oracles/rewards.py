@@ -1,4 +1,4 @@
-"""Reward functions: the gold signal behind preference oracles (SPEC §7).
+"""Reward functions: the gold signal behind preference oracles.
 
 A reward function maps prompts [N] and responses [N] (strings) to float rewards [N]. Sources:
 length, a small built-in sentiment lexicon, a sequence-classification reward model, and the

@@ -2,7 +2,7 @@
 
 Each prompt asks for a short text on a topic under one checkable constraint, e.g.
 "Describe the ocean. Answer in exactly 3 words." A graded checker scores any response in [0, 1],
-so the task gives a gold reward (SPEC §7) with no download and no reward model. The instruction
+so the task gives a gold reward with no download and no reward model. The instruction
 sentences are rendered from templates whose placeholders become regex groups, so a prompt is
 recovered from its text alone (also inside a chat-templated string) and `VerifiableReward` needs no
 registry.
