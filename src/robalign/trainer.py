@@ -301,7 +301,7 @@ class Trainer:
         robalign applies autocast itself, around the training step (the reference's passes included), the
         cached reference and trunk, and evaluation (`step_precision` / `eval_precision`): its log-prob engine
         calls the model's body and head, not `model.forward`, which is where accelerate puts its autocast.
-        A method whose step must stay fp32 (GAPO's anchor, SPEC §3) runs its step without autocast on the fp32
+        A method whose step must stay fp32 (GAPO's anchor) runs its step without autocast on the fp32
         master weights; evaluation still uses the mixed precision.
         """
         mc, device = self.cfg.model, self.acc.device.type
