@@ -21,10 +21,10 @@ def _cell(path: Path, last_h):
 def test_difference_and_interval_of_per_pair_correctness(tmp_path, capsys):
     _cell(tmp_path / "a", [1.0, 1.0, 0.0, -1.0])  # correct 1, 1, 0.5, 0
     _cell(tmp_path / "b", [1.0, -1.0, -1.0, -1.0])  # correct 1, 0, 0, 0
-    assert paired_cells.main([str(tmp_path / "a"), str(tmp_path / "b"), "--resamples", "500"]) == 0
+    assert paired_cells.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "0.625 - 0.250 = +0.375" in out
-    mean, lo, hi = paired_cells.paired(torch.tensor([1.0, 1.0, 0.0, -1.0]), torch.tensor([1.0, -1.0, -1.0, -1.0]), 500)
+    mean, lo, hi = paired_cells.paired(torch.tensor([1.0, 1.0, 0.0, -1.0]), torch.tensor([1.0, -1.0, -1.0, -1.0]))
     assert mean == 0.375 and 0 <= lo <= mean <= hi <= 1.0
 
 

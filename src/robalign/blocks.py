@@ -1,4 +1,4 @@
-"""Where a causal LM keeps its transformer blocks and final norm, and running a contiguous range of them.
+"""Where a causal LM keeps its transformer blocks, final norm and weights, and running a contiguous range of blocks.
 
 Shared by partial fine-tuning (`model.train_last_k`), the frozen-trunk cache and GAPO's `last_k_layers`
 scope. Found by structure (the body's block list and norm), not by model name.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 from torch import nn
 
 from robalign.errors import UserError
@@ -69,3 +70,9 @@ def only_blocks(body: nn.Module, start: int, stop: int | None = None, *, norm: b
         body._modules[name] = blocks
         if norm_name:
             body._modules[norm_name] = kept_norm
+
+
+def device_of(model) -> torch.device:
+    """Where `model`'s weights live (the CPU for None or a model without parameters)."""
+    param = next(model.parameters(), None) if model is not None else None
+    return param.device if param is not None else torch.device("cpu")

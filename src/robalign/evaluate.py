@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from robalign.blocks import device_of
 from robalign.data.collate import collate
 from robalign.data.tokenize import TokenizedPair
 from robalign.logprobs import SequenceLogps, sequence_logps
@@ -59,7 +60,7 @@ class PreferenceEvaluator:
             key = (self.pad_id, self.batch_size,
                    tuple((tuple(p.prompt_ids), tuple(p.chosen_ids), tuple(p.rejected_ids)) for p in self.pairs))
             if key not in cache:
-                device = _device_of(getattr(self.reference, "model", None))
+                device = device_of(getattr(self.reference, "model", None))
                 refs = [self.reference.logps(b.to(device)) for b in self.batches]
                 cache[key] = (self.precision, [] if refs and refs[0] is None else refs)
             recorded, self._ref = cache[key]
@@ -79,7 +80,7 @@ class PreferenceEvaluator:
         was_training = model.training
         model.eval()
         refs = self._reference_logps()
-        device = _device_of(model)
+        device = device_of(model)
         h, m = [], []
         for k, batch in enumerate(self.batches):  # kept on the CPU, moved one at a time (GPU memory)
             lp = sequence_logps(model, batch.to(device))
@@ -92,12 +93,6 @@ class PreferenceEvaluator:
         # Per pair, in `self.order` (for paired comparisons between runs on the same held-out pairs).
         self.last_margins = {"h": torch.cat(h) if h else None, "M": torch.cat(m)}
         return summarize(self.last_margins["h"], self.last_margins["M"])
-
-
-def _device_of(model) -> torch.device:
-    """Where `model`'s weights live (the CPU for None or a model without parameters)."""
-    param = next(model.parameters(), None) if model is not None else None
-    return param.device if param is not None else torch.device("cpu")
 
 
 def accuracy(margin: torch.Tensor) -> float:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from robalign.atomic import write_tensors
-from robalign.blocks import decoder_layers, only_blocks
+from robalign.blocks import decoder_layers, device_of, only_blocks
 from robalign.data.collate import PreferenceBatch, collate
 from robalign.data.tokenize import TokenizedPair
 from robalign.errors import UserError
@@ -179,7 +179,7 @@ class TrunkCache:
         body, _ = split_body_and_head(model)
         with evaluating(model):
             for group in _length_groups(todo, batch_size):
-                batch = collate(group, pad_id).to(_device(model))
+                batch = collate(group, pad_id).to(device_of(model))
                 pack = batch.packed
                 with only_blocks(body, 0, self.start, norm=False):
                     out = body(input_ids=pack.input_ids, attention_mask=packed_mask(body, pack.attention),
@@ -258,10 +258,6 @@ def _length_groups(pairs: list[TokenizedPair], size: int):
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
     for s in range(0, len(order), size):
         yield [pairs[i] for i in order[s:s + size]]
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 class StoredReference:

@@ -1,6 +1,5 @@
 """The last-k-blocks anchor forward gives the full forward's anchor margins (same Γ, same loss, same grads)."""
 
-import copy
 
 import pytest
 import torch
@@ -34,7 +33,7 @@ def _step(model, batch, tail):
 @pytest.mark.parametrize("shared_prompt", [True, False])
 @pytest.mark.parametrize("lora", [False, True])
 def test_tail_anchor_equals_full_anchor(tiny, shared_prompt, lora):
-    model = copy.deepcopy(tiny[0]).to(torch.float64)
+    model = tiny[0].to(torch.float64)  # the fixture gives each test its own copy
     if lora:
         from robalign.models import apply_lora
 
@@ -56,7 +55,7 @@ def test_tail_anchor_equals_full_anchor(tiny, shared_prompt, lora):
 def test_tail_first_order_anchor_equals_full_first_order_anchor(tiny, lora, margin):
     """The tail's written-out LM-head tangent (from the probe's recorded logits) equals full forward-mode,
     also when the head itself carries adapters (then forward mode runs through it)."""
-    model = copy.deepcopy(tiny[0]).to(torch.float64)
+    model = tiny[0].to(torch.float64)  # the fixture gives each test its own copy
     if lora:
         from robalign.models import apply_lora
 

@@ -72,46 +72,38 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
 def _versus_baseline(results: list[dict], cell_of, key: str) -> list[str]:
     """Last-epoch accuracy of each method − DPO's on the same seed's held-out pairs, 95 % interval."""
     base = {(r["kind"], r["rate"], r["seed"]): r for r in results if r["method"] == BASELINE}
-    groups: dict[tuple, list[torch.Tensor]] = {}
-    for r in results:
-        other = base.get((r["kind"], r["rate"], r["seed"]))
-        if r["method"] == BASELINE or other is None:
-            continue
-        mine, theirs = _margins(cell_of(r), key), _margins(cell_of(other), key)
-        if mine is None or theirs is None or mine["values"].shape[1] != theirs["values"].shape[1]:
-            continue
-        diff = correctness(mine["values"][-1]) - correctness(theirs["values"][-1])
-        groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(diff)
-    if not groups:
-        return []
-    lines = [f"\n## Long training: last-epoch accuracy_{key} − {BASELINE}'s, paired (95 % interval: bootstrap over "
-             "seeds and held-out pairs)\n", "| method | noise | difference | 95 % interval | seeds | pairs |",
-             "|---|---|---|---|---|---|"]
-    for (method, kind, rate), diffs in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
-        ci = hierarchical_bootstrap(diffs)
-        lines.append(f"{_row_label(method, kind, rate)} {ci['mean']:+.3f} | [{ci['low']:+.3f}, {ci['high']:+.3f}] | "
-                     f"{ci['seeds']} | {ci['pairs']} |")
-    return lines
+    pairs = [(r, r, base.get((r["kind"], r["rate"], r["seed"]))) for r in results if r["method"] != BASELINE]
+    return _paired_last_epoch(pairs, cell_of, key,
+                              f"last-epoch accuracy_{key} − {BASELINE}'s, paired (95 % interval: bootstrap over "
+                              "seeds and held-out pairs)", "difference")
 
 
 def _cost_of_noise(results: list[dict], cell_of, key: str) -> list[str]:
     """Last-epoch accuracy of each noisy cell − the same method's clean cell of the same seed, on the same
     held-out pairs, 95 % interval (positive = the noise costs that much)."""
     clean = {(r["method"], r["seed"]): r for r in results if r["rate"] == 0}
+    pairs = [(r, clean.get((r["method"], r["seed"])), r) for r in results if r["rate"] != 0]
+    return _paired_last_epoch(pairs, cell_of, key,
+                              f"cost of noise, last-epoch accuracy_{key} at 0 − at the rate, same method and "
+                              "seed, paired (95 % interval)", "cost")
+
+
+def _paired_last_epoch(pairs: list[tuple], cell_of, key: str, title: str, column: str) -> list[str]:
+    """One table row per (method, kind, rate) of the first cell of each (cell, a, b): last-epoch correctness
+    of a − of b, pair by pair, seeds combined by a hierarchical bootstrap; couples missing a cell or their
+    per-pair margins, or scored on other held-out pairs, are left out."""
     groups: dict[tuple, list[torch.Tensor]] = {}
-    for r in results:
-        other = clean.get((r["method"], r["seed"]))
-        if r["rate"] == 0 or other is None:
+    for r, a, b in pairs:
+        if a is None or b is None:
             continue
-        mine, theirs = _margins(cell_of(r), key), _margins(cell_of(other), key)
-        if mine is None or theirs is None or mine["values"].shape[1] != theirs["values"].shape[1]:
+        first, second = _margins(cell_of(a), key), _margins(cell_of(b), key)
+        if first is None or second is None or first["values"].shape[1] != second["values"].shape[1]:
             continue
         groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(
-            correctness(theirs["values"][-1]) - correctness(mine["values"][-1]))
+            correctness(first["values"][-1]) - correctness(second["values"][-1]))
     if not groups:
         return []
-    lines = [f"\n## Long training: cost of noise, last-epoch accuracy_{key} at 0 − at the rate, same method and "
-             "seed, paired (95 % interval)\n", "| method | noise | cost | 95 % interval | seeds | pairs |",
+    lines = [f"\n## Long training: {title}\n", f"| method | noise | {column} | 95 % interval | seeds | pairs |",
              "|---|---|---|---|---|---|"]
     for (method, kind, rate), diffs in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
         ci = hierarchical_bootstrap(diffs)
