@@ -146,19 +146,6 @@ def test_verifiable_reward_agrees_with_score():
     assert torch.equal(VerifiableReward()(chat, responses), want)
 
 
-def test_noise_relabels_through_an_oracle():
-    pairs = make_preference_pairs(2000, seed=3, noise="flip:0.3")
-    flipped = [p for p in pairs if p.is_flipped]
-    assert 0.26 <= len(flipped) / len(pairs) <= 0.34
-    assert all(p.chosen_score < p.rejected_score for p in flipped)
-    assert all(p.chosen_score > p.rejected_score for p in pairs if not p.is_flipped)
-    for p in pairs:  # probabilities of the row as stored
-        assert p.extra["gold_prob"] == (0.0 if p.is_flipped else 1.0)
-        assert p.extra["oracle_prob"] == pytest.approx(0.3 if p.is_flipped else 0.7)
-    again = make_preference_pairs(2000, seed=3, noise={"noise": "flip", "epsilon": 0.3})
-    assert [p.is_flipped for p in again] == [p.is_flipped for p in pairs]
-
-
 def test_cache_writes_once_then_rereads(tmp_path, monkeypatch):
     pairs = cache_pairs(tmp_path, 30, seed=4)
     path = cache_file(tmp_path, 30, 4)

@@ -14,6 +14,7 @@ from robalign.oracles.oracles import (
     RewardOracle,
     SymmetricFlipOracle,
 )
+from robalign.oracles.relabel import relabel_pairs, verifiable_oracle
 from robalign.oracles.rewards import (
     REWARDS,
     LengthReward,
@@ -44,4 +45,6 @@ __all__ = [
     "SymmetricFlipOracle",
     "VerifiableReward",
     "build_oracle",
+    "relabel_pairs",
+    "verifiable_oracle",
 ]

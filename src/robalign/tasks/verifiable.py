@@ -547,57 +547,21 @@ def _gold_pair(prompt: VerifiablePrompt, seed: int) -> PreferencePair:
     )
 
 
-def _noise_oracle(noise):
-    from robalign.oracles import PreferenceOracle, build_oracle  # oracles import this module
-
-    if isinstance(noise, PreferenceOracle):
-        return noise
-    if isinstance(noise, str) and not noise.startswith(("bt:", "det:")):
-        noise = f"det:verifiable+{noise}"
-    elif isinstance(noise, dict) and "gold" not in noise:
-        noise = {"gold": "det:verifiable", **noise}
-    return build_oracle(noise)
-
-
-def _relabel(pairs: list[PreferencePair], noise, seed: int) -> list[PreferencePair]:
-    """Let an (observed, possibly misspecified) oracle pick the winner; disagreements are flips."""
-    oracle = _noise_oracle(noise)
-    prompts = [p.prompt[0]["content"] for p in pairs]
-    labels = oracle.sample(
-        prompts,
-        [p.chosen for p in pairs],
-        [p.rejected for p in pairs],
-        torch.Generator().manual_seed(seed),
-    )
-    out = []
-    for pair, keep, obs, gold in zip(
-        pairs, labels.y1_preferred.tolist(), labels.observed_prob.tolist(), labels.gold_prob.tolist()
-    ):
-        pair = pair if keep else pair.flipped()
-        # Both probabilities are of the row as stored: P(chosen ≻ rejected | prompt).
-        pair.extra.update(oracle_prob=obs if keep else 1 - obs, gold_prob=gold if keep else 1 - gold)
-        out.append(pair)
-    return out
-
-
-def make_preference_pairs(n: int, seed: int, noise=None) -> list[PreferencePair]:
+def make_preference_pairs(n: int, seed: int) -> list[PreferencePair]:
     """n preference pairs from `make_prompts(n, seed)`, chosen = the higher gold score.
+
+    Labels are gold (`is_flipped=False`); `robalign.oracles.relabel_pairs` lets a noisy or misspecified
+    oracle pick the winner instead.
 
     Args:
         n: number of pairs.
-        seed: seeds prompts, responses and (with `noise`) the oracle's label draws.
-        noise: None for gold labels (`is_flipped=False`); else an oracle (a PreferenceOracle, or a
-            `build_oracle` spec; a bare wrapper spec such as "flip:0.1" or "length:0.5" wraps the
-            deterministic verifiable gold) whose sampled label decides the order; pairs it
-            reverses carry `is_flipped=True`, and `extra` records `oracle_prob` and `gold_prob`,
-            both P(chosen ≻ rejected) for the row as stored.
+        seed: seeds prompts and responses.
 
     Returns:
         Pairs with chat-message prompts, `id` "verif-{seed}-{i}", gold `chosen_score`/`rejected_score`
         and `extra["kind"]`.
     """
-    pairs = [_gold_pair(p, seed) for p in make_prompts(n, seed)]
-    return pairs if noise is None else _relabel(pairs, noise, seed)
+    return [_gold_pair(p, seed) for p in make_prompts(n, seed)]
 
 
 def cache_file(directory: str | os.PathLike, n: int, seed: int) -> Path:
