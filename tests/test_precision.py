@@ -161,6 +161,7 @@ def test_config_refusals_name_the_key(tree, match):
         build_config(tree)
 
 
+@pytest.mark.integration  # a whole sweep / demo / spawned processes
 def test_flash_attention_with_the_packed_trunk_is_exit_2(tmp_path):
     cmd = [sys.executable, "-m", "robalign.cli", "train", "--model", "tiny-llama", "--data", "nonexistent.jsonl",
            "--model.attn_implementation", "flash_attention_2", "--train-last-k", "1", "--trunk-cache", "memory",

@@ -28,14 +28,18 @@ def _train(tmp_path, mode, **kw):
 BOTH = ("selective", "full")
 
 
+INTEGRATION = pytest.mark.integration  # the same check for more methods: the integration tier runs them
+
+
 @pytest.mark.parametrize("method,lora_r,extra,modes", [
-    ("dpo", 0, None, BOTH), ("simpo", 0, None, BOTH), ("dpo", 8, None, BOTH),
-    ("gapo", 0, {"gapo": {"radius": 0.5}}, ("full",)),
+    ("dpo", 0, None, BOTH), pytest.param("simpo", 0, None, BOTH, marks=INTEGRATION),
+    pytest.param("dpo", 8, None, BOTH, marks=INTEGRATION),
+    pytest.param("gapo", 0, {"gapo": {"radius": 0.5}}, ("full",), marks=INTEGRATION),
     ("gapo", 0, {"gapo": {"radius": 0.5, "margin": "dpo", "reuse_graph": False}}, BOTH),
-    ("gapo", 0, {"gapo": {"radius": 0.5, "anchor": "first_order", "scope": "last_k_layers", "last_k": 1,
-                          "reuse_graph": False}}, BOTH),
+    pytest.param("gapo", 0, {"gapo": {"radius": 0.5, "anchor": "first_order", "scope": "last_k_layers",
+                                      "last_k": 1, "reuse_graph": False}}, BOTH, marks=INTEGRATION),
     ("sail", 0, {"online": {"max_new_tokens": 6}}, BOTH),
-    ("oracle_robust", 0, {"online": {"max_new_tokens": 6}}, BOTH),
+    pytest.param("oracle_robust", 0, {"online": {"max_new_tokens": 6}}, BOTH, marks=INTEGRATION),
 ])
 def test_checkpointed_training_is_bit_identical(tmp_path, method, lora_r, extra, modes):
     base_losses, base = _train(tmp_path, "none", method=method, lora_r=lora_r, extra=extra)

@@ -54,7 +54,10 @@ def _assert_same_run(a, b, rel=2e-6, weight_tol=1e-6):
     assert ea == eb
 
 
-@pytest.mark.parametrize("method", sorted(LOSSES))
+# dpo (reference margin) and simpo (length-normalised, reference-free) in the unit tier; every other loss,
+# the same two runs each, in the integration tier.
+@pytest.mark.parametrize("method", [m if m in ("dpo", "simpo") else pytest.param(m, marks=pytest.mark.integration)
+                                    for m in sorted(LOSSES)])
 def test_cached_trunk_trains_like_the_whole_model_for_every_offline_loss(tmp_path, method):
     uncached = _run(tmp_path, "off", method=method)
     cached = _run(tmp_path, "on", "memory", method=method)

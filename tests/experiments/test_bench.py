@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from robalign.cli import main
 
 
+@pytest.mark.integration  # a whole sweep / demo / spawned processes
 def test_robustness_sweep_caches_cells_and_reports(tmp_path, capsys):
     args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo,rdpo", "--kinds", "flip",
             "--rates", "0,0.25", "--seeds", "0", "--steps", "2", "--train-pairs", "16", "--eval-pairs", "8",
@@ -119,6 +122,7 @@ def test_bench_refuses_to_mix_settings_in_one_directory(tmp_path, capsys):
         check_settings(spec)
 
 
+@pytest.mark.integration  # a whole sweep / demo / spawned processes
 def test_sweep_on_the_built_in_task_reports_gold_reward_win_rate_and_kl(tmp_path, capsys):
     args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo,gapo", "--kinds", "flip",
             "--rates", "0,0.5", "--seeds", "0", "--steps", "2", "--train-pairs", "8", "--eval-pairs", "4",
@@ -305,6 +309,7 @@ def test_a_method_missing_from_a_panel_keeps_its_colour_and_its_legend_entry(tmp
     assert [t.get_text() for t in margin_ax.get_legend().get_texts()] == ["dpo", "sail", "simpo"]
 
 
+@pytest.mark.integration  # a whole sweep / demo / spawned processes
 def test_an_epochs_sweep_on_the_cached_trunk_records_curves_and_computes_the_trunk_once(tmp_path):
     args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo,gapo", "--kinds", "flip",
             "--rates", "0,0.25", "--seeds", "0", "--epochs", "2", "--batch-size", "4", "--train-pairs", "16",

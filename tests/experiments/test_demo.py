@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from robalign.cli import main
 from robalign.experiments.demo import meaning
 
 
+@pytest.mark.integration  # a whole sweep / demo / spawned processes
 def test_demo_on_tiny_model_writes_curves_intervals_and_report(tmp_path, capsys):
     code = main(["demo", "--model", "tiny-llama", "--methods", "dpo,cdpo", "--quick", "--epochs", "2",
                  "--progress", "false", "--out", str(tmp_path)])

@@ -8,6 +8,7 @@ importing transformers; the all-reduce path under test does not depend on the ar
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -73,6 +74,7 @@ def _rank(rank: int, world: int, init_file: str, out_dir: str):
         dist.destroy_process_group()
 
 
+@pytest.mark.integration  # a whole sweep / demo / spawned processes
 def test_two_ranks_share_one_anchor_and_match_one_process(tmp_path):
     mp.spawn(_rank, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
     split = torch.cat([torch.load(tmp_path / f"gap{r}.pt") for r in range(2)])
