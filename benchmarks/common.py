@@ -293,8 +293,6 @@ def read_json(path):
 
 
 def write_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    from robalign import atomic
+
+    atomic.write_json(path, obj, indent=1, default=str)

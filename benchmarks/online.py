@@ -115,9 +115,11 @@ def train_metrics(run_dir: Path) -> dict:
     Agreement is read from generations.jsonl (every method records its oracle-labelled pairs there):
     1 where the observed label picks the gold-preferred sample, 0 where not, ½ on gold ties.
     """
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    from robalign import jsonl
+
+    rows = jsonl.read_rows(run_dir / "metrics.jsonl")
     out = {"train/loss": statistics.fmean(r["loss"] for r in rows if "loss" in r)}
-    gens = [json.loads(x) for x in (run_dir / "generations.jsonl").read_text().splitlines() if x.strip()]
+    gens = jsonl.read_rows(run_dir / "generations.jsonl")
     agree = [0.5 if g["gold_prob"] == 0.5 else float(g["y1_preferred"] == (g["gold_prob"] > 0.5))
              for g in gens if g.get("gold_prob") is not None]
     if agree:
@@ -126,6 +128,7 @@ def train_metrics(run_dir: Path) -> dict:
 
 
 def run_one(args, method: str, seed: int, base, tok, eval_prompts, root: Path, ref_cache: dict) -> dict:
+    from robalign import atomic, jsonl
     from robalign.evaluate_generation import generation_eval
     from robalign.tasks.verifiable import VerifiableReward, make_preference_pairs
     from robalign.trainer import Trainer
@@ -147,14 +150,11 @@ def run_one(args, method: str, seed: int, base, tok, eval_prompts, root: Path, r
                          n_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, seed=10_000, reference_cache=ref_cache)
     gens = ev.pop("generations")
-    with open(out / "eval_generations.jsonl", "w") as fh:
-        fh.write("".join(json.dumps(g) + "\n" for g in gens))
+    jsonl.write_rows(out / "eval_generations.jsonl", gens)
     result = {"method": method, "seed": seed, "settings": settings(args), **ev, **train_metrics(out),
               "train_seconds": t_train, "eval_seconds": time.perf_counter() - t0 - t_train,
               "seconds": time.perf_counter() - t0}
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(done)
+    atomic.write_json(done, result, indent=2)
     print(f"{method} seed {seed}: " + ", ".join(f"{k} {result[k]:.3f}" for k, _ in TABLE if k in result), flush=True)
     return result
 

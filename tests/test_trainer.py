@@ -42,6 +42,37 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+
+def test_resume_from_an_older_checkpoint_logs_each_step_once(tmp_path):
+    """Killed after logging steps the last checkpoint lacks (here 3 and 4, over checkpoint 2) and mid-line:
+    the resumed run's metrics.jsonl and pairs.jsonl hold each step's rows once, equal to an uninterrupted run's."""
+    import shutil
+
+    def cfg(name, **train):  # gapo: a method that writes pairs.jsonl
+        return build_config({"model": {"name": "tiny-llama", "lora_r": 0}, "method": {"name": "gapo"},
+                             "data": {"max_length": 64},
+                             "train": {"output_dir": str(tmp_path / name), "batch_size": 2, "max_steps": 6,
+                                       "lr": 1e-2, "progress": False, "save_every": 2, "keep_last": 5,
+                                       "eval_every": 2, **train}})
+
+    pairs = make_pairs(16)
+    Trainer(cfg("full"), train_pairs=pairs, eval_pairs=pairs[:4]).train()
+    cut = tmp_path / "cut"
+    Trainer(cfg("cut", stop_after=4), train_pairs=pairs, eval_pairs=pairs[:4]).train()
+    shutil.rmtree(cut / "checkpoints" / "step-00000004")  # as if killed before it was written
+    for name in ("metrics.jsonl", "pairs.jsonl"):
+        with open(cut / name, "a") as fh:
+            fh.write('{"step": 5, "lo')  # a row cut by the kill
+    Trainer(cfg("cut"), train_pairs=pairs, eval_pairs=pairs[:4]).train(resume=True)
+
+    def logged(run, name, drop=()):
+        rows = [json.loads(x) for x in (tmp_path / run / name).read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+    assert logged("cut", "pairs.jsonl") == logged("full", "pairs.jsonl")
+    timing = ("step_time_s", "tokens_per_s", "samples_per_s")
+    assert logged("cut", "metrics.jsonl", timing) == logged("full", "metrics.jsonl", timing)
+
 def test_training_reduces_loss_and_final_loads_with_transformers(tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from robalign import atomic
 from robalign.errors import UserError
 
 _STEP = re.compile(r"^step-(\d+)$")
@@ -82,14 +83,6 @@ def set_rng_state(tensors: dict, meta: dict):
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
 
 
-def _fsync_dir(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, obj):
     with open(path, "w") as fh:
         json.dump(obj, fh)
@@ -102,25 +95,16 @@ def save_checkpoint(root: Path, step: int, *, model, optimizer, scheduler, state
     """Writes `root/step-{step}` atomically and prunes all but the newest `keep_last`."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir()
-        _write_into(tmp, step, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
+        # `.tmp-*` names: remove_partial deletes what a killed write left, list_checkpoints never sees it.
+        with atomic.directory(final, tmp=root / f".tmp-step-{step:08d}", durable=True) as tmp:
+            _write_into(tmp, step, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
     except (OSError, SafetensorError) as err:  # e.g. a full disk: the previous checkpoints are untouched
-        shutil.rmtree(tmp, ignore_errors=True)
         last = list_checkpoints(root)
         raise UserError(f"checkpoint: cannot write {final} ({getattr(err, 'strerror', None) or err}); the last complete checkpoint, "
                         f"{last[-1] if last else 'none'}, is intact: free space and continue with --resume") from None
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
     for old in list_checkpoints(root)[:-keep_last]:
-        # Renamed first, so a kill mid-delete leaves a `.tmp-*` leftover, never a half-empty `step-*`.
-        doomed = root / f".tmp-del-{old.name}"
-        os.replace(old, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        atomic.remove_directory(old, root / f".tmp-del-{old.name}")
     return final
 
 
@@ -135,7 +119,7 @@ def _write_into(tmp: Path, step: int, *, model, optimizer, scheduler, state: dic
             os.fsync(fh.fileno())
     _write_json(tmp / "state.json", {"step": step, "optimizer": opt_meta, "rng": rng_meta,
                                      "scheduler": scheduler.state_dict(), **state})
-    _fsync_dir(tmp)
+    atomic.fsync_dir(tmp)
 
 
 def remove_partial(root: Path):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from robalign import jsonl
 
 # Names metrics.jsonl used before it took TRL's: old runs' logs are read under the new names.
 RENAMED = {"lr": "learning_rate"}
@@ -14,15 +15,13 @@ class MetricsWriter:
     """metrics.jsonl (flushed per row: a crash loses no logged step), plus a copy of each row for `trackers`
     (a `robalign.trackers.Trackers`, or None)."""
 
-    def __init__(self, path: Path, *, trackers=None, append: bool = False):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "a" if append else "w")
+    def __init__(self, path: Path, *, trackers=None, resume_step: int | None = None):
+        self.fh = jsonl.open_log(path, resume_step=resume_step)  # resumed: cut back to the checkpoint's step
         self.trackers = trackers
 
     def write(self, record: dict):
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self.fh.write(json.dumps(clean) + "\n")
-        self.fh.flush()
+        jsonl.append(self.fh, [clean])
         if self.trackers is not None:
             self.trackers.log(record)
 
@@ -34,8 +33,7 @@ class MetricsWriter:
 
 def read_jsonl(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl, with names an older robalign wrote (`RENAMED`) also under today's."""
-    with open(path) as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+    rows = jsonl.read_rows(path)
     for row in rows:
         for old, new in RENAMED.items():
             if old in row and new not in row:

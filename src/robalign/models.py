@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
+from robalign import atomic
 from robalign.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -208,18 +208,15 @@ def default_gguf_directory() -> Path:
 
 
 def _save_atomically(model, tokenizer, target: Path) -> bool:
-    tmp = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        # replace=False: a copy another process finished first is kept (this rename then fails), never
+        # deleted under a process that may be loading it.
+        with atomic.directory(target, replace=False) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         return True
     except OSError as err:  # a read-only cache only costs speed
         log.warning("could not cache the converted default model in %s: %s", target, err)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
         return False
 
 

@@ -9,13 +9,11 @@ Pairs are batched by length, so a pair's score depends a little on which pairs s
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import tempfile
 
 import torch
 
+from robalign import jsonl
 from robalign.errors import UserError
 
 
@@ -94,20 +92,6 @@ def score_pairs(model, pairs, method, *, pad_id: int, batch_size: int = 8) -> li
     return rows
 
 
-def _write_jsonl(rows: list[dict], path: str):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def cmd_score(args) -> int:
     from robalign.data import load_pairs, write_pairs
     from robalign.data.tokenize import tokenize_pairs
@@ -126,7 +110,7 @@ def cmd_score(args) -> int:
         raise UserError(f"score: no pair of {args.data} fits --max-length {dc.max_length}")
     rows = score_pairs(model, data, method, pad_id=tok.pad_token_id, batch_size=args.batch_size)
     ranked = sorted(rows, key=lambda r: -r["weight"])  # stable: ties keep the data order
-    _write_jsonl([{k: v for k, v in r.items() if k != "index"} for r in ranked], args.out)
+    jsonl.write_rows(args.out, ({k: v for k, v in r.items() if k != "index"} for r in ranked))
     weights = torch.tensor([r["weight"] for r in rows], dtype=torch.float64)
     flags = torch.tensor([float(r.get("is_flipped", math.nan)) for r in rows], dtype=torch.float64)
     print(f"scored {len(rows)} pairs of {args.data} ({loaded.skipped} invalid rows and {too_long} too long "

@@ -10,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
 import random
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -24,8 +22,8 @@ import numpy as np
 import torch
 import yaml
 
+from robalign import atomic, jsonl, progress
 from robalign import checkpoint as ckpt
-from robalign import progress
 from robalign.best import BestKeeper
 from robalign.config import RunConfig, normalized
 from robalign.data.collate import BatchStream
@@ -599,9 +597,11 @@ class Trainer:
         resumed = resume and self.step_num > 0
         self.acc.wait_for_everyone()
         self.method.begin(self.out, self.step_num, resumed=resumed)
-        writer = self._writer(append=resumed)
+        # A resumed run's logs are cut back to the checkpoint's step: what was logged after it is logged again.
+        resume_step = self.step_num if resumed else None
+        writer = self._writer(resume_step)
         logs_pairs = self.method.log_pairs and self.acc.is_main_process
-        pair_log = open(self.out / "pairs.jsonl", "a" if resumed else "w") if logs_pairs else None
+        pair_log = jsonl.open_log(self.out / "pairs.jsonl", resume_step=resume_step) if logs_pairs else None
         bar = self._progress()
         start_eval = {}
         if self.step_num == 0 and tc.eval_at_start:
@@ -731,8 +731,6 @@ class Trainer:
         compared pair by pair (paired bootstrap) at any evaluated epoch."""
         from safetensors.torch import load_file
 
-        from robalign.atomic import write_tensors
-
         path = self.out / "heldout_margins.safetensors"
         table = load_file(str(path)) if path.is_file() and self.step_num > 0 else {}
         steps = table.get("step", torch.zeros(0, dtype=torch.long))
@@ -742,7 +740,7 @@ class Trainer:
             if value is not None:
                 new[key] = value.detach().float().cpu()[None]
         out = {k: torch.cat([table[k][keep], v]) if k in table else v for k, v in new.items()}
-        write_tensors(out, path)
+        atomic.write_tensors(out, path)
 
     def _plot_curves(self) -> list[dict]:
         """The run's evaluation rows (its learning curve), drawn to learning_curves.png."""
@@ -787,14 +785,14 @@ class Trainer:
         return progress.bar(total=self.cfg.train.max_steps, initial=self.step_num, desc=f"{self.method.name}",
                             wanted=self.cfg.train.progress and self.acc.is_main_process)
 
-    def _writer(self, append: bool):
+    def _writer(self, resume_step: int | None):
         """metrics.jsonl and the trackers, on the main process only (the others log nothing)."""
         if not self.acc.is_main_process:
             return None
         tc = self.cfg.train
-        info = RunInfo(self.out, tc.run_name or self.out.resolve().name, self.cfg.to_dict(),
-                       resumed_at=self.step_num if append else None)
-        return MetricsWriter(self.out / "metrics.jsonl", trackers=Trackers(requested(tc), info), append=append)
+        info = RunInfo(self.out, tc.run_name or self.out.resolve().name, self.cfg.to_dict(), resumed_at=resume_step)
+        return MetricsWriter(self.out / "metrics.jsonl", trackers=Trackers(requested(tc), info),
+                             resume_step=resume_step)
 
     def _log(self, writer, pair_log, metrics: dict):
         if writer is None or self.step_num % self.cfg.train.log_every:
@@ -803,13 +801,19 @@ class Trainer:
         record.update({k: float(v) for k, v in metrics.items()})  # .item() only here, once per step
         writer.write(record)
         if pair_log is not None:
-            for batch, per_pair in self.last_records:
-                for i, pid in enumerate(batch.ids):
-                    row = {"step": self.step_num, "id": pid, **{k: float(v[i]) for k, v in per_pair.items()}}
-                    flipped = float(batch.is_flipped[i])
-                    if not math.isnan(flipped):
-                        row["is_flipped"] = bool(flipped)
-                    pair_log.write(json.dumps(row) + "\n")
+            jsonl.append(pair_log, self._pair_rows())
+
+    def _pair_rows(self) -> list[dict]:
+        """pairs.jsonl's rows of this step: each pair's per-pair records (and its flip flag, when known)."""
+        rows = []
+        for batch, per_pair in self.last_records:
+            for i, pid in enumerate(batch.ids):
+                row = {"step": self.step_num, "id": pid, **{k: float(v[i]) for k, v in per_pair.items()}}
+                flipped = float(batch.is_flipped[i])
+                if not math.isnan(flipped):
+                    row["is_flipped"] = bool(flipped)
+                rows.append(row)
+        return rows
 
     def evaluate(self) -> dict:
         if not self.acc.is_main_process:
@@ -854,23 +858,7 @@ class Trainer:
         if self.best is not None:
             self.best.load_state(state.get("best"))
         self.scaling.load_state_dict(state)
-        self._truncate_metrics()
         log.info("resumed from %s at step %d", path, self.step_num)
-
-    def _truncate_metrics(self):
-        """Drops metric lines logged after the checkpoint, so a resumed run's log has no duplicates."""
-        for name in ("metrics.jsonl", "pairs.jsonl"):
-            path = self.out / name
-            if not path.is_file() or not self.acc.is_main_process:
-                continue
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= self.step_num:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by the crash ends the usable log
-            path.write_text("".join(k + "\n" for k in kept))
 
     def save_final(self, final_eval: dict | None = None):
         """`final/`: a plain transformers model (LoRA merged) plus the adapter in `final/adapter/`, each with a
@@ -882,18 +870,16 @@ class Trainer:
             return
         model = self.model
         base = model_card.base_model_id(self.cfg.model.name)
-        final, tmp = self.out / "final", self.out / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if hasattr(model, "merge_and_unload"):
-            for adapter_cfg in model.peft_config.values():
-                adapter_cfg.base_model_name_or_path = base
-            model.save_pretrained(tmp / "adapter")
-            model_card.write(tmp / "adapter", self.cfg, final_eval or {}, base=base, adapter=True)
-            merged = copy.deepcopy(model).merge_and_unload()
-            merged.save_pretrained(tmp)
-        else:
-            model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        model_card.write(tmp, self.cfg, final_eval or {}, base=base)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        # `.tmp-final` (not a per-process name): --overwrite removes it with the run's other files.
+        with atomic.directory(self.out / "final", tmp=self.out / ".tmp-final") as tmp:
+            if hasattr(model, "merge_and_unload"):
+                for adapter_cfg in model.peft_config.values():
+                    adapter_cfg.base_model_name_or_path = base
+                model.save_pretrained(tmp / "adapter")
+                model_card.write(tmp / "adapter", self.cfg, final_eval or {}, base=base, adapter=True)
+                merged = copy.deepcopy(model).merge_and_unload()
+                merged.save_pretrained(tmp)
+            else:
+                model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            model_card.write(tmp, self.cfg, final_eval or {}, base=base)

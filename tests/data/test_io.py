@@ -159,6 +159,28 @@ def test_write_pairs_round_trips(tmp_path, name):
     assert [p.name for p in path.parent.iterdir()] == [name]  # no temporary file left behind
 
 
+def test_write_pairs_gzip_header_names_no_file(tmp_path):
+    """The header's FNAME flag stays off: it would otherwise carry the temporary file's name (and pid)."""
+    path = tmp_path / "w.jsonl.gz"
+    write_pairs([PreferencePair("p", "a", "b")], path)
+    header = path.read_bytes()[:10]
+    assert header[:3] == b"\x1f\x8b\x08" and header[3] == 0  # no FNAME, FEXTRA, FCOMMENT
+
+
+def test_write_pairs_interrupted_keeps_the_old_file(tmp_path):
+    path = tmp_path / "w.jsonl"
+    write_pairs([PreferencePair("p", "a", "b", id="old")], path)
+
+    def pairs():
+        yield PreferencePair("p", "a", "b", id="new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_pairs(pairs(), path)
+    assert [p.id for p in load_pairs(path).pairs] == ["old"]
+    assert [p.name for p in tmp_path.iterdir()] == ["w.jsonl"]
+
+
 # --- malformed rows ----------------------------------------------------------------------------
 
 BAD_ROWS = [

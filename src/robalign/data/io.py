@@ -28,12 +28,12 @@ import io
 import json
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from robalign import atomic
 from robalign.data.implicit import split_implicit_messages, split_implicit_text
 from robalign.data.pairs import Messages, PreferencePair, Text
 from robalign.errors import ConfigError, DataError
@@ -666,20 +666,13 @@ def write_pairs(pairs: Iterable[PreferencePair], path: str | os.PathLike) -> int
         The number of rows written.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     n = 0
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            out = gzip.GzipFile(fileobj=raw, mode="wb") if path.lower().endswith(".gz") else raw
-            for pair in pairs:
-                out.write(json.dumps(pair.to_row(), ensure_ascii=False).encode("utf-8") + b"\n")
-                n += 1
-            if out is not raw:
-                out.close()
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic.open_file(path, "wb") as raw:
+        # filename="": the header names no file (else it would carry the temporary file's name).
+        out = gzip.GzipFile(filename="", fileobj=raw, mode="wb") if path.lower().endswith(".gz") else raw
+        for pair in pairs:
+            out.write(json.dumps(pair.to_row(), ensure_ascii=False).encode("utf-8") + b"\n")
+            n += 1
+        if out is not raw:
+            out.close()
     return n

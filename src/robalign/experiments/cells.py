@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+from robalign import atomic
 from robalign.experiments.spec import (
     SweepSpec,
     cell_dir,
@@ -144,9 +145,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     if gapo.is_file():
         result.update({f"gapo_{k}": v for k, v in json.loads(gapo.read_text()).items()
                        if isinstance(v, (int, float))})
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(done)
+    atomic.write_json(done, result, indent=2)
     return result
 
 

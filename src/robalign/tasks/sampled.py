@@ -15,7 +15,6 @@ named by model, n, seed, k, max_new_tokens and the task version, and re-reads it
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from robalign import jsonl
 from robalign.data.pairs import PreferencePair
 from robalign.tasks.verifiable import (
     TASK_VERSION,
@@ -82,11 +82,7 @@ def cache_sampled_pairs(directory: str | os.PathLike, model_name: str, model, to
     if path.exists():
         return read_jsonl(path)
     pairs = sampled_preference_pairs(model, tokenizer, n, seed, k=k, max_new_tokens=max_new_tokens)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(p.to_row()) + "\n" for p in pairs)
-    os.replace(tmp, path)
+    jsonl.write_rows(path, (p.to_row() for p in pairs), encoding="utf-8")
     return pairs
 
 

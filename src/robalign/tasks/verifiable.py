@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from robalign import jsonl
 from robalign.data.pairs import PreferencePair
 
 # Bump when prompts, responses or checkers change, so stale caches are not re-read.
@@ -572,11 +573,9 @@ def cache_file(directory: str | os.PathLike, n: int, seed: int) -> Path:
 def read_jsonl(path: Path) -> list[PreferencePair]:
     known = ("prompt", "chosen", "rejected", "id", "is_flipped", "chosen_score", "rejected_score")
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            fields = {k: row.pop(k) for k in known if k in row}
-            pairs.append(PreferencePair(**fields, extra=row))
+    for row in jsonl.read_rows(path, encoding="utf-8"):
+        fields = {k: row.pop(k) for k in known if k in row}
+        pairs.append(PreferencePair(**fields, extra=row))
     return pairs
 
 
@@ -590,10 +589,5 @@ def cache_pairs(directory: str | os.PathLike, n: int, seed: int) -> list[Prefere
     if path.exists():
         return read_jsonl(path)
     pairs = make_preference_pairs(n, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for pair in pairs:
-            f.write(json.dumps(pair.to_row()) + "\n")
-    os.replace(tmp, path)
+    jsonl.write_rows(path, (pair.to_row() for pair in pairs), encoding="utf-8")
     return pairs
