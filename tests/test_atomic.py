@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,6 +98,40 @@ def test_directory_replaces_an_old_folder_whole(tmp_path):
         assert tmp.parent == tmp_path and tmp.is_dir() and not any(tmp.iterdir())
         (tmp / "a.txt").write_text("new")
     assert sorted(os.listdir(final)) == ["a.txt"] and (final / "a.txt").read_text() == "new"
+    assert os.listdir(tmp_path) == ["final"]
+
+
+def test_directory_killed_while_deleting_the_old_folder_leaves_the_new_one_whole(tmp_path, monkeypatch):
+    final = tmp_path / "final"
+    _folder(final, "old")
+    real = atomic.shutil.rmtree
+
+    def killed_on_the_old(path, **kw):
+        if str(path).endswith(".old") and Path(path).exists():
+            (Path(path) / "a.txt").unlink()  # half deleted, then the kill
+            raise Killed
+        return real(path, **kw)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", killed_on_the_old)
+    with pytest.raises(Killed), atomic.directory(final) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert sorted(os.listdir(final)) == ["a.txt"] and (final / "a.txt").read_text() == "new"
+
+
+def test_directory_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    final = tmp_path / "final"
+    _folder(final, "old")
+    real = atomic.os.replace
+
+    def refuse_the_new(src, dst):
+        if ".tmp" in str(src):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", refuse_the_new)
+    with pytest.raises(OSError, match="No space"), atomic.directory(final) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (final / "a.txt").read_text() == "old"
     assert os.listdir(tmp_path) == ["final"]
 
 

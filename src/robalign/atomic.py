@@ -89,9 +89,11 @@ def directory(path: str | os.PathLike, *, tmp: Path | None = None, replace: bool
         tmp: the temporary folder (default `temporary_name(path)`). A caller names its own when something
             else must recognise it (checkpoint.remove_partial deletes `.tmp-*`; --overwrite removes
             `.tmp-final`); a leftover of that name, from a killed writer, is deleted first.
-        replace: an existing `path` is deleted just before the rename (not atomic: a kill in between
-            leaves no `path`). False: the rename fails (OSError) on an existing non-empty `path`, so a
-            folder another process finished first is kept, never deleted under its readers.
+        replace: an existing `path` is renamed aside (`.NAME.<pid>.old`), the new folder renamed into place,
+            then the old one deleted: `path` is never a half-deleted folder (a kill between the two renames,
+            a moment, leaves no `path`; a failed second rename puts the old folder back). False: the rename
+            fails (OSError) on an existing non-empty `path`, so a folder another process finished first is
+            kept, never deleted under its readers.
         durable: fsync the parent after the rename, so the rename itself survives a power cut.
 
     Example:
@@ -105,11 +107,21 @@ def directory(path: str | os.PathLike, *, tmp: Path | None = None, replace: bool
     try:
         tmp.mkdir()
         yield tmp
-        if replace:
-            shutil.rmtree(path, ignore_errors=True)  # what it cannot delete makes the rename below fail
-        os.replace(tmp, path)
+        old = None
+        if replace and path.exists():
+            old = path.with_name(f".{path.name}.{os.getpid()}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old is not None:
+                os.replace(old, path)
+            raise
         if durable:
             fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
