@@ -14,13 +14,12 @@ keeper's state rides in every checkpoint, so a resumed run keeps the same best a
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
-from robalign.atomic import write_tensors
+from robalign.atomic import write_json, write_tensors
 
 
 class BestKeeper:
@@ -49,8 +48,7 @@ class BestKeeper:
         if self.keep_weights:
             weights = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
             write_tensors(weights, self.dir / "weights.safetensors")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "best.json").write_text(json.dumps(self.describe(), indent=2))
+        write_json(self.dir / "best.json", self.describe(), indent=2)  # resume reads it: never half written
         return True
 
     @property
