@@ -18,7 +18,7 @@ import time
 import common
 import torch
 
-import robalign.methods.gapo as G
+import robalign.methods.gapo_anchor as G
 
 TIMES: dict[str, float] = collections.defaultdict(float)
 
@@ -35,7 +35,7 @@ def timed(name, fn):
 
 @contextlib.contextmanager
 def timed_perturbed(params, delta):
-    """`gapo.perturbed` with its three weight passes timed separately (same operations)."""
+    """`gapo_anchor.perturbed` with its three weight passes timed separately (same operations)."""
     t0 = time.perf_counter()
     saved = [p.detach().clone() for p in params]
     TIMES["weights: save"] += time.perf_counter() - t0
@@ -44,7 +44,7 @@ def timed_perturbed(params, delta):
         p.data.copy_(p.data.to(d.dtype) + d)
     TIMES["weights: apply θ + δ"] += time.perf_counter() - t0
     try:
-        yield G._changed_fraction(((p.detach(), s) for p, s in zip(params, saved)), delta)
+        yield G.changed_fraction(((p.detach(), s) for p, s in zip(params, saved)), delta)
     finally:
         t0 = time.perf_counter()
         for p, s in zip(params, saved):
@@ -61,7 +61,7 @@ def main():
     common.set_threads(args.threads or common.cores())
     G.anchor_step = timed("ASAM anchor step", G.anchor_step)
     G.sequence_logps = timed("forwards (probe + anchor)", G.sequence_logps)
-    G._changed_fraction = timed("changed-fraction count", G._changed_fraction)
+    G.changed_fraction = timed("changed-fraction count", G.changed_fraction)
     G.torch.autograd.grad = timed("probe backward", torch.autograd.grad)
     G.perturbed = timed_perturbed
 

@@ -45,7 +45,9 @@ def main():
     from robalign.data.tokenize import tokenize_pairs
     from robalign.logprobs import sequence_logps
     from robalign.losses.gapo import flip_auroc_ranked, gapo_loss
-    from robalign.methods.gapo import GapoMethod, asam_weights, margin_of, requiring_grad, scoped_parameters
+    from robalign.methods.gapo import GapoMethod
+    from robalign.methods.gapo_anchor import margin_of
+    from robalign.methods.gapo_weights import asam_weights, requiring_grad, scoped_parameters
     from robalign.models import disable_dropout, load_model_and_tokenizer
 
     base = ROOT / args.dir

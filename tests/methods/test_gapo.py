@@ -16,7 +16,8 @@ from robalign.errors import ConfigError, UserError
 from robalign.logprobs import sequence_logps
 from robalign.losses.gapo import anchor_step, flip_auroc, flip_auroc_ranked, gapo_loss
 from robalign.methods import build_method, method_params
-from robalign.methods.gapo import GapoMethod, GapoParams, scoped_parameters
+from robalign.methods.gapo import GapoMethod, GapoParams
+from robalign.methods.gapo_weights import scoped_parameters
 from robalign.reference import FrozenCopyReference, NoReference
 
 BETA, GAMMA = 2.0, 0.5

@@ -14,7 +14,8 @@ from robalign.config import build_config
 from robalign.data.collate import collate
 from robalign.data.tokenize import TokenizedPair, tokenize_pairs
 from robalign.methods import build_method
-from robalign.methods.oracle_robust import list_iterates, project_ball, proximal_refine, trainable
+from robalign.methods.oracle_robust_iterates import list_iterates, project_ball, trainable
+from robalign.methods.oracle_robust_prox import proximal_refine
 from robalign.reference import FrozenCopyReference
 from robalign.trainer import Trainer
 

@@ -44,34 +44,26 @@ anchor to O(ρ²) and is about as costly.
 
 Dropout must be off: all passes of a step must see the same network. The trainer disables the model's
 dropout; LoRA dropout is refused at build time and any live dropout module at the first step.
+
+This module wires the method (parameters, step, metrics); the pieces: `gapo_weights` (which weights the
+anchor perturbs), `gapo_anchor` (steps 1–3), `gapo_tail` (the last-k-blocks anchor forward), `gapo_report`
+(the end-of-run summary and plot); the formulas are in `robalign.losses.gapo`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from robalign.blocks import decoder_layers
 from robalign.errors import ConfigError, UserError
-from robalign.logprobs import SequenceLogps, sequence_logps, split_body_and_head
+from robalign.logprobs import SequenceLogps, sequence_logps
 from robalign.losses.common import SftParams
-from robalign.losses.gapo import (
-    anchor_step,
-    flip_auroc,
-    flip_auroc_ranked,
-    gapo_loss,
-    probe_loss,
-    sft_nll,
-)
+from robalign.losses.gapo import flip_auroc, gapo_loss, sft_nll
 from robalign.methods.base import Method, StepResult, reward_metrics
-from robalign.methods.gapo_tail import TailRecorder
+from robalign.methods.gapo_anchor import Anchor, compute_anchor, margin_of
+from robalign.methods.gapo_report import write_report
 from robalign.settings import setting
 
 
@@ -126,69 +118,6 @@ def build_gapo(params: GapoParams, cfg=None) -> GapoMethod:
     return GapoMethod(params)
 
 
-# ------------------------------------------------------------------------------- scope and checks
-
-
-def _adapter_prefix(model) -> str | None:
-    """Name prefix of PEFT adapter parameters ('lora_'), or None for a plain model."""
-    if not hasattr(model, "peft_config"):
-        return None
-    return getattr(getattr(model, "base_model", None), "prefix", None)
-
-
-def scoped_parameters(model, scope: str = "backbone", last_k: int = 1) -> list[tuple[str, nn.Parameter]]:
-    """(name, parameter) of the weights the anchor perturbs, named as in `model.named_parameters()`.
-
-    'backbone' = the body of `split_body_and_head` (embeddings, blocks, final norm); an untied lm_head is
-    outside, a tied one is the embedding and so inside. 'last_k_layers' = the last `last_k` blocks only.
-    'all' = every weight. Adapter parameters of a PEFT model are never in scope (see the module doc).
-    """
-    body, _ = split_body_and_head(model)
-    if scope == "all":
-        members = None
-    elif scope == "backbone":
-        members = {id(p) for p in body.parameters()}
-    elif scope == "last_k_layers":
-        members = {id(p) for block in decoder_layers(body)[-last_k:] for p in block.parameters()}
-    else:
-        raise ValueError(f"unknown gapo scope {scope!r}")
-    prefix = _adapter_prefix(model)
-    named = [(n, p) for n, p in model.named_parameters()
-             if (members is None or id(p) in members)
-             and not (prefix and any(part.startswith(prefix) for part in n.split(".")))]
-    if not named:
-        raise UserError(f"gapo.scope: {scope!r} selects no weights of this model")
-    return named
-
-
-def asam_weights(model, named: list[tuple[str, nn.Parameter]]) -> list[torch.Tensor]:
-    """The w of ASAM per scoped tensor: the weight itself, or W + s·BA for a LoRA layer's base weight."""
-    out = []
-    for name, p in named:
-        w = p.detach()
-        if name.endswith(".base_layer.weight"):
-            layer = model.get_submodule(name[: -len(".base_layer.weight")])
-            owned = set(getattr(layer, "lora_A", {})) | set(getattr(layer, "lora_embedding_A", {}))
-            active = [a for a in getattr(layer, "active_adapters", []) if a in owned]
-            if active and not layer.merged and not layer.disable_adapters:
-                with torch.no_grad():
-                    w = w + sum(layer.get_delta_weight(a).to(w.dtype) for a in active)
-        out.append(w)
-    return out
-
-
-def check_precision(named: list[tuple[str, nn.Parameter]], allow: bool):
-    """Refuses an anchor in low precision: bf16 can represent almost none of the weight changes δ makes."""
-    if allow:
-        return
-    low = [(n, p.dtype) for n, p in named if p.dtype not in (torch.float32, torch.float64)]
-    if low or torch.is_autocast_enabled(named[0][1].device.type):
-        what = f"{len(low)} weights are not fp32 (e.g. {low[0][0]}: {low[0][1]})" if low else "autocast is active"
-        raise UserError(f"gapo: the anchor needs fp32 weights and no autocast, but {what}; in bf16 at most "
-                        "about (ρ·2⁹)² weights change under δ, so the anchor collapses onto the policy. Load "
-                        "the model in fp32, or set gapo.allow_low_precision_anchor: true to accept this.")
-
-
 def check_dropout_off(model):
     """All passes of a step must see the same network (probe, anchor and loss compare margins)."""
     if not model.training:
@@ -200,130 +129,6 @@ def check_dropout_off(model):
     if live:
         raise UserError(f"gapo: dropout is active ({live[:3]}); disable it (robalign.models.disable_dropout, "
                         "model.lora_dropout: 0) so the probe, anchor and loss see the same network")
-
-
-# --------------------------------------------------------------------------------------- anchor
-
-
-def margin_of(lp: SequenceLogps, ref: SequenceLogps | None, kind: str) -> torch.Tensor:
-    """[B] margin m: SimPO's M = avg_θ(y_w) − avg_θ(y_l), or DPO's h against the reference log-probs."""
-    if kind == "simpo":
-        chosen, rejected = lp.mean()
-        return chosen - rejected
-    return (lp.chosen - ref.chosen) - (lp.rejected - ref.rejected)
-
-
-def all_reduce_mean(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Averages tensors across data-parallel ranks in one collective; identity with a single process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensors
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
-
-
-@contextlib.contextmanager
-def requiring_grad(params: list[nn.Parameter]):
-    """Temporarily lets autograd differentiate frozen weights (LoRA base weights) too."""
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-
-
-def _changed_fraction(stored, delta: list[torch.Tensor]) -> torch.Tensor:
-    """Share of the weight elements δ moves (δ ≠ 0) whose stored value θ + δ differs from θ; 0 if δ = 0.
-
-    `stored` yields (θ + δ as stored, θ) per tensor. Elements with δ = 0 (e.g. embedding rows of tokens
-    absent from the batch, whose gradient is 0) are left out, so the number measures what the weights'
-    dtype lost: ≈ 1 in fp32 for a small model (about 0.7–0.8 for SmolLM2-135M at ρ = 0.05, where the
-    smallest steps fall under half an fp32 ulp), ~1e-7 in bf16.
-    """
-    changed = sum(torch.count_nonzero(new != old) for new, old in stored)
-    moved = sum(torch.count_nonzero(d) for d in delta)
-    return torch.as_tensor(changed).float() / torch.as_tensor(moved).clamp_min(1).float()
-
-
-@contextlib.contextmanager
-def perturbed(params: list[nn.Parameter], delta: list[torch.Tensor]):
-    """Weights set to θ + δ in place, computed in δ's (≥ fp32) precision; restored bit-exactly on exit.
-
-    Yields the `_changed_fraction` of the perturbation. Writes go through `.data`: an in-place write on
-    a parameter, even under no_grad, bumps its version counter, and the retained probe graph (which the
-    loss reuses) saved these very tensors, so its backward would refuse to run. Skipping version tracking
-    is safe because the originals are copied back exactly before any backward reads them.
-    """
-    saved = [p.detach().clone() for p in params]
-    try:
-        for p, d in zip(params, delta):
-            p.data.copy_(p.data.to(d.dtype) + d)
-        yield _changed_fraction(((p.detach(), s) for p, s in zip(params, saved)), delta)
-    finally:
-        for p, s in zip(params, saved):
-            p.data.copy_(s)
-
-
-class _MarginOf(nn.Module):
-    """m(θ) as a module call, so `torch.func.functional_call` can substitute the scoped weights."""
-
-    def __init__(self, model, kind: str):
-        super().__init__()
-        self.model, self.kind = model, kind
-
-    def forward(self, batch, ref):
-        return margin_of(sequence_logps(self.model, batch), ref, self.kind)
-
-
-def first_order_shift(model, batch, ref, named, delta, kind: str) -> torch.Tensor:
-    """[B] ⟨∇m_i, δ⟩ by one forward-mode pass (torch.func.jvp) with δ as the tangent; no weight is written.
-
-    SDPA's fused CPU/GPU kernels have no forward-mode derivative, so attention runs its math kernel here.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    names = [f"model.{n}" for n, _ in named]
-    module = _MarginOf(model, kind)
-    primals = tuple(p.detach() for _, p in named)
-    tangents = tuple(d.to(p.dtype) for d, p in zip(delta, primals))
-
-    def margin_at(*weights):
-        return torch.func.functional_call(module, dict(zip(names, weights)), (batch, ref))
-
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        _, shift = torch.func.jvp(margin_at, primals, tangents)
-    return shift
-
-
-@dataclass
-class Anchor:
-    """One micro-batch's anchor.
-
-    Attributes:
-        logps: the policy's SequenceLogps at θ (with graph when asked for).
-        margin: [B] m(θ) (with graph when asked for).
-        anchor_margin: [B] detached m̃ = m(θ + δ) (first-order: m + ⟨∇m, δ⟩).
-        changed_fraction: share of the scoped weight elements δ moves whose value θ + δ actually changes in
-            the weights' dtype (≈ 1 in fp32, near 0 in bf16).
-        delta_norm: ‖δ‖₂ over the scope.
-    """
-
-    logps: SequenceLogps
-    margin: torch.Tensor
-    anchor_margin: torch.Tensor
-    changed_fraction: torch.Tensor
-    delta_norm: torch.Tensor
-
-    @property
-    def gap(self) -> torch.Tensor:
-        return self.margin - self.anchor_margin
-
-
-# --------------------------------------------------------------------------------------- method
 
 
 class GapoMethod(Method):
@@ -395,45 +200,8 @@ class GapoMethod(Method):
         With `keep_graph` the returned margin keeps the probe forward's graph for the loss; otherwise
         everything returned is detached and the graph is freed.
         """
-        c = self.params
-        named = scoped_parameters(model, c.scope, c.last_k)
-        check_precision(named, c.allow_low_precision_anchor)
-        params = [p for _, p in named]
-        tail = self._tail_recorder(model)
-        with requiring_grad(params), (tail.recording(keep_logits=c.anchor == "first_order") if tail
-                                            else contextlib.nullcontext()):
-            lp = sequence_logps(model, batch)
-            m = margin_of(lp, ref, c.margin)
-            grads = torch.autograd.grad(probe_loss(m, beta=self.beta, gamma=self.gamma), params,
-                                        retain_graph=keep_graph, allow_unused=True, materialize_grads=True)
-        grads = all_reduce_mean(list(grads))  # one anchor for the global micro-batch
-        weights = asam_weights(model, named) if c.perturbation == "asam" else None
-        delta = anchor_step(grads, weights, rho=c.radius)
-        del grads, weights
-        delta_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in delta]))
-        if c.anchor == "exact":
-            with torch.no_grad(), perturbed(params, delta) as changed:
-                anchor_lp = tail.sequence_logps(batch) if tail else sequence_logps(model, batch)
-                anchor_m = margin_of(anchor_lp, ref, c.margin)
-        else:
-            shift = (tail.first_order_shift(batch, named, delta, lambda lp: margin_of(lp, ref, c.margin)) if tail
-                     else first_order_shift(model, batch, ref, named, delta, c.margin))
-            anchor_m = m.detach() + shift
-            with torch.no_grad():  # what θ + δ would have changed, formed one tensor at a time
-                changed = _changed_fraction((((p.detach().to(d.dtype) + d).to(p.dtype), p.detach())
-                                             for p, d in zip(params, delta)), delta)
-        if not keep_graph:
-            lp, m = lp.detach(), m.detach()
-        return Anchor(lp, m, anchor_m.detach(), changed, delta_norm)
-
-    def _tail_recorder(self, model) -> TailRecorder | None:
-        """A recorder for the last-k-blocks anchor forward when the scope allows it, else None."""
-        c = self.params
-        if not (c.tail_forward and c.scope == "last_k_layers"):
-            return None
-        blocks = decoder_layers(split_body_and_head(model)[0])
-        recorder = TailRecorder(model, blocks, max(len(blocks) - c.last_k, 0))
-        return recorder if recorder.usable else None
+        return compute_anchor(model, batch, ref, self.params, beta=self.beta, gamma=self.gamma,
+                              keep_graph=keep_graph)
 
     def step(self, policy, reference, batch) -> StepResult:
         if self._checked_model is not policy:
@@ -478,42 +246,4 @@ class GapoMethod(Method):
 
     def finalize(self, out_dir) -> None:
         """Writes gapo_summary.json and gapo_weights.png from the run's pairs.jsonl (last 50% of steps)."""
-        from robalign.metrics import read_jsonl
-
-        out_dir = Path(out_dir)
-        path = out_dir / "pairs.jsonl"
-        rows = [r for r in read_jsonl(path) if "weight" in r] if path.is_file() else []
-        if not rows:
-            return
-        summary, weights, flags = summarize_pair_log(rows)
-        (out_dir / "gapo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        from robalign.plots import weight_histograms
-
-        weight_histograms(weights, flags, out_dir / "gapo_weights.png",
-                          title=f"GAPO weights σ(γ − βΓ), steps {summary['from_step']}–{summary['to_step']}")
-
-
-def _json_number(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def summarize_pair_log(rows: list[dict], tail: float = 0.5) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Summary of the logged pairs of the last `tail` share of steps; returns (summary, weights, flags)."""
-    steps = sorted({r["step"] for r in rows})
-    first = steps[min(len(steps) - 1, int(len(steps) * (1 - tail)))]
-    rows = [r for r in rows if r["step"] >= first]
-    weights = torch.tensor([r["weight"] for r in rows], dtype=torch.float64)
-    gaps = torch.tensor([r.get("gap", math.nan) for r in rows], dtype=torch.float64)
-    flags = torch.tensor([float(r["is_flipped"]) if "is_flipped" in r else math.nan for r in rows],
-                         dtype=torch.float64)
-    flipped, clean = weights[flags == 1], weights[flags == 0]
-    summary = {
-        "from_step": first, "to_step": steps[-1], "pairs": len(rows),
-        "flipped_pairs": int(flipped.numel()), "clean_pairs": int(clean.numel()),
-        "weight_mean": _json_number(weights.mean()), "gap_mean": _json_number(gaps.mean()),
-        "weight_flipped_mean": _json_number(flipped.mean()) if flipped.numel() else None,
-        "weight_clean_mean": _json_number(clean.mean()) if clean.numel() else None,
-        "flip_auroc": _json_number(flip_auroc_ranked(-weights, flags)),
-    }
-    return summary, weights, flags
+        write_report(out_dir)

@@ -1,20 +1,15 @@
-"""What SAIL and oracle-robust online alignment share: sampling, labelling, batch assembly, the record.
+"""The base of SAIL and oracle-robust online alignment: the trainer hooks, the step clock, sampling and the
+generation record (their pieces in `robalign.online`), and the metrics of labelled pairs.
 
 Both methods consume the ordinary `PreferenceBatch`: the prompt of pair i is row i of the batch up to
 its first completion token, and the dataset pair itself is there for SAIL's DPO / DP routes. Generated
 pairs replace dataset pairs row for row, and the policy scores the whole micro-batch in one
 concatenated forward (reference log-probs for the same batch come from the reference provider).
 
-Randomness comes only from the global torch RNG, which the trainer checkpoints: each micro-step draws
-four numbers per pair of the global micro-batch (route and self-label uniforms, an oracle uniform, a
-generation seed; `Draws`), always in the same order and amount, so a resumed run replays an
-uninterrupted one exactly, and N processes (each keeping its slice of the draws, each pair sampled from
-its own seed) replay one process at the same global batch. Batch statistics (the score-function
-baseline) are summed over processes for the same reason.
-
-Every generated pair is appended to `generations.jsonl` in the run directory (one JSON object per
-pair: step, id, route, prompt, y1, y2, y1_preferred, observed_prob, gold_prob, lengths); under data
-parallelism process k > 0 writes its own pairs to `generations-rank{k}.jsonl`.
+Randomness comes only from the global torch RNG, which the trainer checkpoints (`robalign.online.draws`);
+batch statistics (the score-function baseline) are summed over processes, so that N processes compute
+what one process computes for the same global batch. Every generated pair is appended to
+`generations.jsonl` in the run directory (`robalign.online.generations`).
 
 Trainer hooks:
     bind(tokenizer)            before the first `step` (Trainer._setup_data): ids <-> text for the
@@ -33,7 +28,6 @@ Trainer hooks:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +37,14 @@ import torch
 from robalign.data.collate import PreferenceBatch, collate
 from robalign.data.tokenize import TokenizedPair
 from robalign.errors import ConfigError
-from robalign.generation import GeneratedPair, generate_pairs
+from robalign.generation import GeneratedPair
 from robalign.logprobs import SequenceLogps
 from robalign.methods.base import Method, reward_metrics
+from robalign.online import generations
+from robalign.online.draws import rank_and_world
+from robalign.online.sampling import prompt_texts, sample_pairs
 from robalign.online_settings import OnlineConfig
 from robalign.oracles import build_oracle
-
-GENERATIONS = "generations.jsonl"
 
 
 @dataclass
@@ -110,59 +105,24 @@ def gold_agreement(y1_preferred: torch.Tensor, gold_prob: torch.Tensor) -> torch
     return torch.where(gold_prob == 0.5, torch.full_like(agree, 0.5), agree)
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) without torch.distributed."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def mean_or_zero(values: torch.Tensor) -> torch.Tensor:
+    """Mean, or 0 for an empty tensor (metrics are averaged over micro-batches; NaN would poison them)."""
+    return values.float().mean() if values.numel() else torch.zeros((), device=values.device)
 
 
 def is_main() -> bool:
     """Whether this is process 0 of the data-parallel group (or the only process)."""
-    return _world()[0] == 0
-
-
-def local_uniforms(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """n uniforms from the global RNG: this process's slice of draws for the whole global micro-batch.
-
-    Every process draws the same world·n numbers (their RNGs are seeded alike) and keeps its own slice, so
-    the ranks' routes and labels are independent, and N processes draw for a global batch exactly what
-    one process draws for it (the global stream advances by the same amount either way).
-    """
-    rank, world = _world()
-    return torch.rand(n * world, dtype=dtype)[rank * n:(rank + 1) * n]
-
-
-def local_seeds(n: int) -> list[int]:
-    """n per-pair seeds (generation) from the global RNG, sliced per process like `local_uniforms`."""
-    rank, world = _world()
-    return torch.randint(2**62, (n * world,))[rank * n:(rank + 1) * n].tolist()
+    return rank_and_world()[0] == 0
 
 
 def process_sum(x: torch.Tensor) -> torch.Tensor:
     """x summed over the processes of the run (x itself with one process); used for batch statistics
     such as the score-function baseline, so that N processes compute the one-process global value."""
-    if _world()[1] == 1:
+    if rank_and_world()[1] == 1:
         return x
     x = x.detach().clone()
     torch.distributed.all_reduce(x)
     return x
-
-
-@dataclass
-class Draws:
-    """The randomness of one online micro-step, per pair, fixed before anything is sampled."""
-
-    routes: torch.Tensor  # float32 [B], SAIL's route uniforms
-    self_label: torch.Tensor  # float32 [B], SAIL's self-labelling uniforms
-    oracle: torch.Tensor  # float64 [B], oracle label uniforms
-    seeds: list[int]  # [B] generation seeds
-
-    @staticmethod
-    def take(n: int) -> Draws:
-        """Always the same draws in the same order (4 per pair), whatever the route or process count, so
-        a resumed run and an N-process run replay the 1-process stream."""
-        return Draws(local_uniforms(n), local_uniforms(n), local_uniforms(n, torch.float64), local_seeds(n))
 
 
 class OnlineMethod(Method):
@@ -202,29 +162,14 @@ class OnlineMethod(Method):
         """Start of training at optimiser step `step`: a fresh record, or the record cut back to `step`."""
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.start_step, self.micro, self.begun = step, 0, True
-        path = self._record_path()
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if resumed and path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= step:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by a crash ends the usable record
-        path.write_text("".join(k + "\n" for k in kept))
+        generations.restart(self._record_path(), step, resumed)
 
     def after_optimizer_step(self, model) -> None:
         """Called by the trainer after every optimiser step; nothing to do by default."""
 
     # ---------------------------------------------------------------------------------- helpers
     def _record_path(self) -> Path | None:
-        if self.out_dir is None:
-            return None
-        rank = _world()[0]
-        return self.out_dir / (GENERATIONS if rank == 0 else f"generations-rank{rank}.jsonl")
+        return generations.generations_path(self.out_dir, rank_and_world()[0])
 
     def _tick(self) -> tuple[int, bool]:
         """(t, first): t = optimiser updates applied before this micro-step; first micro-step of step t?"""
@@ -241,37 +186,13 @@ class OnlineMethod(Method):
         return self.tokenizer
 
     def _sample(self, policy, prompts: list[list[int]], seeds: list[int]) -> list[GeneratedPair]:
-        return generate_pairs(policy, self._require_tokenizer(), prompts, temperature=self.gen.temperature,
-                              top_p=self.gen.top_p, max_new_tokens=self.gen.max_new_tokens, seeds=seeds)
+        return sample_pairs(policy, self._require_tokenizer(), prompts, seeds, self.gen)
 
     def _prompt_texts(self, prompts: list[list[int]]) -> list[str]:
-        # Special tokens are kept: the prompt text is what the model saw (chat template included).
-        return [self._require_tokenizer().decode(p, skip_special_tokens=False) for p in prompts]
+        return prompt_texts(self._require_tokenizer(), prompts)
 
     def _write(self, t: int, records: list[dict]) -> None:
         """Appends the micro-step's generated pairs to the record (numbered by optimiser step t + 1)."""
         records = [{"step": t + 1, **rec} for rec in records]
         self.last_generations = records
-        path = self._record_path()
-        if path is None or not records:
-            return
-        with open(path, "a") as fh:
-            fh.write("".join(json.dumps(rec) + "\n" for rec in records))
-
-
-def record(row: Row, pair: GeneratedPair, prompt_text: str, route: str, y1_preferred: bool,
-           observed_prob: float, gold_prob: float | None) -> dict:
-    """One line of generations.jsonl."""
-    return {"id": row.id, "route": route, "prompt": prompt_text, "y1": pair.y1_text, "y2": pair.y2_text,
-            "y1_preferred": bool(y1_preferred), "observed_prob": float(observed_prob),
-            "gold_prob": None if gold_prob is None else float(gold_prob),
-            "len_y1": len(pair.y1_ids), "len_y2": len(pair.y2_ids)}
-
-
-def mean_or_zero(values: torch.Tensor) -> torch.Tensor:
-    """Mean, or 0 for an empty tensor (metrics are averaged over micro-batches; NaN would poison them)."""
-    return values.float().mean() if values.numel() else torch.zeros((), device=values.device)
-
-
-__all__ = ["GENERATIONS", "Draws", "OnlineMethod", "Row", "assemble", "batch_rows",
-           "is_main", "local_seeds", "local_uniforms", "process_sum"]
+        generations.append(self._record_path(), records)

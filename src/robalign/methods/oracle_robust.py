@@ -26,30 +26,27 @@ Around the step:
   written to `output/`.
 Plain SGD with a constant step is the theory's optimiser: pass `--optimizer sgd --schedule constant`
 (`train.optimizer` is global; AdamW works too). Projection assumes unsharded parameters (DDP, not FSDP).
+
+This module wires the method; the pieces: `oracle_robust_iterates` (the projection, the saved iterates,
+the output choice), `oracle_robust_prox` (the proximal refinement), `robalign.methods.online` (sampling,
+labels, the generation record); the per-pair terms are in `robalign.losses.online`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import math
-import os
-import re
 from collections import deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from robalign.checkpoint import trainable_state
 from robalign.errors import UserError
 from robalign.logprobs import sequence_logps
 from robalign.losses.online import OnlineLossOutput, oracle_robust_loss
 from robalign.methods.base import StepResult
 from robalign.methods.online import (
-    Draws,
     OnlineMethod,
     Row,
     assemble,
@@ -59,13 +56,23 @@ from robalign.methods.online import (
     labelled_reward_metrics,
     margin,
     process_sum,
-    record,
 )
+from robalign.methods.oracle_robust_iterates import (
+    ITERATES,
+    choose_output,
+    iterate_name,
+    list_iterates,
+    model_at,
+    project_ball,
+    save_iterate,
+    save_output_model,
+    trainable,
+)
+from robalign.methods.oracle_robust_prox import ProxResult, proximal_refine
+from robalign.online.draws import Draws
+from robalign.online.generations import record
 from robalign.policy import unwrap_policy
 from robalign.settings import Params, setting
-
-ITERATES = "iterates"
-_ITERATE = re.compile(r"^iterate-(\d+)\.safetensors$")
 
 
 @dataclass
@@ -96,75 +103,6 @@ class OracleRobustParams(Params):
         return "oracle_robust.projection_radius projects whole weights (set it to 0 to train without the projection)"
 
 
-# ----------------------------------------------------------------------------------- projection
-def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in unwrap_policy(model).named_parameters() if p.requires_grad]
-
-
-@torch.no_grad()
-def project_ball(params: Sequence[torch.Tensor], centre: Sequence[torch.Tensor],
-                 radius: float) -> tuple[bool, float]:
-    """In place: θ ← c + (θ − c)·min(1, D/‖θ − c‖), one global norm over all tensors (R-SCGD's Proj_Θ, arXiv 2602.20457).
-
-    Returns:
-        (whether the projection moved θ, ‖θ − c‖ after it).
-    """
-    dist = math.sqrt(sum(float((p.double() - c.double()).pow(2).sum()) for p, c in zip(params, centre)))
-    if dist <= radius:
-        return False, dist
-    scale = radius / dist
-    for p, c in zip(params, centre):
-        p.copy_(c + (p - c) * scale)
-    return True, radius
-
-
-# ---------------------------------------------------------------------------- proximal refinement
-@dataclass
-class ProxResult:
-    """Steps taken, the last mini-batch residual, and whether it fell below ε_prox."""
-
-    steps: int
-    residual: float
-    converged: bool
-
-
-def proximal_refine(objective: Callable, model, batches: Sequence, *, steps: int, lam_env: float,
-                    eps_prox: float, lr: float, centre: Sequence[torch.Tensor] | None = None,
-                    radius: float | None = None) -> ProxResult:
-    """K projected steps on objective(θ) + ‖θ − θ_R‖²/(2 λ_env) from θ_R = the model's current weights.
-
-    Args:
-        objective: objective(model, batch) -> scalar whose gradient estimates ∇L^W_ρ (the R-SCGD surrogate).
-        model: refined in place (its trainable parameters).
-        batches: micro-batches cycled through, one per step.
-        steps: K.
-        lam_env: λ_env (< 1/κ makes the subproblem strongly convex).
-        eps_prox: stop once the residual ‖θ − Proj(θ − η∇F)‖/η (‖∇F‖ without projection) is below it.
-        lr: η.
-        centre, radius: the projection ball (None: no projection).
-    """
-    params = [p for _, p in trainable(model)]
-    anchor = [p.detach().clone() for p in params]
-    residual = float("inf")
-    for k in range(steps):
-        value = objective(model, batches[k % len(batches)])
-        value = value + sum((p - a).pow(2).sum() for p, a in zip(params, anchor)) / (2.0 * lam_env)
-        grads = torch.autograd.grad(value, params)
-        with torch.no_grad():
-            before = [p.detach().clone() for p in params]
-            for p, g in zip(params, grads):
-                p.sub_(lr * g)
-            if radius:
-                project_ball(params, centre, radius)
-            residual = math.sqrt(sum(float((b - p).pow(2).sum()) for b, p in zip(before, params))) / lr
-            if residual < eps_prox:  # the step is taken only when the point was not yet stationary
-                for p, b in zip(params, before):
-                    p.copy_(b)
-                return ProxResult(k, residual, True)
-    return ProxResult(steps, residual, False)
-
-
-# ------------------------------------------------------------------------------------- the method
 class OracleRobustMethod(OnlineMethod):
     """R-SCGD: sample, label by the observed oracle, robust surrogate with the score-function term.
 
@@ -254,7 +192,7 @@ class OracleRobustMethod(OnlineMethod):
         y1_pref = labels.y1_preferred.to(h.device)
         out = oracle_robust_loss(h, y1_pref, lp.chosen + lp.rejected, beta=self.beta, rho=self.rho,
                                  sf_coef=self.params.sf_coef, all_sum=process_sum)
-        recs = [record(r, g, x, "oracle", w, o, gp) for r, g, x, w, o, gp in
+        recs = [record(r.id, g, x, "oracle", w, o, gp) for r, g, x, w, o, gp in
                 zip(rows, generated, texts, labels.y1_preferred.tolist(), labels.observed_prob.tolist(),
                     labels.gold_prob.tolist())]
         return out, {"lp": lp, "ref": ref, "labels": labels, "y1_pref": y1_pref, "records": recs}
@@ -298,10 +236,7 @@ class OracleRobustMethod(OnlineMethod):
         save = (self.params.output == "random" and t % self.params.iterate_every == 0) or (t == 0 and radius)
         folder = self._iterate_dir()
         if save and folder is not None and is_main():
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".tmp-{iterate_name(t)}"
-            save_file(trainable_state(unwrap_policy(policy)), str(tmp))
-            os.replace(tmp, folder / iterate_name(t))
+            save_iterate(policy, folder, t)
 
     def steps_done(self) -> int:
         return self.start_step + self.micro // self.grad_accum
@@ -310,39 +245,15 @@ class OracleRobustMethod(OnlineMethod):
     def finalize(self, out_dir) -> None:
         """Chooses the output iterate, optionally refines it, writes output/ and output_iterate.json."""
         out = Path(out_dir)
-        total = self.steps_done()
-        choice: dict = {"output": self.params.output, "steps": total}
-        weights = None
-        if self.params.output == "random":
-            candidates = [(t, p) for t, p in list_iterates(out / ITERATES) if t < total]
-            if candidates:
-                rng = torch.Generator().manual_seed(self.seed)  # independent of the training RNG
-                pick = int(torch.randint(len(candidates), (1,), generator=rng))
-                t, path = candidates[pick]
-                weights = load_file(str(path))
-                choice.update(step=t, iterate=str(path.relative_to(out)), candidates=[c for c, _ in candidates],
-                              seed=self.seed, rule="uniform over the saved iterates with t < T")
-            else:
-                choice.update(output="last", note="no saved iterate with t < T; the last iterate is the output")
-        if choice["output"] == "last":
-            choice.update(step=total, model_dir="final")
+        choice, weights = choose_output(out, self.params.output, self.steps_done(), self.seed)
         refine = bool(self.params.prox_steps and self.recent)
         if self.model is not None and (weights is not None or refine):
-            model = self._output_model(weights)
+            model = model_at(self.model, weights)
             if refine:
                 choice["prox"] = self._refine(model).__dict__
-            self._save_model(model, out / "output")
+            save_output_model(model, out / "output", self.tokenizer)
             choice["model_dir"] = "output"
         (out / "output_iterate.json").write_text(json.dumps(choice, indent=2) + "\n")
-
-    def _output_model(self, weights: dict | None):
-        model = copy.deepcopy(self.model)
-        if weights is not None:
-            params = dict(trainable(model))
-            with torch.no_grad():
-                for name, value in weights.items():
-                    params[name].copy_(value)
-        return model
 
     def _refine(self, model) -> ProxResult:
         lr = self.params.prox_lr or (self.cfg.train.lr if self.cfg is not None else 1e-3)
@@ -352,26 +263,5 @@ class OracleRobustMethod(OnlineMethod):
                                eps_prox=self.params.prox_eps, lr=lr, centre=centre,
                                radius=self.params.projection_radius)
 
-    def _save_model(self, model, target: Path) -> None:
-        if hasattr(model, "merge_and_unload"):
-            model.save_pretrained(target / "adapter")
-            model = model.merge_and_unload()
-        model.save_pretrained(target)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(target)
 
-
-def iterate_name(t: int) -> str:
-    return f"iterate-{t:08d}.safetensors"
-
-
-def list_iterates(folder: Path) -> list[tuple[int, Path]]:
-    """Saved iterates (t, path), oldest first."""
-    if folder is None or not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _ITERATE.match(p.name))]
-    return sorted(found)
-
-
-__all__ = ["OracleRobustMethod", "OracleRobustParams", "ProxResult", "list_iterates", "project_ball",
-           "proximal_refine"]
+__all__ = ["OracleRobustMethod", "OracleRobustParams"]

@@ -39,7 +39,6 @@ from robalign.logprobs import sequence_logps
 from robalign.losses.online import DP, DPO, PP, PR, ROUTE_NAMES, draw_routes, sail_loss, self_label
 from robalign.methods.base import StepResult
 from robalign.methods.online import (
-    Draws,
     OnlineMethod,
     Row,
     assemble,
@@ -48,8 +47,9 @@ from robalign.methods.online import (
     margin,
     mean_or_zero,
     process_sum,
-    record,
 )
+from robalign.online.draws import Draws
+from robalign.online.generations import record
 from robalign.settings import Params, setting
 
 
@@ -155,7 +155,7 @@ class SailMethod(OnlineMethod):
                 observed, gold = float(labels.observed_prob[k]), float(labels.gold_prob[k])
             else:
                 observed, gold = float(probs[i]), None
-            recs.append(record(rows[i], generated[i], texts[i], ROUTE_NAMES[int(routes[i])], bool(pref[i]),
+            recs.append(record(rows[i].id, generated[i], texts[i], ROUTE_NAMES[int(routes[i])], bool(pref[i]),
                                observed, gold))
         self._write(t, recs)
 

@@ -1,0 +1,3 @@
+"""What the online methods (`robalign.methods.sail`, `robalign.methods.oracle_robust`) share besides their
+base class (`robalign.methods.online`): the randomness of a micro-step (`draws`), sampling pairs from the
+policy (`sampling`) and the record of every generated pair (`generations`)."""

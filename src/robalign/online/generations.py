@@ -1,0 +1,54 @@
+"""The record of every generated pair, `generations.jsonl` in the run directory: one JSON object per pair
+(step, id, route, prompt, y1, y2, y1_preferred, observed_prob, gold_prob, lengths), numbered by optimiser
+step. Under data parallelism process k > 0 writes its own pairs to `generations-rank{k}.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from robalign.generation import GeneratedPair
+
+GENERATIONS = "generations.jsonl"
+
+
+def generations_path(out_dir: Path | None, rank: int) -> Path | None:
+    """This process's record in `out_dir`, or None when nothing is written (no output directory)."""
+    if out_dir is None:
+        return None
+    return out_dir / (GENERATIONS if rank == 0 else f"generations-rank{rank}.jsonl")
+
+
+def restart(path: Path | None, step: int, resumed: bool) -> None:
+    """Starts the record at optimiser step `step`: empty for a fresh run; for a resumed one, cut back to the
+    pairs of steps ≤ `step` (those after the checkpoint are generated again, identically)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if resumed and path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                break  # a line cut by a crash ends the usable record
+    path.write_text("".join(k + "\n" for k in kept))
+
+
+def append(path: Path | None, records: list[dict]) -> None:
+    """Appends `records` (one line each) to the record; nothing without a path or records."""
+    if path is None or not records:
+        return
+    with open(path, "a") as fh:
+        fh.write("".join(json.dumps(rec) + "\n" for rec in records))
+
+
+def record(pair_id: str, pair: GeneratedPair, prompt_text: str, route: str, y1_preferred: bool,
+           observed_prob: float, gold_prob: float | None) -> dict:
+    """One line of generations.jsonl, without its step."""
+    return {"id": pair_id, "route": route, "prompt": prompt_text, "y1": pair.y1_text, "y2": pair.y2_text,
+            "y1_preferred": bool(y1_preferred), "observed_prob": float(observed_prob),
+            "gold_prob": None if gold_prob is None else float(gold_prob),
+            "len_y1": len(pair.y1_ids), "len_y2": len(pair.y2_ids)}
