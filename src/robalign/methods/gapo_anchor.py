@@ -8,10 +8,10 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from robalign.blocks import decoder_layers
+from robalign.distributed import mean_over_processes
 from robalign.logprobs import SequenceLogps, sequence_logps, split_body_and_head
 from robalign.losses.gapo import anchor_step, probe_loss
 from robalign.methods.gapo_tail import TailRecorder
@@ -24,16 +24,6 @@ def margin_of(lp: SequenceLogps, ref: SequenceLogps | None, kind: str) -> torch.
         chosen, rejected = lp.mean()
         return chosen - rejected
     return (lp.chosen - ref.chosen) - (lp.rejected - ref.rejected)
-
-
-def all_reduce_mean(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Averages tensors across data-parallel ranks in one collective; identity with a single process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensors
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 def changed_fraction(stored, delta: list[torch.Tensor]) -> torch.Tensor:
@@ -150,7 +140,7 @@ def compute_anchor(model, batch, ref: SequenceLogps | None, params, *, beta: flo
         m = margin_of(lp, ref, c.margin)
         grads = torch.autograd.grad(probe_loss(m, beta=beta, gamma=gamma), weights_in_scope,
                                     retain_graph=keep_graph, allow_unused=True, materialize_grads=True)
-    grads = all_reduce_mean(list(grads))  # one anchor for the global micro-batch
+    grads = mean_over_processes(list(grads))  # one anchor for the global micro-batch
     scale = asam_weights(model, named) if c.perturbation == "asam" else None
     delta = anchor_step(grads, scale, rho=c.radius)
     del grads, scale

@@ -36,12 +36,12 @@ import torch
 
 from robalign.data.collate import PreferenceBatch, collate
 from robalign.data.tokenize import TokenizedPair
+from robalign.distributed import rank_and_world
 from robalign.errors import ConfigError
 from robalign.generation import GeneratedPair
 from robalign.logprobs import SequenceLogps
 from robalign.methods.base import Method, reward_metrics
 from robalign.online import generations
-from robalign.online.draws import rank_and_world
 from robalign.online.sampling import prompt_texts, sample_pairs
 from robalign.online_settings import OnlineConfig
 from robalign.oracles import build_oracle
@@ -108,21 +108,6 @@ def gold_agreement(y1_preferred: torch.Tensor, gold_prob: torch.Tensor) -> torch
 def mean_or_zero(values: torch.Tensor) -> torch.Tensor:
     """Mean, or 0 for an empty tensor (metrics are averaged over micro-batches; NaN would poison them)."""
     return values.float().mean() if values.numel() else torch.zeros((), device=values.device)
-
-
-def is_main() -> bool:
-    """Whether this is process 0 of the data-parallel group (or the only process)."""
-    return rank_and_world()[0] == 0
-
-
-def process_sum(x: torch.Tensor) -> torch.Tensor:
-    """x summed over the processes of the run (x itself with one process); used for batch statistics
-    such as the score-function baseline, so that N processes compute the one-process global value."""
-    if rank_and_world()[1] == 1:
-        return x
-    x = x.detach().clone()
-    torch.distributed.all_reduce(x)
-    return x
 
 
 class OnlineMethod(Method):

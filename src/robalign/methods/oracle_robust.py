@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from robalign.distributed import is_main, sum_over_processes
 from robalign.errors import UserError
 from robalign.logprobs import sequence_logps
 from robalign.losses.online import OnlineLossOutput, oracle_robust_loss
@@ -52,10 +53,8 @@ from robalign.methods.online import (
     assemble,
     batch_rows,
     gold_agreement,
-    is_main,
     labelled_reward_metrics,
     margin,
-    process_sum,
 )
 from robalign.methods.oracle_robust_iterates import (
     ITERATES,
@@ -191,7 +190,7 @@ class OracleRobustMethod(OnlineMethod):
         h = margin(lp, ref)
         y1_pref = labels.y1_preferred.to(h.device)
         out = oracle_robust_loss(h, y1_pref, lp.chosen + lp.rejected, beta=self.beta, rho=self.rho,
-                                 sf_coef=self.params.sf_coef, all_sum=process_sum)
+                                 sf_coef=self.params.sf_coef, all_sum=sum_over_processes)
         recs = [record(r.id, g, x, "oracle", w, o, gp) for r, g, x, w, o, gp in
                 zip(rows, generated, texts, labels.y1_preferred.tolist(), labels.observed_prob.tolist(),
                     labels.gold_prob.tolist())]

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from robalign.data.prompts import is_prompt_only_ids
+from robalign.distributed import sum_over_processes
 from robalign.errors import UserError
 from robalign.logprobs import sequence_logps
 from robalign.losses.online import DP, DPO, PP, PR, ROUTE_NAMES, draw_routes, sail_loss, self_label
@@ -46,7 +47,6 @@ from robalign.methods.online import (
     labelled_reward_metrics,
     margin,
     mean_or_zero,
-    process_sum,
 )
 from robalign.online.draws import Draws
 from robalign.online.generations import record
@@ -129,7 +129,7 @@ class SailMethod(OnlineMethod):
             idx = torch.tensor(oracle_rows, device=device)
             y1_pref = y1_pref.index_put((idx,), labels.y1_preferred.to(device))
         out = sail_loss(h, y1_pref, lp.chosen + lp.rejected, routes, beta=self.beta, coef_dp=s.coef_dp,
-                        coef_pp=s.coef_pp, coef_pr=s.coef_pr, all_sum=process_sum)
+                        coef_pp=s.coef_pp, coef_pr=s.coef_pr, all_sum=sum_over_processes)
         self._record(t, rows, routes, sampled, generated, texts, h, y1_pref, oracle_rows, labels)
         metrics = self._metrics(out, lp, ref, routes, y1_pref, sampled)
         per_pair = {"loss": out.per_pair.detach(), "h": out.h_w, "route": routes.float(),

@@ -12,12 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) without torch.distributed."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+from robalign.distributed import rank_and_world
 
 
 def local_uniforms(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
