@@ -70,7 +70,7 @@ def test_batches_go_to_the_device_of_the_model(tiny, monkeypatch):
     import torch
 
     import robalign.evaluate as ev
-    from robalign.logprobs import SequenceLogps
+    from robalign.pair_logps import PairLogps
 
     _, tok = tiny
     data, _ = tokenize_pairs(tok, make_pairs(4), max_length=64, max_prompt_length=32)
@@ -79,7 +79,7 @@ def test_batches_go_to_the_device_of_the_model(tiny, monkeypatch):
     def spy(model, batch):
         seen.append(batch.input_ids.device.type)
         n = batch.num_pairs
-        return SequenceLogps(-torch.ones(n), -2 * torch.ones(n), torch.ones(n), torch.ones(n))
+        return PairLogps(-torch.ones(n), -2 * torch.ones(n), torch.ones(n), torch.ones(n))
 
     monkeypatch.setattr(ev, "sequence_logps", spy)
     out = PreferenceEvaluator(data, tok.pad_token_id, batch_size=2).evaluate(torch.nn.Linear(2, 2, device="meta"))

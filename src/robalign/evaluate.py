@@ -11,7 +11,8 @@ import torch
 from robalign.blocks import device_of
 from robalign.data.collate import collate
 from robalign.data.tokenize import TokenizedPair
-from robalign.logprobs import SequenceLogps, sequence_logps
+from robalign.logprobs import sequence_logps
+from robalign.pair_logps import PairLogps, dpo_margin, length_normalised_margin
 from robalign.precision import FP32_TAG, check_recorded_precision
 from robalign.stats import correctness
 
@@ -49,10 +50,10 @@ class PreferenceEvaluator:
         self.batches = [collate(g, pad_id) for g in groups]
         if trunk is not None:  # a `robalign.trunk.TrunkCache` holding these pairs: run only the top blocks
             self.batches = [trunk.attach(b, g) for b, g in zip(self.batches, groups)]
-        self._ref: list[SequenceLogps] | None = None
+        self._ref: list[PairLogps] | None = None
 
     @torch.no_grad()
-    def _reference_logps(self) -> list[SequenceLogps] | None:
+    def _reference_logps(self) -> list[PairLogps] | None:
         if self._ref is None and self.reference is None:
             return None
         if self._ref is None:
@@ -84,11 +85,9 @@ class PreferenceEvaluator:
         h, m = [], []
         for k, batch in enumerate(self.batches):  # kept on the CPU, moved one at a time (GPU memory)
             lp = sequence_logps(model, batch.to(device))
-            avg_c, avg_r = lp.mean()
-            m.append(avg_c - avg_r)
+            m.append(length_normalised_margin(lp))
             if refs is not None:
-                ref = refs[k]
-                h.append((lp.chosen - ref.chosen.to(device)) - (lp.rejected - ref.rejected.to(device)))
+                h.append(dpo_margin(lp.with_reference(refs[k].to(device))))
         model.train(was_training)
         # Per pair, in `self.order` (for paired comparisons between runs on the same held-out pairs).
         self.last_margins = {"h": torch.cat(h) if h else None, "M": torch.cat(m)}

@@ -9,7 +9,6 @@ log-softmax, so no [tokens x vocabulary] tensor is ever made for prompt or paddi
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,29 +16,7 @@ import torch.nn.functional as F
 from robalign.blocks import only_blocks
 from robalign.data.collate import PreferenceBatch
 from robalign.errors import UserError
-
-
-@dataclass
-class SequenceLogps:
-    """Per-sequence completion log-probs of B pairs.
-
-    Attributes:
-        chosen, rejected: [B] sums of token log-probs over completion tokens.
-        chosen_lengths, rejected_lengths: [B] completion token counts (float).
-    """
-
-    chosen: torch.Tensor
-    rejected: torch.Tensor
-    chosen_lengths: torch.Tensor
-    rejected_lengths: torch.Tensor
-
-    def detach(self) -> SequenceLogps:
-        return SequenceLogps(self.chosen.detach(), self.rejected.detach(), self.chosen_lengths,
-                             self.rejected_lengths)
-
-    def mean(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token-averaged log-probs (chosen, rejected), [B] each."""
-        return self.chosen / self.chosen_lengths, self.rejected / self.rejected_lengths
+from robalign.pair_logps import PairLogps
 
 
 def split_body_and_head(model):
@@ -143,7 +120,7 @@ def completion_token_logps(model, batch: PreferenceBatch) -> tuple[torch.Tensor,
     return token_logps(head, hidden, targets), rows
 
 
-def sequence_logps(model, batch: PreferenceBatch) -> SequenceLogps:
+def sequence_logps(model, batch: PreferenceBatch) -> PairLogps:
     """Completion log-prob sums of chosen and rejected rows in one forward.
 
     A data-parallel policy (DDP around `PolicyLM`, or a sharded `PolicyLM`) is called through its
@@ -158,9 +135,9 @@ def sequence_logps(model, batch: PreferenceBatch) -> SequenceLogps:
     return reduce_to_sequences(per_token, rows, batch)
 
 
-def reduce_to_sequences(per_token: torch.Tensor, rows: torch.Tensor, batch: PreferenceBatch) -> SequenceLogps:
+def reduce_to_sequences(per_token: torch.Tensor, rows: torch.Tensor, batch: PreferenceBatch) -> PairLogps:
     n_rows = batch.input_ids.shape[0]
     sums = torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
     lengths = batch.completion_mask.sum(dim=1).to(per_token.dtype)
     b = n_rows // 2
-    return SequenceLogps(sums[:b], sums[b:], lengths[:b], lengths[b:])
+    return PairLogps(sums[:b], sums[b:], lengths[:b], lengths[b:])

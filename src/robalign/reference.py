@@ -1,6 +1,6 @@
 """Where reference log-probs come from: a frozen copy, the policy with adapters off, or a disk cache.
 
-All providers answer `logps(batch) -> SequenceLogps` without gradient. Reference-free methods get
+All providers answer `logps(batch) -> PairLogps` without gradient. Reference-free methods get
 `NoReference`, a null object, so the training step never branches on the method's name.
 """
 
@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from robalign.atomic import write_tensors
 from robalign.data.collate import PreferenceBatch, collate
-from robalign.logprobs import SequenceLogps, sequence_logps
+from robalign.logprobs import sequence_logps
+from robalign.pair_logps import PairLogps
 from robalign.precision import FP32_TAG, check_recorded_precision
 
 
@@ -48,7 +49,7 @@ class FrozenCopyReference:
         self.model.requires_grad_(False)
 
     @torch.no_grad()
-    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+    def logps(self, batch: PreferenceBatch) -> PairLogps:
         return sequence_logps(self.model, batch)
 
 
@@ -60,7 +61,7 @@ class InitialPolicyReference:
         self.model = model
 
     @torch.no_grad()
-    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+    def logps(self, batch: PreferenceBatch) -> PairLogps:
         with evaluating(self.model):
             return sequence_logps(self.model, batch)
 
@@ -72,7 +73,7 @@ class AdapterDisabledReference:
         self.model = peft_model
 
     @torch.no_grad()
-    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+    def logps(self, batch: PreferenceBatch) -> PairLogps:
         with evaluating(self.model), self.model.disable_adapter():
             return sequence_logps(self.model, batch)
 
@@ -87,7 +88,7 @@ class MemoizedReference:
 
     Args:
         inner: the provider that computes a batch not seen yet.
-        memo: a mapping from key to `SequenceLogps` (a dict, or a `DiskMemo` to share between processes).
+        memo: a mapping from key to `PairLogps` (a dict, or a `DiskMemo` to share between processes).
             Only valid for one base model: every provider using it must compute the same function.
         precision: how `inner` computes (`robalign.precision.precision_tag`); part of the key, so runs in
             another precision never read these values.
@@ -98,7 +99,7 @@ class MemoizedReference:
         self.hits = self.misses = 0
 
     @torch.no_grad()
-    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+    def logps(self, batch: PreferenceBatch) -> PairLogps:
         key = batch_key(batch, self.precision)
         found = self.memo.get(key)
         if found is not None:
@@ -110,9 +111,8 @@ class MemoizedReference:
         return out
 
 
-def _moved(lp: SequenceLogps, device) -> SequenceLogps:
-    return SequenceLogps(lp.chosen.detach().to(device), lp.rejected.detach().to(device),
-                         lp.chosen_lengths.to(device), lp.rejected_lengths.to(device))
+def _moved(lp: PairLogps, device) -> PairLogps:
+    return lp.detach().to(device)
 
 
 def batch_key(batch: PreferenceBatch, precision: str = FP32_TAG) -> str:
@@ -134,14 +134,14 @@ class DiskMemo:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
 
-    def get(self, key: str) -> SequenceLogps | None:
+    def get(self, key: str) -> PairLogps | None:
         path = self.directory / f"{key}.safetensors"
         if not path.is_file():
             return None
         table = load_file(path)
-        return SequenceLogps(table["chosen"], table["rejected"], table["chosen_lengths"], table["rejected_lengths"])
+        return PairLogps(table["chosen"], table["rejected"], table["chosen_lengths"], table["rejected_lengths"])
 
-    def __setitem__(self, key: str, value: SequenceLogps):
+    def __setitem__(self, key: str, value: PairLogps):
         write_tensors({name: getattr(value, name).contiguous() for name in
                           ("chosen", "rejected", "chosen_lengths", "rejected_lengths")},
                          self.directory / f"{key}.safetensors")
@@ -153,12 +153,12 @@ class CachedReference:
     def __init__(self, chosen: torch.Tensor, rejected: torch.Tensor):
         self.chosen, self.rejected = chosen, rejected
 
-    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+    def logps(self, batch: PreferenceBatch) -> PairLogps:
         idx = batch.index.cpu()
         lengths = batch.completion_mask.sum(dim=1).float()
         b = batch.num_pairs
         dev = batch.input_ids.device
-        return SequenceLogps(self.chosen[idx].to(dev), self.rejected[idx].to(dev), lengths[:b], lengths[b:])
+        return PairLogps(self.chosen[idx].to(dev), self.rejected[idx].to(dev), lengths[:b], lengths[b:])
 
 
 def cache_key(model_id: str, model, pairs, settings: dict) -> str:

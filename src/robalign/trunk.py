@@ -35,7 +35,8 @@ from robalign.blocks import decoder_layers, device_of, only_blocks
 from robalign.data.collate import PreferenceBatch, collate
 from robalign.data.tokenize import TokenizedPair
 from robalign.errors import UserError
-from robalign.logprobs import SequenceLogps, packed_mask, split_body_and_head
+from robalign.logprobs import packed_mask, split_body_and_head
+from robalign.pair_logps import PairLogps
 from robalign.precision import FP32_TAG, check_recorded_precision
 from robalign.reference import evaluating
 
@@ -263,13 +264,13 @@ def _length_groups(pairs: list[TokenizedPair], size: int):
 class StoredReference:
     """Reference log-probs read from the batch's `TrunkStates` (filled by `TrunkCache.fill_reference`)."""
 
-    def logps(self, batch: PreferenceBatch) -> SequenceLogps:
+    def logps(self, batch: PreferenceBatch) -> PairLogps:
         t = batch.trunk
         if t is None or t.ref_chosen is None:
             raise RuntimeError("StoredReference: the batch carries no stored reference log-probs")
         lengths = batch.completion_mask.sum(dim=1).to(t.ref_chosen.dtype)
         b = batch.num_pairs
-        return SequenceLogps(t.ref_chosen, t.ref_rejected, lengths[:b], lengths[b:])
+        return PairLogps(t.ref_chosen, t.ref_rejected, lengths[:b], lengths[b:])
 
 
 @torch.no_grad()

@@ -66,11 +66,11 @@ def test_tail_first_order_anchor_equals_full_first_order_anchor(tiny, lora, marg
     batch = _batch(tiny[1], True)
     ref = None
     if margin == "dpo":  # any fixed reference log-probs: the margin's tangent must not depend on them
-        from robalign.logprobs import SequenceLogps
+        from robalign.pair_logps import PairLogps
 
         b = batch.num_pairs
-        ref = SequenceLogps(-torch.rand(b, dtype=torch.float64) * 50, -torch.rand(b, dtype=torch.float64) * 50,
-                            torch.ones(b), torch.ones(b))
+        ref = PairLogps(-torch.rand(b, dtype=torch.float64) * 50, -torch.rand(b, dtype=torch.float64) * 50,
+                        torch.ones(b), torch.ones(b))
 
     def gap(tail):
         cfg = GapoParams(radius=0.5, scope="last_k_layers", last_k=1, anchor="first_order", tail_forward=tail,

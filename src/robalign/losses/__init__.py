@@ -1,11 +1,11 @@
-"""Preference losses: pure functions of sequence log-probs, one module per offline loss."""
+"""Preference losses: pure functions of sequence log-probs (`robalign.pair_logps.PairLogps`), one module per
+offline loss."""
 
 from robalign.losses.offline import (
     COMMON_DEFAULTS,
     LOSSES,
     Loss,
     LossOutput,
-    PairLogps,
     loss_params,
     preference_loss,
     validate_loss_params,
@@ -16,7 +16,6 @@ __all__ = [
     "LOSSES",
     "Loss",
     "LossOutput",
-    "PairLogps",
     "loss_params",
     "preference_loss",
     "validate_loss_params",

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from robalign.losses.common import EPSILON_HELP, BetaParams, Loss, PairLogps, dpo_margin
+from robalign.losses.common import EPSILON_HELP, BetaParams, Loss
+from robalign.pair_logps import PairLogps, dpo_margin
 from robalign.settings import setting
 
 

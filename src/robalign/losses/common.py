@@ -1,5 +1,5 @@
-"""What every offline loss shares: the batch of sequence log-probs, the margins, the SFT term, the
-result, and `Loss`, the registry entry a loss module declares.
+"""What every offline loss shares: the lengths a loss may require, the SFT term, the result, and `Loss`,
+the registry entry a loss module declares. Losses read `robalign.pair_logps.PairLogps` and its margins.
 
 Shapes: B = number of pairs. All log-probs are token **sums** over the completion, as in DPO (Rafailov et al. 2023).
 """
@@ -11,28 +11,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from robalign.pair_logps import PairLogps
 from robalign.settings import Params, setting
-
-
-@dataclass(frozen=True)
-class PairLogps:
-    """Sequence log-probs of a batch of B preference pairs.
-
-    Attributes:
-        chosen: [B] summed completion log-probs lp_θ(y_w) of the policy.
-        rejected: [B] lp_θ(y_l).
-        ref_chosen: [B] lp_ref(y_w), or None for reference-free losses.
-        ref_rejected: [B] lp_ref(y_l), or None.
-        chosen_lengths: [B] completion token counts len(y_w) (≥ 1), or None.
-        rejected_lengths: [B] len(y_l), or None.
-    """
-
-    chosen: Tensor
-    rejected: Tensor
-    ref_chosen: Tensor | None = None
-    ref_rejected: Tensor | None = None
-    chosen_lengths: Tensor | None = None
-    rejected_lengths: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -55,12 +35,7 @@ class LossOutput:
     margin: Tensor
 
 
-# --- margins --------------------------------------------------------------------------------------
-
-
-def dpo_margin(p: PairLogps) -> Tensor:
-    """h = [lp_θ(y_w) − lp_ref(y_w)] − [lp_θ(y_l) − lp_ref(y_l)], shape [B]."""
-    return (p.chosen - p.ref_chosen) - (p.rejected - p.ref_rejected)
+# --- lengths and the SFT term ------------------------------------------------------------------------
 
 
 def lengths(p: PairLogps, why: str) -> tuple[Tensor, Tensor]:

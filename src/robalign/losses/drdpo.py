@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robalign.losses.common import BetaParams, Loss, PairLogps
+from robalign.losses.common import BetaParams, Loss
 from robalign.losses.dpo import dpo
+from robalign.pair_logps import PairLogps
 from robalign.settings import setting
 
 

@@ -73,12 +73,6 @@ def gapo_loss(margin: Tensor, anchor_margin: Tensor, *, beta: float,
     return per_pair, gap, weight
 
 
-def sft_nll(chosen_logps: Tensor, chosen_lengths: Tensor, reduction: str) -> Tensor:
-    """[B] NLL of the chosen response: token mean ('mean') or sequence sum ('sum', RPO)."""
-    nll = -chosen_logps  # SFT / RPO term, Liu et al. 2024 (arXiv 2405.16436)
-    return nll / chosen_lengths if reduction == "mean" else nll
-
-
 def flip_auroc(scores: Tensor, flipped: Tensor) -> Tensor:
     """AUROC of `scores` for detecting flipped pairs, by comparing every flipped/clean couple.
 

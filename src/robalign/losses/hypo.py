@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from robalign.losses.common import BetaParams, Loss, PairLogps
+from robalign.losses.common import BetaParams, Loss
+from robalign.pair_logps import PairLogps
 
 
 @dataclass

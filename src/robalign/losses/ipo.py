@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from robalign.losses.common import BetaParams, Loss, PairLogps, dpo_margin, lengths
+from robalign.losses.common import BetaParams, Loss, lengths
+from robalign.pair_logps import PairLogps, dpo_margin
 from robalign.settings import setting
 
 

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from robalign.losses import cdpo, dpo, drdpo, hinge, hypo, ipo, oracle_robust_offline, rdpo, simpo, sympo
-from robalign.losses.common import Loss, LossOutput, PairLogps, SftParams, lengths, sft_nll
+from robalign.losses.common import Loss, LossOutput, SftParams, lengths, sft_nll
+from robalign.pair_logps import PairLogps
 
 LOSSES: dict[str, Loss] = {
     m.LOSS.name: m.LOSS for m in (dpo, ipo, hinge, cdpo, rdpo, simpo, hypo, sympo, drdpo, oracle_robust_offline)
@@ -70,7 +71,7 @@ def _pairs(spec: Loss, **tensors: Tensor | None) -> PairLogps:
     lengths = [tensors[k] for k in ("chosen_lengths", "rejected_lengths")]
     lengths = [None if t is None else t.to(dtype) for t in lengths]
     refs = [tensors[k] if spec.needs_reference else None for k in ref]
-    return PairLogps(tensors["chosen_logps"], tensors["rejected_logps"], *refs, *lengths)
+    return PairLogps(tensors["chosen_logps"], tensors["rejected_logps"], *lengths, *refs)
 
 
 def preference_loss(

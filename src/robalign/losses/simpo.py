@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from robalign.losses.common import GAMMA_HELP, Loss, PairLogps, SftParams, lengths
+from robalign.losses.common import GAMMA_HELP, Loss, SftParams, lengths
+from robalign.pair_logps import PairLogps, length_normalised_margin
 from robalign.settings import setting
 
 
@@ -24,8 +25,8 @@ class Params(SftParams):
 
 def simpo_margin(p: PairLogps) -> Tensor:
     """M = avg_θ(y_w) − avg_θ(y_l), shape [B]; no reference model."""
-    lw, ll = lengths(p, "by simpo (length-normalised margin)")
-    return p.chosen / lw - p.rejected / ll
+    lengths(p, "by simpo (length-normalised margin)")
+    return length_normalised_margin(p)
 
 
 def simpo(p: PairLogps, *, beta: float, gamma: float) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robalign.losses.common import BetaParams, Loss, PairLogps, dpo_margin
+from robalign.losses.common import BetaParams, Loss
+from robalign.pair_logps import PairLogps, dpo_margin
 from robalign.settings import setting
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from robalign.logprobs import SequenceLogps
+from robalign.pair_logps import PairLogps
 from robalign.stats import correctness
 
 
@@ -71,7 +71,7 @@ class Method:
         """Called once at the end of a run on the main process (e.g. to draw the method's plots)."""
 
 
-def reward_metrics(policy: SequenceLogps, chosen_rewards, rejected_rewards) -> dict[str, torch.Tensor]:
+def reward_metrics(policy: PairLogps, chosen_rewards, rejected_rewards) -> dict[str, torch.Tensor]:
     """The conventional per-step names (TRL's), as detached batch means.
 
     Metrics:

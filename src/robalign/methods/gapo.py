@@ -58,12 +58,13 @@ import torch
 from torch import nn
 
 from robalign.errors import ConfigError, UserError
-from robalign.logprobs import SequenceLogps, sequence_logps
-from robalign.losses.common import SftParams
-from robalign.losses.gapo import flip_auroc, gapo_loss, sft_nll
+from robalign.logprobs import sequence_logps
+from robalign.losses.common import SftParams, sft_nll
+from robalign.losses.gapo import flip_auroc, gapo_loss
 from robalign.methods.base import Method, StepResult, reward_metrics
 from robalign.methods.gapo_anchor import Anchor, compute_anchor, margin_of
 from robalign.methods.gapo_report import write_report
+from robalign.pair_logps import PairLogps
 from robalign.settings import setting
 
 
@@ -194,7 +195,7 @@ class GapoMethod(Method):
                     f"gapo.scope: last_k_layers and gapo.last_k: {train_last_k} (= model.train_last_k)")
         return None
 
-    def anchor(self, model, batch, ref: SequenceLogps | None = None, *, keep_graph: bool = False) -> Anchor:
+    def anchor(self, model, batch, ref: PairLogps | None = None, *, keep_graph: bool = False) -> Anchor:
         """Probe, anchor step and anchor margins of one batch (steps 1–3 of the module docstring).
 
         With `keep_graph` the returned margin keeps the probe forward's graph for the loss; otherwise
@@ -216,7 +217,7 @@ class GapoMethod(Method):
         per_pair, gap, weight = gapo_loss(m, a.anchor_margin, beta=self.beta, gamma=self.gamma)
         loss = per_pair.mean()
         if self.params.sft_weight > 0:
-            sft = self.params.sft_weight * sft_nll(lp.chosen, lp.chosen_lengths, self.params.sft_reduction)
+            sft = self.params.sft_weight * sft_nll(lp, self.params.sft_reduction)
             per_pair, loss = per_pair + sft, loss + sft.mean()
         metrics = self._metrics(lp, ref, gap.detach(), weight, a, batch)
         per_pair_log = {"gap": gap.detach(), "weight": weight, "margin": m.detach(), "loss": per_pair.detach()}

@@ -12,18 +12,17 @@ from torch import nn
 
 from robalign.blocks import decoder_layers
 from robalign.distributed import mean_over_processes
-from robalign.logprobs import SequenceLogps, sequence_logps, split_body_and_head
+from robalign.logprobs import sequence_logps, split_body_and_head
 from robalign.losses.gapo import anchor_step, probe_loss
 from robalign.methods.gapo_tail import TailRecorder
 from robalign.methods.gapo_weights import asam_weights, check_precision, requiring_grad, scoped_parameters
+from robalign.pair_logps import PairLogps, dpo_margin, length_normalised_margin
 
 
-def margin_of(lp: SequenceLogps, ref: SequenceLogps | None, kind: str) -> torch.Tensor:
-    """[B] margin m: SimPO's M = avg_θ(y_w) − avg_θ(y_l), or DPO's h against the reference log-probs."""
-    if kind == "simpo":
-        chosen, rejected = lp.mean()
-        return chosen - rejected
-    return (lp.chosen - ref.chosen) - (lp.rejected - ref.rejected)
+def margin_of(lp: PairLogps, ref: PairLogps | None, kind: str) -> torch.Tensor:
+    """[B] GAPO's margin m of the policy's log-probs `lp`: SimPO's M (`margin: simpo`) or DPO's h against
+    the reference's log-probs `ref` (`margin: dpo`)."""
+    return length_normalised_margin(lp) if kind == "simpo" else dpo_margin(lp.with_reference(ref))
 
 
 def changed_fraction(stored, delta: list[torch.Tensor]) -> torch.Tensor:
@@ -94,7 +93,7 @@ class Anchor:
     """One micro-batch's anchor.
 
     Attributes:
-        logps: the policy's SequenceLogps at θ (with graph when asked for).
+        logps: the policy's PairLogps at θ (with graph when asked for).
         margin: [B] m(θ) (with graph when asked for).
         anchor_margin: [B] detached m̃ = m(θ + δ) (first-order: m + ⟨∇m, δ⟩).
         changed_fraction: share of the scoped weight elements δ moves whose value θ + δ actually changes in
@@ -102,7 +101,7 @@ class Anchor:
         delta_norm: ‖δ‖₂ over the scope.
     """
 
-    logps: SequenceLogps
+    logps: PairLogps
     margin: torch.Tensor
     anchor_margin: torch.Tensor
     changed_fraction: torch.Tensor
@@ -122,7 +121,7 @@ def tail_recorder(model, params) -> TailRecorder | None:
     return recorder if recorder.usable else None
 
 
-def compute_anchor(model, batch, ref: SequenceLogps | None, params, *, beta: float, gamma: float,
+def compute_anchor(model, batch, ref: PairLogps | None, params, *, beta: float, gamma: float,
                    keep_graph: bool = False) -> Anchor:
     """Probe, anchor step and anchor margins of one batch under `params` (a `GapoParams`).
 

@@ -21,7 +21,6 @@ from torch import nn
 
 from robalign.blocks import final_norm
 from robalign.logprobs import (
-    SequenceLogps,
     completion_targets,
     gather_completion_states,
     layout_for,
@@ -29,6 +28,7 @@ from robalign.logprobs import (
     split_body_and_head,
     token_logps,
 )
+from robalign.pair_logps import PairLogps
 
 
 class TailRecorder:
@@ -65,7 +65,7 @@ class TailRecorder:
                 handle.remove()
 
     @torch.no_grad()
-    def sequence_logps(self, batch) -> SequenceLogps:
+    def sequence_logps(self, batch) -> PairLogps:
         """Completion log-probs from the recorded block input through the (current) last blocks."""
         return self._run(batch, lambda _k, block, *args, **kwargs: block(*args, **kwargs))
 
@@ -120,7 +120,7 @@ class TailRecorder:
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
-    def _run(self, batch, call_block) -> SequenceLogps:
+    def _run(self, batch, call_block) -> PairLogps:
         batch = layout_for(self.body, batch)  # the layout the probe forward ran
         hidden, targets, rows = gather_completion_states(self.norm(self._states(call_block)), batch)
         return reduce_to_sequences(token_logps(self.head, hidden, targets), rows, batch)

@@ -39,12 +39,12 @@ from robalign.data.tokenize import TokenizedPair
 from robalign.distributed import rank_and_world
 from robalign.errors import ConfigError
 from robalign.generation import GeneratedPair
-from robalign.logprobs import SequenceLogps
 from robalign.methods.base import Method, reward_metrics
 from robalign.online import generations
 from robalign.online.sampling import prompt_texts, sample_pairs
 from robalign.online_settings import OnlineConfig
 from robalign.oracles import build_oracle
+from robalign.pair_logps import PairLogps
 
 
 @dataclass
@@ -78,24 +78,11 @@ def assemble(rows: list[Row], pad_id: int, device) -> PreferenceBatch:
     return collate(pairs, pad_id).to(device)
 
 
-def labelled(lp: SequenceLogps, y1_preferred: torch.Tensor) -> SequenceLogps:
-    """Log-probs rearranged as (winner, loser) by the labels."""
-    return SequenceLogps(torch.where(y1_preferred, lp.chosen, lp.rejected),
-                         torch.where(y1_preferred, lp.rejected, lp.chosen),
-                         torch.where(y1_preferred, lp.chosen_lengths, lp.rejected_lengths),
-                         torch.where(y1_preferred, lp.rejected_lengths, lp.chosen_lengths))
-
-
-def labelled_reward_metrics(lp: SequenceLogps, ref: SequenceLogps, y1_preferred: torch.Tensor,
-                            beta: float) -> dict[str, torch.Tensor]:
-    """The conventional rewards/* and logps/* names for (y_w, y_l) after labelling."""
-    win, ref_win = labelled(lp.detach(), y1_preferred), labelled(ref, y1_preferred)
-    return reward_metrics(win, beta * (win.chosen - ref_win.chosen), beta * (win.rejected - ref_win.rejected))
-
-
-def margin(lp: SequenceLogps, ref: SequenceLogps) -> torch.Tensor:
-    """h(y1, y2) = [lp_θ(y1) − lp_ref(y1)] − [lp_θ(y2) − lp_ref(y2)], [B] (same expression as DPO's)."""
-    return (lp.chosen - ref.chosen) - (lp.rejected - ref.rejected)
+def labelled_reward_metrics(lp: PairLogps, y1_preferred: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+    """The conventional rewards/* and logps/* names for (y_w, y_l) after labelling; `lp` carries the
+    reference's log-probs."""
+    win = lp.detach().labelled(y1_preferred)
+    return reward_metrics(win, beta * (win.chosen - win.ref_chosen), beta * (win.rejected - win.ref_rejected))
 
 
 def gold_agreement(y1_preferred: torch.Tensor, gold_prob: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,6 @@ from robalign.methods.online import (
     batch_rows,
     gold_agreement,
     labelled_reward_metrics,
-    margin,
 )
 from robalign.methods.oracle_robust_iterates import (
     ITERATES,
@@ -70,6 +69,7 @@ from robalign.methods.oracle_robust_iterates import (
 from robalign.methods.oracle_robust_prox import ProxResult, proximal_refine
 from robalign.online.draws import Draws
 from robalign.online.generations import record
+from robalign.pair_logps import dpo_margin
 from robalign.policy import unwrap_policy
 from robalign.settings import Params, setting
 
@@ -185,20 +185,19 @@ class OracleRobustMethod(OnlineMethod):
                                     uniforms=draws.oracle)
         scored = [Row(r.prompt, g.y1_ids, g.y2_ids, r.id, r.index, None) for r, g in zip(rows, generated)]
         work = assemble(scored, tok.pad_token_id, batch.input_ids.device)
-        lp = sequence_logps(policy, work)  # one concatenated forward over y1 and y2 rows
-        ref = reference.logps(work)
-        h = margin(lp, ref)
+        lp = sequence_logps(policy, work).with_reference(reference.logps(work))  # one forward over y1 and y2 rows
+        h = dpo_margin(lp)
         y1_pref = labels.y1_preferred.to(h.device)
         out = oracle_robust_loss(h, y1_pref, lp.chosen + lp.rejected, beta=self.beta, rho=self.rho,
                                  sf_coef=self.params.sf_coef, all_sum=sum_over_processes)
         recs = [record(r.id, g, x, "oracle", w, o, gp) for r, g, x, w, o, gp in
                 zip(rows, generated, texts, labels.y1_preferred.tolist(), labels.observed_prob.tolist(),
                     labels.gold_prob.tolist())]
-        return out, {"lp": lp, "ref": ref, "labels": labels, "y1_pref": y1_pref, "records": recs}
+        return out, {"lp": lp, "labels": labels, "y1_pref": y1_pref, "records": recs}
 
     def _metrics(self, out: OnlineLossOutput, ctx: dict) -> dict[str, torch.Tensor]:
         lp, labels, device = ctx["lp"], ctx["labels"], out.loss.device
-        metrics = labelled_reward_metrics(lp, ctx["ref"], ctx["y1_pref"], self.beta)
+        metrics = labelled_reward_metrics(lp, ctx["y1_pref"], self.beta)
         agree = gold_agreement(labels.y1_preferred, labels.gold_prob)
         metrics.update({
             "online/oracle_agreement": agree.float().mean().to(device),

@@ -45,11 +45,11 @@ from robalign.methods.online import (
     assemble,
     batch_rows,
     labelled_reward_metrics,
-    margin,
     mean_or_zero,
 )
 from robalign.online.draws import Draws
 from robalign.online.generations import record
+from robalign.pair_logps import dpo_margin
 from robalign.settings import Params, setting
 
 
@@ -112,9 +112,8 @@ class SailMethod(OnlineMethod):
                   if i in generated else r for i, r in enumerate(rows)]
         work = batch if not sampled else assemble(scored, tok.pad_token_id, batch.input_ids.device)
 
-        lp = sequence_logps(policy, work)  # one concatenated forward over all B pairs
-        ref = reference.logps(work)
-        h = margin(lp, ref)
+        lp = sequence_logps(policy, work).with_reference(reference.logps(work))  # one forward over all B pairs
+        h = dpo_margin(lp)
         device = h.device
         routes, u_self = routes.to(device), u_self.to(device)
         y1_pref = torch.ones_like(routes, dtype=torch.bool)
@@ -131,7 +130,7 @@ class SailMethod(OnlineMethod):
         out = sail_loss(h, y1_pref, lp.chosen + lp.rejected, routes, beta=self.beta, coef_dp=s.coef_dp,
                         coef_pp=s.coef_pp, coef_pr=s.coef_pr, all_sum=sum_over_processes)
         self._record(t, rows, routes, sampled, generated, texts, h, y1_pref, oracle_rows, labels)
-        metrics = self._metrics(out, lp, ref, routes, y1_pref, sampled)
+        metrics = self._metrics(out, lp, routes, y1_pref, sampled)
         per_pair = {"loss": out.per_pair.detach(), "h": out.h_w, "route": routes.float(),
                     "swapped": (~y1_pref).float()}
         return StepResult(out.loss, metrics, per_pair)
@@ -159,8 +158,8 @@ class SailMethod(OnlineMethod):
                                observed, gold))
         self._write(t, recs)
 
-    def _metrics(self, out, lp, ref, routes, y1_pref, sampled) -> dict[str, torch.Tensor]:
-        metrics = labelled_reward_metrics(lp, ref, y1_pref, self.beta)
+    def _metrics(self, out, lp, routes, y1_pref, sampled) -> dict[str, torch.Tensor]:
+        metrics = labelled_reward_metrics(lp, y1_pref, self.beta)
         for code, name in enumerate(ROUTE_NAMES):
             metrics[f"sail/frac_{name}"] = (routes == code).float().mean()
         own = (routes == DP) | (routes == PP)
