@@ -44,7 +44,8 @@ class PairLogps:
 
     def to(self, device) -> PairLogps:
         """Every tensor on `device`."""
-        return PairLogps(*(None if t is None else t.to(device) for t in dataclasses.astuple(self)))
+        moved = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return PairLogps(*(None if t is None else t.to(device) for t in moved))
 
     def mean(self) -> tuple[Tensor, Tensor]:
         """Token-averaged log-probs (chosen, rejected), [B] each."""
