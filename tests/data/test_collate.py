@@ -72,3 +72,12 @@ def test_short_pairs_share_a_row_and_cannot_see_each_other():
     assert pack.seq_row.tolist().count(0) == 2 and pack.seq_row.tolist().count(3) == 1
     first_of_a = pack.seq_row.tolist().index(0)
     assert (pack.source_row[first_of_a].item(), pack.source_pos[first_of_a].item()) == (1, 5)
+
+
+def test_the_batch_keeps_its_source_pairs_whose_prompts_are_the_rows_before_the_completion():
+    pairs = [TokenizedPair([5, 6], [7, 8, 9], [10], "a", 3), TokenizedPair([11], [12], [13, 14, 15], "b", 0, True)]
+    batch = collate(pairs, pad_id=0).to("cpu")
+    assert batch.pairs == pairs
+    for i, p in enumerate(batch.pairs):
+        start = int(batch.completion_mask[i].nonzero()[0])
+        assert batch.input_ids[i, :start].tolist() == p.prompt_ids

@@ -1,6 +1,7 @@
 """SAIL on the tiny model: routing, self-labelling, the DPO limit, sampled rows, prompt-only data."""
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -153,3 +154,9 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="cached"):
         build_method("sail", {}, build_config({"model": {"reference": "cached"}}))
     assert PR == 3
+
+
+def test_a_batch_without_its_source_pairs_is_refused(setup):
+    policy, ref, batch, tok = setup
+    with pytest.raises(ValueError, match="PreferenceBatch.pairs"):
+        _sail(tok).step(policy, ref, dataclasses.replace(batch, pairs=None))

@@ -13,6 +13,10 @@ prompt+rejected, so chosen and rejected go through the model in one forward. Two
 `completion_mask[i, t]` marks the tokens whose log-probs are scored (the model predicts token t from
 position t-1). Padding is kept small by sorting pairs of similar length into the same batch.
 
+The batch also keeps the `TokenizedPair`s it was collated from (`pairs`, in row order): the online
+methods read their prompts there (pair i's prompt is `pairs[i].prompt_ids`, the ids of row i before
+its first completion token) instead of taking the padded tensors apart again.
+
 The log-prob engine does not run those 2B rows as they are: `SharedPromptPack` lays each pair out as
 `prompt + chosen + rejected`, where rejected tokens take the positions right after the prompt and may
 not attend to the chosen tokens, and puts short pairs side by side in one row (first-fit into rows as
@@ -123,6 +127,7 @@ class PreferenceBatch:
             run the 2B rows directly.
         trunk: the cached output of the frozen blocks for `packed` (`robalign.trunk`), or None: then the
             log-prob engine runs only the blocks above it.
+        pairs: the B `TokenizedPair`s the batch was collated from, in row order (plain ids on the CPU).
     """
 
     input_ids: torch.Tensor
@@ -133,6 +138,7 @@ class PreferenceBatch:
     ids: list[str]
     packed: SharedPromptPack | None = None
     trunk: TrunkStates | None = None
+    pairs: list[TokenizedPair] | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -147,7 +153,7 @@ class PreferenceBatch:
                                                           "index", "is_flipped")}
         packed = None if self.packed is None else self.packed.to(device)
         trunk = None if self.trunk is None else self.trunk.to(device)
-        return PreferenceBatch(**move, ids=self.ids, packed=packed, trunk=trunk)
+        return PreferenceBatch(**move, ids=self.ids, packed=packed, trunk=trunk, pairs=self.pairs)
 
 
 def collate(pairs: list[TokenizedPair], pad_id: int, *, shared_prompt: bool = True) -> PreferenceBatch:
@@ -165,7 +171,7 @@ def collate(pairs: list[TokenizedPair], pad_id: int, *, shared_prompt: bool = Tr
     flipped = [float("nan") if p.is_flipped is None else float(p.is_flipped) for p in pairs]
     packed = pack_shared_prompt(pairs, pad_id) if shared_prompt else None
     return PreferenceBatch(input_ids, attention, completion, torch.tensor([p.index for p in pairs]),
-                           torch.tensor(flipped), [p.id for p in pairs], packed)
+                           torch.tensor(flipped), [p.id for p in pairs], packed, pairs=list(pairs))
 
 
 def epoch_batches(lengths: list[int], batch_size: int, *, seed: int, epoch: int,

@@ -1,10 +1,10 @@
 """The base of SAIL and oracle-robust online alignment: the trainer hooks, the step clock, sampling and the
 generation record (their pieces in `robalign.online`), and the metrics of labelled pairs.
 
-Both methods consume the ordinary `PreferenceBatch`: the prompt of pair i is row i of the batch up to
-its first completion token, and the dataset pair itself is there for SAIL's DPO / DP routes. Generated
-pairs replace dataset pairs row for row, and the policy scores the whole micro-batch in one
-concatenated forward (reference log-probs for the same batch come from the reference provider).
+Both methods consume the ordinary `PreferenceBatch` and read its source pairs (`PreferenceBatch.pairs`):
+the prompt of pair i is `pairs[i].prompt_ids`, and the dataset pair itself is there for SAIL's DPO / DP
+routes. Generated pairs replace dataset pairs row for row, and the policy scores the whole micro-batch in
+one concatenated forward (reference log-probs for the same batch come from the reference provider).
 
 Randomness comes only from the global torch RNG, which the trainer checkpoints (`robalign.online.draws`);
 batch statistics (the score-function baseline) are summed over processes, so that N processes compute
@@ -28,13 +28,11 @@ Trainer hooks:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from robalign.data.collate import PreferenceBatch, collate
+from robalign.data.collate import PreferenceBatch
 from robalign.data.tokenize import TokenizedPair
 from robalign.distributed import rank_and_world
 from robalign.errors import ConfigError
@@ -47,35 +45,18 @@ from robalign.oracles import build_oracle
 from robalign.pair_logps import PairLogps
 
 
-@dataclass
-class Row:
-    """One pair of a micro-batch as plain ids (CPU)."""
-
-    prompt: list[int]
-    y1: list[int]
-    y2: list[int]
-    id: str
-    index: int
-    is_flipped: bool | None
+def prompt_pairs(batch: PreferenceBatch) -> list[TokenizedPair]:
+    """The pairs `batch` was collated from (`PreferenceBatch.pairs`): the prompts to sample for, and the
+    dataset responses for SAIL's DPO / DP routes."""
+    if batch.pairs is None:
+        raise ValueError("an online method reads its prompts from the pairs a batch was collated from "
+                         "(PreferenceBatch.pairs, set by robalign.data.collate.collate); this batch has none")
+    return batch.pairs
 
 
-def batch_rows(batch: PreferenceBatch) -> list[Row]:
-    """The B pairs of `batch`: prompt = row i up to its first completion token, y1 = chosen, y2 = rejected."""
-    ids, comp = batch.input_ids.cpu(), batch.completion_mask.cpu()
-    b = batch.num_pairs
-    rows = []
-    for i in range(b):
-        start = int(comp[i].nonzero()[0])
-        flipped = float(batch.is_flipped[i])
-        rows.append(Row(ids[i, :start].tolist(), ids[i][comp[i]].tolist(), ids[b + i][comp[b + i]].tolist(),
-                        batch.ids[i], int(batch.index[i]), None if math.isnan(flipped) else bool(flipped)))
-    return rows
-
-
-def assemble(rows: list[Row], pad_id: int, device) -> PreferenceBatch:
-    """One `PreferenceBatch` of the rows (y1 in the chosen slot, y2 in the rejected slot)."""
-    pairs = [TokenizedPair(r.prompt, r.y1, r.y2, r.id, r.index, r.is_flipped) for r in rows]
-    return collate(pairs, pad_id).to(device)
+def with_responses(pair: TokenizedPair, generated: GeneratedPair) -> TokenizedPair:
+    """`pair`'s prompt with the two sampled responses, y1 in the chosen slot and y2 in the rejected slot."""
+    return TokenizedPair(pair.prompt_ids, generated.y1_ids, generated.y2_ids, pair.id, pair.index, None)
 
 
 def labelled_reward_metrics(lp: PairLogps, y1_preferred: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:

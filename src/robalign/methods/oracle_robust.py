@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from robalign.data.collate import collate
 from robalign.distributed import is_main, sum_over_processes
 from robalign.errors import UserError
 from robalign.logprobs import sequence_logps
@@ -49,11 +50,10 @@ from robalign.losses.online import OnlineLossOutput, oracle_robust_loss
 from robalign.methods.base import StepResult
 from robalign.methods.online import (
     OnlineMethod,
-    Row,
-    assemble,
-    batch_rows,
     gold_agreement,
     labelled_reward_metrics,
+    prompt_pairs,
+    with_responses,
 )
 from robalign.methods.oracle_robust_iterates import (
     ITERATES,
@@ -176,22 +176,22 @@ class OracleRobustMethod(OnlineMethod):
     def objective(self, policy, reference, batch) -> tuple[OnlineLossOutput, dict]:
         """Samples, labels and scores one micro-batch; returns the surrogate and what it saw."""
         tok = self._require_tokenizer()
-        rows = batch_rows(batch)
-        draws = Draws.take(len(rows))  # global RNG: restored on resume, sliced per process
-        prompts = [r.prompt for r in rows]
+        pairs = prompt_pairs(batch)
+        draws = Draws.take(len(pairs))  # global RNG: restored on resume, sliced per process
+        prompts = [p.prompt_ids for p in pairs]
         generated = self._sample(policy, prompts, draws.seeds)
         texts = self._prompt_texts(prompts)
         labels = self.oracle.sample(texts, [g.y1_text for g in generated], [g.y2_text for g in generated],
                                     uniforms=draws.oracle)
-        scored = [Row(r.prompt, g.y1_ids, g.y2_ids, r.id, r.index, None) for r, g in zip(rows, generated)]
-        work = assemble(scored, tok.pad_token_id, batch.input_ids.device)
+        scored = [with_responses(p, g) for p, g in zip(pairs, generated)]
+        work = collate(scored, tok.pad_token_id).to(batch.input_ids.device)
         lp = sequence_logps(policy, work).with_reference(reference.logps(work))  # one forward over y1 and y2 rows
         h = dpo_margin(lp)
         y1_pref = labels.y1_preferred.to(h.device)
         out = oracle_robust_loss(h, y1_pref, lp.chosen + lp.rejected, beta=self.beta, rho=self.rho,
                                  sf_coef=self.params.sf_coef, all_sum=sum_over_processes)
-        recs = [record(r.id, g, x, "oracle", w, o, gp) for r, g, x, w, o, gp in
-                zip(rows, generated, texts, labels.y1_preferred.tolist(), labels.observed_prob.tolist(),
+        recs = [record(p.id, g, x, "oracle", w, o, gp) for p, g, x, w, o, gp in
+                zip(pairs, generated, texts, labels.y1_preferred.tolist(), labels.observed_prob.tolist(),
                     labels.gold_prob.tolist())]
         return out, {"lp": lp, "labels": labels, "y1_pref": y1_pref, "records": recs}
 

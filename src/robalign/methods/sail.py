@@ -33,7 +33,9 @@ from dataclasses import dataclass
 
 import torch
 
+from robalign.data.collate import collate
 from robalign.data.prompts import is_prompt_only_ids
+from robalign.data.tokenize import TokenizedPair
 from robalign.distributed import sum_over_processes
 from robalign.errors import UserError
 from robalign.logprobs import sequence_logps
@@ -41,11 +43,10 @@ from robalign.losses.online import DP, DPO, PP, PR, ROUTE_NAMES, draw_routes, sa
 from robalign.methods.base import StepResult
 from robalign.methods.online import (
     OnlineMethod,
-    Row,
-    assemble,
-    batch_rows,
     labelled_reward_metrics,
     mean_or_zero,
+    prompt_pairs,
+    with_responses,
 )
 from robalign.online.draws import Draws
 from robalign.online.generations import record
@@ -98,19 +99,18 @@ class SailMethod(OnlineMethod):
     def step(self, policy, reference, batch) -> StepResult:
         tok = self._require_tokenizer()
         t, _ = self._tick()
-        rows = batch_rows(batch)
+        pairs = prompt_pairs(batch)
         s = self.params
-        draws = Draws.take(len(rows))  # global RNG: restored on resume, sliced per process
+        draws = Draws.take(len(pairs))  # global RNG: restored on resume, sliced per process
         routes = draw_routes(draws.routes, s.r, s.p, s.g)
         u_self = draws.self_label
-        self._check_pairs(rows, routes)
+        self._check_pairs(pairs, routes)
         sampled = [i for i, route in enumerate(routes.tolist()) if route in (PP, PR)]
-        prompts = [rows[i].prompt for i in sampled]
+        prompts = [pairs[i].prompt_ids for i in sampled]
         generated = dict(zip(sampled, self._sample(policy, prompts, [draws.seeds[i] for i in sampled])))
         texts = dict(zip(sampled, self._prompt_texts(prompts)))
-        scored = [Row(r.prompt, generated[i].y1_ids, generated[i].y2_ids, r.id, r.index, None)
-                  if i in generated else r for i, r in enumerate(rows)]
-        work = batch if not sampled else assemble(scored, tok.pad_token_id, batch.input_ids.device)
+        scored = [with_responses(p, generated[i]) if i in generated else p for i, p in enumerate(pairs)]
+        work = batch if not sampled else collate(scored, tok.pad_token_id).to(batch.input_ids.device)
 
         lp = sequence_logps(policy, work).with_reference(reference.logps(work))  # one forward over all B pairs
         h = dpo_margin(lp)
@@ -129,21 +129,21 @@ class SailMethod(OnlineMethod):
             y1_pref = y1_pref.index_put((idx,), labels.y1_preferred.to(device))
         out = sail_loss(h, y1_pref, lp.chosen + lp.rejected, routes, beta=self.beta, coef_dp=s.coef_dp,
                         coef_pp=s.coef_pp, coef_pr=s.coef_pr, all_sum=sum_over_processes)
-        self._record(t, rows, routes, sampled, generated, texts, h, y1_pref, oracle_rows, labels)
+        self._record(t, pairs, routes, sampled, generated, texts, h, y1_pref, oracle_rows, labels)
         metrics = self._metrics(out, lp, routes, y1_pref, sampled)
         per_pair = {"loss": out.per_pair.detach(), "h": out.h_w, "route": routes.float(),
                     "swapped": (~y1_pref).float()}
         return StepResult(out.loss, metrics, per_pair)
 
     @staticmethod
-    def _check_pairs(rows: list[Row], routes: torch.Tensor) -> None:
-        for row, route in zip(rows, routes.tolist()):
-            if route in (DPO, DP) and is_prompt_only_ids(row.y1, row.y2):
-                raise UserError(f"sail: pair {row.id!r} has no responses (a prompt-only row) but was routed "
+    def _check_pairs(pairs: list[TokenizedPair], routes: torch.Tensor) -> None:
+        for pair, route in zip(pairs, routes.tolist()):
+            if route in (DPO, DP) and is_prompt_only_ids(pair.chosen_ids, pair.rejected_ids):
+                raise UserError(f"sail: pair {pair.id!r} has no responses (a prompt-only row) but was routed "
                                 f"to {ROUTE_NAMES[route].upper()}, which trains on the dataset pair; with "
                                 "prompt-only data set sail.r = 0 and sail.p + sail.g = 1")
 
-    def _record(self, t, rows, routes, sampled, generated, texts, h, y1_pref, oracle_rows, labels):
+    def _record(self, t, pairs, routes, sampled, generated, texts, h, y1_pref, oracle_rows, labels):
         probs = torch.sigmoid(self.beta * h.detach()).cpu()
         pref = y1_pref.cpu()
         oracle_at = {i: k for k, i in enumerate(oracle_rows)}
@@ -154,7 +154,7 @@ class SailMethod(OnlineMethod):
                 observed, gold = float(labels.observed_prob[k]), float(labels.gold_prob[k])
             else:
                 observed, gold = float(probs[i]), None
-            recs.append(record(rows[i].id, generated[i], texts[i], ROUTE_NAMES[int(routes[i])], bool(pref[i]),
+            recs.append(record(pairs[i].id, generated[i], texts[i], ROUTE_NAMES[int(routes[i])], bool(pref[i]),
                                observed, gold))
         self._write(t, recs)
 
