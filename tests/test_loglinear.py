@@ -15,7 +15,7 @@ from robalign.loglinear import (
     envelope_lambda,
     moreau_envelope_grad_norm,
     prox_point,
-    proximal_refine,
+    proximal_refine_exact,
     random_instance,
     robust_weak_convexity_bound,
     rscgd,
@@ -357,7 +357,7 @@ def test_proximal_refine_reaches_the_prox_point(instance):
     lam = envelope_lambda(policy, beta=beta, rho=rho, radius=4.0)
     assert lam == pytest.approx(1 / (2 * robust_weak_convexity_bound(1.0, 4.0, beta=beta, rho=rho)))
     theta_r = torch.tensor([0.4, -0.8, 0.3], dtype=F64)
-    refined = proximal_refine(
+    refined = proximal_refine_exact(
         policy, theta_r, instance.p_observed, beta=beta, rho=rho, lam_env=lam, steps=500, eps_prox=1e-9
     )
     assert refined.converged and refined.residual < 1e-9

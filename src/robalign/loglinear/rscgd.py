@@ -23,8 +23,8 @@ __all__ = [
     "ProxRefineResult",
     "RSCGDBatch",
     "RSCGDResult",
-    "project_ball",
-    "proximal_refine",
+    "projected_onto_ball",
+    "proximal_refine_exact",
     "rscgd",
     "sample_batch",
     "surrogate_loss",
@@ -73,7 +73,7 @@ class RSCGDResult:
 
 @dataclass
 class ProxRefineResult:
-    """What `proximal_refine` returns: the refined point, steps taken, final residual, and convergence."""
+    """What `proximal_refine_exact` returns: the refined point, steps taken, final residual, and convergence."""
 
     theta: torch.Tensor
     steps: int
@@ -81,10 +81,14 @@ class ProxRefineResult:
     converged: bool
 
 
-def project_ball(
+def projected_onto_ball(
     theta: torch.Tensor, centre: torch.Tensor, radius: float | None
 ) -> tuple[torch.Tensor, bool]:
     """Proj onto {θ : ‖θ − centre‖ ≤ radius} (Θ is a ball around θ_ref, as in R-SCGD); None means no constraint.
+
+    A new point; the training runs' counterpart, `robalign.methods.oracle_robust_iterates.
+    project_weights_onto_ball`, projects a model's weight tensors in place. Same map, kept apart because
+    each keeps its own arithmetic (one [d] vector here; float64 sums over many tensors there).
 
     Returns:
         ([d] projected point, whether the projection moved it).
@@ -183,7 +187,7 @@ def _rscgd_step(
     grad_norm = theta.grad.norm()
     opt.step()
     with torch.no_grad():
-        projected_theta, projected = project_ball(theta, policy.theta_ref, radius)
+        projected_theta, projected = projected_onto_ball(theta, policy.theta_ref, radius)
         theta.copy_(projected_theta)
         distance = (theta - policy.theta_ref).norm()
     flag = torch.tensor(float(projected), dtype=grad_norm.dtype)
@@ -232,7 +236,7 @@ def rscgd(
     # R is drawn first and always, so the trajectory does not depend on the output rule.
     random_index = int(torch.randint(steps, (1,), generator=generator))
     start = policy.theta_ref if theta0 is None else theta0.to(policy.features.dtype)
-    theta = project_ball(start.detach().clone(), policy.theta_ref, radius)[0].requires_grad_(True)
+    theta = projected_onto_ball(start.detach().clone(), policy.theta_ref, radius)[0].requires_grad_(True)
     opt = _make_optimizer(optimizer, theta, lr)
     config = dict(beta=beta, rho=rho, sf_coef=sf_coef, baseline=baseline)
     snapshots, snapshot_steps, rows, chosen = [], [], [], None
@@ -265,7 +269,7 @@ def rscgd(
     )
 
 
-def proximal_refine(
+def proximal_refine_exact(
     policy: LogLinearPolicy,
     theta_r: torch.Tensor,
     p_star: torch.Tensor,
@@ -279,6 +283,9 @@ def proximal_refine(
     radius: float | None = None,
 ) -> ProxRefineResult:
     """Optional proximal refinement from θ_R (arXiv 2602.20457): K projected steps on L^W_ρ(θ) + ‖θ − θ_R‖²/(2λ_env).
+
+    With the engine's exact gradients; a training run refines its model on mini-batches instead
+    (`robalign.methods.oracle_robust_prox.proximal_refine_model`).
 
     Exact gradients from the engine replace the mini-batch estimate. The residual is the gradient-mapping
     norm ‖θ − Proj(θ − η∇F(θ))‖/η (= ‖∇F‖ without projection); the loop stops once it is < eps_prox.
@@ -305,7 +312,7 @@ def proximal_refine(
         objective = policy.robust_loss(point, p_star, beta=beta, rho=rho)
         objective = objective + (point - anchor).pow(2).sum() / (2.0 * lam_env)
         (grad,) = torch.autograd.grad(objective, point)
-        stepped, _ = project_ball(theta - lr * grad, policy.theta_ref, radius)
+        stepped, _ = projected_onto_ball(theta - lr * grad, policy.theta_ref, radius)
         residual = ((theta - stepped).norm() / lr).item()
         if residual < eps_prox:
             return ProxRefineResult(theta=theta, steps=k, residual=residual, converged=True)

@@ -61,12 +61,12 @@ from robalign.methods.oracle_robust_iterates import (
     iterate_name,
     list_iterates,
     model_at,
-    project_ball,
+    project_weights_onto_ball,
     save_iterate,
     save_output_model,
     trainable,
 )
-from robalign.methods.oracle_robust_prox import ProxResult, proximal_refine
+from robalign.methods.oracle_robust_prox import ProxResult, proximal_refine_model
 from robalign.online.draws import Draws
 from robalign.online.generations import record
 from robalign.pair_logps import dpo_margin
@@ -156,7 +156,7 @@ class OracleRobustMethod(OnlineMethod):
         if not self.params.projection_radius:
             return
         params = [p for _, p in trainable(model)]
-        active, dist = project_ball(params, self._centre(model), self.params.projection_radius)
+        active, dist = project_weights_onto_ball(params, self._centre(model), self.params.projection_radius)
         device = params[0].device
         self.projected = torch.tensor(float(active), device=device)
         self.distance = torch.tensor(dist, device=device)
@@ -256,10 +256,10 @@ class OracleRobustMethod(OnlineMethod):
     def _refine(self, model) -> ProxResult:
         lr = self.params.prox_lr or (self.cfg.train.lr if self.cfg is not None else 1e-3)
         centre = self._centre(model) if self.params.projection_radius else None
-        return proximal_refine(lambda m, b: self.objective(m, self.reference, b)[0].loss, model,
-                               list(self.recent), steps=self.params.prox_steps, lam_env=self.params.prox_lambda,
-                               eps_prox=self.params.prox_eps, lr=lr, centre=centre,
-                               radius=self.params.projection_radius)
+        return proximal_refine_model(lambda m, b: self.objective(m, self.reference, b)[0].loss, model,
+                                     list(self.recent), steps=self.params.prox_steps,
+                                     lam_env=self.params.prox_lambda, eps_prox=self.params.prox_eps, lr=lr,
+                                     centre=centre, radius=self.params.projection_radius)
 
 
 __all__ = ["OracleRobustMethod", "OracleRobustParams"]

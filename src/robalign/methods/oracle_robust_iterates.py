@@ -26,9 +26,12 @@ def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 @torch.no_grad()
-def project_ball(params: Sequence[torch.Tensor], centre: Sequence[torch.Tensor],
-                 radius: float) -> tuple[bool, float]:
+def project_weights_onto_ball(params: Sequence[torch.Tensor], centre: Sequence[torch.Tensor],
+                              radius: float) -> tuple[bool, float]:
     """In place: θ ← c + (θ − c)·min(1, D/‖θ − c‖), one global norm over all tensors (R-SCGD's Proj_Θ, arXiv 2602.20457).
+
+    The map of the exact engine's `robalign.loglinear.rscgd.projected_onto_ball`, on a model's weight
+    tensors in place, the distance summed in float64 over them.
 
     Returns:
         (whether the projection moved θ, ‖θ − c‖ after it).

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robalign.methods.oracle_robust_iterates import project_ball, trainable
+from robalign.methods.oracle_robust_iterates import project_weights_onto_ball, trainable
 
 
 @dataclass
@@ -21,10 +21,13 @@ class ProxResult:
     converged: bool
 
 
-def proximal_refine(objective: Callable, model, batches: Sequence, *, steps: int, lam_env: float,
-                    eps_prox: float, lr: float, centre: Sequence[torch.Tensor] | None = None,
-                    radius: float | None = None) -> ProxResult:
+def proximal_refine_model(objective: Callable, model, batches: Sequence, *, steps: int, lam_env: float,
+                          eps_prox: float, lr: float, centre: Sequence[torch.Tensor] | None = None,
+                          radius: float | None = None) -> ProxResult:
     """K projected steps on objective(θ) + ‖θ − θ_R‖²/(2 λ_env) from θ_R = the model's current weights.
+
+    A model's trainable weights, refined in place from mini-batch estimates of the gradient; the exact
+    engine's counterpart is `robalign.loglinear.rscgd.proximal_refine_exact`.
 
     Args:
         objective: objective(model, batch) -> scalar whose gradient estimates ∇L^W_ρ (the R-SCGD surrogate).
@@ -48,7 +51,7 @@ def proximal_refine(objective: Callable, model, batches: Sequence, *, steps: int
             for p, g in zip(params, grads):
                 p.sub_(lr * g)
             if radius:
-                project_ball(params, centre, radius)
+                project_weights_onto_ball(params, centre, radius)
             residual = math.sqrt(sum(float((b - p).pow(2).sum()) for b, p in zip(before, params))) / lr
             if residual < eps_prox:  # the step is taken only when the point was not yet stationary
                 for p, b in zip(params, before):
