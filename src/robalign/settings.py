@@ -209,6 +209,12 @@ class Params:
         return None
 
     @classmethod
+    def trunk_cache_settings(cls, train_last_k: int) -> dict:
+        """The settings this method needs to train from a cached frozen trunk below the last `train_last_k`
+        blocks (`model.trunk_cache`), for a caller that picks them (a sweep); {} when it needs none."""
+        return {}
+
+    @classmethod
     def from_dict(cls, values: dict) -> Params:
         """The parameters `values` sets, the defaults for the rest.
 

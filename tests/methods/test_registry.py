@@ -67,3 +67,19 @@ def test_oracle_robust_offline_is_the_renamed_loss():
     torch.testing.assert_close(out.per_pair, F.softplus(-0.5 * h) + 0.25 * 0.5 * h.abs(), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="former name of oracle_robust_offline"):
         preference_loss("robust", **b)
+
+
+@pytest.mark.parametrize("train_last_k", [1, 2])
+def test_trunk_cache_settings_make_every_offline_method_trainable_above_a_cached_trunk(train_last_k):
+    """A sweep with `--trunk-cache` tells each method its `trunk_cache_settings`; with them no method that
+    can use a trunk cache at all refuses one (gapo refuses its default backbone scope)."""
+    refusing = []
+    for name, spec in METHODS.items():
+        plain = spec.build(spec.params(), None)
+        if plain.online:  # generates its pairs anew: never a trunk cache, whatever its settings
+            continue
+        if plain.trunk_cache_problem(train_last_k):
+            refusing.append(name)
+        told = spec.params.from_dict(spec.params.trunk_cache_settings(train_last_k))
+        assert spec.build(told, None).trunk_cache_problem(train_last_k) is None, name
+    assert refusing == ["gapo"]

@@ -152,6 +152,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
 def cell_config(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, out: Path, n_train: int):
     """(the run config of one cell, its online oracle or None)."""
     from robalign.config import build_config
+    from robalign.methods import METHODS, canonical_name
 
     steps = spec.steps if not spec.epochs else math.ceil(spec.epochs * (n_train // spec.batch_size))
     tree = {
@@ -163,8 +164,8 @@ def cell_config(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
                   "epochs": spec.epochs, "eval_per_epoch": spec.eval_per_epoch,
                   "seed": seed, "progress": False, "warmup_steps": max(1, steps // 10),
                   "save_final": False, "eval_at_start": bool(spec.epochs)}}
-    if method == "gapo" and spec.trunk_cache != "off":  # the anchor may perturb only what trains
-        tree["method"].update(scope="last_k_layers", last_k=spec.train_last_k)
+    if spec.trunk_cache != "off":  # what the method must be told to train above a cached trunk
+        tree["method"].update(METHODS[canonical_name(method)].params.trunk_cache_settings(spec.train_last_k))
     oracle = online_oracle(kind, rate) if is_online(method) else None
     if oracle:
         tree["online"] = {"oracle": oracle, "max_new_tokens": spec.gen_max_new_tokens}

@@ -106,6 +106,12 @@ class GapoParams(SftParams):
     def quantization_problem(self) -> str | None:
         return "the anchor perturbs the frozen base weights, which are quantized"
 
+    @classmethod
+    def trunk_cache_settings(cls, train_last_k: int) -> dict:
+        # The cached trunk is computed once at the unperturbed weights: the anchor may perturb only the
+        # trainable blocks above it (GapoMethod.trunk_cache_problem).
+        return {"scope": "last_k_layers", "last_k": train_last_k}
+
     def whole_weights_problem(self) -> str | None:
         return ("method gapo needs whole weights on every process (the anchor perturbs them and takes one "
                 "global norm)")
