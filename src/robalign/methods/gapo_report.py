@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from robalign import atomic
 from robalign.losses.gapo import flip_auroc_ranked
 
 
@@ -48,7 +49,7 @@ def write_report(out_dir) -> None:
     if not rows:
         return
     summary, weights, flags = summarize_pair_log(rows)
-    (out_dir / "gapo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic.write_text(out_dir / "gapo_summary.json", json.dumps(summary, indent=2) + "\n")
     from robalign.plots import weight_histograms
 
     weight_histograms(weights, flags, out_dir / "gapo_weights.png",

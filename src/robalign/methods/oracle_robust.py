@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from robalign import atomic
 from robalign.data.collate import collate
 from robalign.distributed import is_main, sum_over_processes
 from robalign.errors import UserError
@@ -251,7 +252,7 @@ class OracleRobustMethod(OnlineMethod):
                 choice["prox"] = self._refine(model).__dict__
             save_output_model(model, out / "output", self.tokenizer)
             choice["model_dir"] = "output"
-        (out / "output_iterate.json").write_text(json.dumps(choice, indent=2) + "\n")
+        atomic.write_text(out / "output_iterate.json", json.dumps(choice, indent=2) + "\n")
 
     def _refine(self, model) -> ProxResult:
         lr = self.params.prox_lr or (self.cfg.train.lr if self.cfg is not None else 1e-3)

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from robalign import atomic
 from robalign.checkpoint import trainable_state
 from robalign.policy import unwrap_policy
 
@@ -59,10 +59,7 @@ def list_iterates(folder: Path) -> list[tuple[int, Path]]:
 
 def save_iterate(policy, folder: Path, t: int) -> None:
     """θ_t's trainable weights to `folder`/iterate-t (written whole or not at all)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{iterate_name(t)}"
-    save_file(trainable_state(unwrap_policy(policy)), str(tmp))
-    os.replace(tmp, folder / iterate_name(t))
+    atomic.write_tensors(trainable_state(unwrap_policy(policy)), folder / iterate_name(t))
 
 
 def choose_output(out: Path, rule: str, total: int, seed: int) -> tuple[dict, dict | None]:

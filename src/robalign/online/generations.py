@@ -5,9 +5,9 @@ step. Under data parallelism process k > 0 writes its own pairs to `generations-
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from robalign import jsonl
 from robalign.generation import GeneratedPair
 
 GENERATIONS = "generations.jsonl"
@@ -23,26 +23,17 @@ def generations_path(out_dir: Path | None, rank: int) -> Path | None:
 def restart(path: Path | None, step: int, resumed: bool) -> None:
     """Starts the record at optimiser step `step`: empty for a fresh run; for a resumed one, cut back to the
     pairs of steps ≤ `step` (those after the checkpoint are generated again, identically)."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kept = []
-    if resumed and path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                break  # a line cut by a crash ends the usable record
-    path.write_text("".join(k + "\n" for k in kept))
+    if path is not None:
+        jsonl.open_log(path, resume_step=step if resumed else None).close()
 
 
 def append(path: Path | None, records: list[dict]) -> None:
-    """Appends `records` (one line each) to the record; nothing without a path or records."""
+    """Appends `records` (one line each) to the record; nothing without a path or records. The file is
+    opened per micro-step, so the record is whole on disk after every one."""
     if path is None or not records:
         return
     with open(path, "a") as fh:
-        fh.write("".join(json.dumps(rec) + "\n" for rec in records))
+        jsonl.append(fh, records)
 
 
 def record(pair_id: str, pair: GeneratedPair, prompt_text: str, route: str, y1_preferred: bool,
