@@ -60,3 +60,21 @@ def test_demo_rejects_unknown_method_and_bad_noise(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     assert main(["demo", "--model", "tiny-llama", "--noise", "0.5", "--out", str(tmp_path)]) == 2
     assert "--noise" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["dpo", "cdpo", "gapo", "simpo"])
+def test_every_offline_method_gets_a_demo_config_the_cached_trunk_accepts(tmp_path, method):
+    """GAPO's anchor must perturb only the trained blocks on the cached trunk: the demo asks the method's
+    Params for its trunk-cache settings instead of refusing at start-up."""
+    from robalign.config import build_config
+    from robalign.experiments.demo import PRESETS, DemoRun, run_tree
+    from robalign.methods import build_method
+
+    run = DemoRun(f"{method}, flipped labels", method, True)
+    tree = run_tree(run, model="tiny-llama", noise_rate=0.4, preset=PRESETS["quick"], last_k=2, out=tmp_path,
+                    seed=0, progress=False)
+    cfg = build_config(tree)
+    assert build_method(method, cfg.method.params, cfg).trunk_cache_problem(cfg.model.train_last_k) is None
+    assert cfg.model.trunk_cache == "disk" and cfg.model.train_last_k == 2
+    if method == "cdpo":
+        assert cfg.method.params.epsilon == 0.4

@@ -55,6 +55,22 @@ def demo_runs(methods: list[str]) -> list[DemoRun]:
     return [DemoRun("DPO, clean labels", "dpo", False)] + [DemoRun(f"{m}, flipped labels", m, True) for m in methods]
 
 
+def run_tree(run: DemoRun, *, model: str, noise_rate: float, preset: DemoPreset, last_k: int, out: Path,
+             seed: int, progress: bool) -> dict:
+    """The config tree of one demo run: the last k blocks trained on the cached trunk, every epoch evaluated."""
+    from robalign.methods import METHODS
+
+    method = {"name": run.method, **({"epsilon": noise_rate} if run.method in TOLD_THE_RATE else {}),
+              **METHODS[run.method].params.trunk_cache_settings(last_k)}  # e.g. GAPO's anchor on the last k only
+    return {
+        "model": {"name": model, "lora_r": 0, "train_last_k": last_k, "trunk_cache": "disk",
+                  "trunk_cache_dir": str(out / "trunk")},
+        "method": method, "data": {"max_length": preset.max_length},
+        "train": {"output_dir": str(out / run.folder), "batch_size": preset.batch_size, "epochs": preset.epochs,
+                  "lr": preset.lr, "warmup_steps": 2, "seed": seed, "eval_per_epoch": 1, "save_final": False,
+                  "progress": progress}}
+
+
 def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoPreset, out: Path,
              seed: int = 0, progress: bool = True) -> list[dict]:
     import copy
@@ -75,14 +91,9 @@ def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoP
     rows = []
     for run in demo_runs(methods):
         t0 = time.perf_counter()
-        method = {"name": run.method, **({"epsilon": noise_rate} if run.method in TOLD_THE_RATE else {})}
-        cfg = build_config({
-            "model": {"name": model, "lora_r": 0, "train_last_k": last_k, "trunk_cache": "disk",
-                      "trunk_cache_dir": str(out / "trunk")},
-            "method": method, "data": {"max_length": preset.max_length},
-            "train": {"output_dir": str(out / run.folder), "batch_size": preset.batch_size, "epochs": preset.epochs,
-                      "lr": preset.lr, "warmup_steps": 2, "seed": seed, "eval_per_epoch": 1, "save_final": False,
-                      "progress": progress}})
+        tree = run_tree(run, model=model, noise_rate=noise_rate, preset=preset, last_k=last_k, out=out,
+                        seed=seed, progress=progress)
+        method, cfg = tree["method"], build_config(tree)
         trainer = Trainer(cfg, train_pairs=noisy if run.noisy else clean, eval_pairs=held_out,
                           model=copy.deepcopy(base), tokenizer=tokenizer, shared_reference=shared)
         summary = trainer.train(overwrite=True)  # the demo's own folders: a re-run replaces them
