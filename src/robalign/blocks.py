@@ -16,6 +16,17 @@ from robalign.errors import UserError
 _FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
 
 
+def unwrap_policy(model):
+    """The Hugging Face (or PEFT) model inside DDP and `policy.PolicyLM` wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif getattr(model, "is_policy_wrapper", False):
+            model = model.lm
+        else:
+            return model
+
+
 def block_list_name(body: nn.Module) -> str:
     """Attribute name of the body's transformer blocks (`layers`, `h`, `blocks`, or its only ModuleList)."""
     for name in ("layers", "h", "blocks"):

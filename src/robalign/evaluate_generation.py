@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from robalign.blocks import unwrap_policy
 from robalign.data.collate import collate
 from robalign.data.tokenize import TokenizedPair, render
 
@@ -44,7 +45,6 @@ from robalign.generation import (
     stop_token_ids,
 )
 from robalign.logprobs import sequence_logps
-from robalign.policy import unwrap_policy
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]
 

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from robalign.policy import unwrap_policy
+from robalign.blocks import unwrap_policy
 
 
 class GeneratedPair(NamedTuple):

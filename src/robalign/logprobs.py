@@ -13,7 +13,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from robalign.blocks import only_blocks
+from robalign.blocks import only_blocks, unwrap_policy
 from robalign.data.collate import PreferenceBatch
 from robalign.errors import UserError
 from robalign.pair_logps import PairLogps
@@ -24,8 +24,6 @@ def split_body_and_head(model):
 
     `body(input_ids, attention_mask)` gives hidden states; `head` maps them to vocabulary logits.
     """
-    from robalign.policy import unwrap_policy
-
     model = unwrap_policy(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(base, base.base_model_prefix)
@@ -126,9 +124,7 @@ def sequence_logps(model, batch: PreferenceBatch) -> PairLogps:
     A data-parallel policy (DDP around `PolicyLM`, or a sharded `PolicyLM`) is called through its
     forward, so the wrapper sees the whole pass, LM head included, and syncs or gathers accordingly.
     """
-    from robalign.policy import PolicyLM
-
-    if isinstance(model, (torch.nn.parallel.DistributedDataParallel, PolicyLM)):
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or getattr(model, "is_policy_wrapper", False):
         per_token, rows = model(batch)
     else:
         per_token, rows = completion_token_logps(model, batch)

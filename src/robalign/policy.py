@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import torch
 
+from robalign.logprobs import completion_token_logps
+
 
 class PolicyLM(torch.nn.Module):
+    # Marks the wrapper for `blocks.unwrap_policy` and `logprobs.sequence_logps`, which cannot import this
+    # module (it imports the log-prob engine); a sharded PolicyLM (a subclass FSDP makes) keeps the mark.
+    is_policy_wrapper = True
+
     def __init__(self, lm):
         super().__init__()
         self.lm = lm
 
     def forward(self, batch):
-        from robalign.logprobs import completion_token_logps
-
         return completion_token_logps(self.lm, batch)
-
-
-def unwrap_policy(model):
-    """The Hugging Face (or PEFT) model inside DDP / PolicyLM wrappers."""
-    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, PolicyLM)):
-        model = model.module if hasattr(model, "module") else model.lm
-    return model

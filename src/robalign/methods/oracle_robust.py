@@ -43,6 +43,7 @@ import torch
 from safetensors.torch import load_file
 
 from robalign import atomic
+from robalign.blocks import unwrap_policy
 from robalign.data.collate import collate
 from robalign.distributed import is_main, sum_over_processes
 from robalign.errors import UserError
@@ -71,7 +72,6 @@ from robalign.methods.oracle_robust_prox import ProxResult, proximal_refine_mode
 from robalign.online.draws import Draws
 from robalign.online.generations import record
 from robalign.pair_logps import dpo_margin
-from robalign.policy import unwrap_policy
 from robalign.settings import Params, setting
 
 

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from robalign import atomic
+from robalign.blocks import unwrap_policy
 from robalign.checkpoint import trainable_state
-from robalign.policy import unwrap_policy
 
 ITERATES = "iterates"
 _ITERATE = re.compile(r"^iterate-(\d+)\.safetensors$")
