@@ -1,4 +1,8 @@
-"""Oracle-robust online alignment (R-SCGD) on the tiny model."""
+"""Oracle-robust online alignment (R-SCGD) on the tiny model.
+
+The projection helper is tested in test_oracle_robust_iterates.py, the proximal refinement in
+test_oracle_robust_prox.py (which imports the fixture and helpers here).
+"""
 
 import copy
 import json
@@ -14,8 +18,7 @@ from robalign.config import build_config
 from robalign.data.collate import collate
 from robalign.data.tokenize import TokenizedPair, tokenize_pairs
 from robalign.methods import build_method
-from robalign.methods.oracle_robust_iterates import list_iterates, project_weights_onto_ball, trainable
-from robalign.methods.oracle_robust_prox import proximal_refine_model
+from robalign.methods.oracle_robust_iterates import list_iterates, trainable
 from robalign.reference import FrozenCopyReference
 from robalign.trainer import Trainer
 
@@ -110,14 +113,6 @@ def test_projection_keeps_the_iterate_in_the_ball(setup):
     assert method.step(policy, ref, batch).metrics["online/projection_active"].item() == 1.0
 
 
-def test_projecting_weights_leaves_interior_points_alone():
-    c = [torch.zeros(3)]
-    p = [torch.tensor([0.3, 0.0, 0.4])]
-    assert project_weights_onto_ball(p, c, 1.0) == (False, pytest.approx(0.5))
-    assert torch.equal(p[0], torch.tensor([0.3, 0.0, 0.4]))
-    assert project_weights_onto_ball(p, c, 0.25)[0] and torch.allclose(p[0], torch.tensor([0.15, 0.0, 0.2]))
-
-
 def test_random_output_is_a_saved_iterate_and_recorded(setup, tmp_path):
     policy, ref, batch, tok = setup
     policy = copy.deepcopy(policy)
@@ -141,21 +136,6 @@ def test_random_output_is_a_saved_iterate_and_recorded(setup, tmp_path):
         assert torch.equal(params[name], value), name
     first, last = load_file(str(saved[0][1])), load_file(str(saved[-1][1]))
     assert any(not torch.equal(first[k], last[k]) for k in first)  # the iterates differ
-
-
-def test_proximal_refinement_stops_at_eps_and_stays_near_the_anchor(setup):
-    policy, ref, batch, tok = setup
-    policy = copy.deepcopy(policy)
-    method = _method(tok)
-    objective = lambda m, b: method.objective(m, ref, b)[0].loss  # noqa: E731
-    before = [p.detach().clone() for _, p in trainable(policy)]
-    res = proximal_refine_model(objective, policy, [batch], steps=3, lam_env=1.0, eps_prox=float("inf"), lr=0.1)
-    assert res.converged and res.steps == 0
-    assert all(torch.equal(a, p) for a, (_, p) in zip(before, trainable(policy)))
-    res = proximal_refine_model(objective, policy, [batch], steps=2, lam_env=1e-3, eps_prox=0.0, lr=1e-4)
-    assert not res.converged and res.steps == 2 and res.residual > 0
-    moved = math.sqrt(sum(float((a - p.detach()).pow(2).sum()) for a, (_, p) in zip(before, trainable(policy))))
-    assert 0 < moved
 
 
 def _cfg(tmp_path, name, **train):

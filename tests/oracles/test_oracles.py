@@ -1,4 +1,7 @@
-"""Oracles and reward functions: worked probabilities, swap consistency, sampling, build_oracle."""
+"""Tests for robalign.oracles.oracles: worked probabilities, swap consistency, sampling.
+
+The reward functions are tested in test_rewards.py, build_oracle in test_build.py.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +18,10 @@ from robalign.oracles import (
     DeterministicOracle,
     LengthBiasOracle,
     LengthReward,
-    LexiconSentimentReward,
     MarginFlipOracle,
     OracleProbs,
     PreferenceOracle,
-    SequenceClassifierReward,
     SymmetricFlipOracle,
-    VerifiableReward,
-    build_oracle,
 )
 
 
@@ -197,94 +196,6 @@ def test_invalid_parameters_are_config_errors():
             make()
     with pytest.raises(ValueError, match="batch sizes"):
         gold.prob(["x"], ["a"], ["a", "a"])
-
-
-def test_length_and_sentiment_rewards_by_hand():
-    responses = ["one two three", "good great bad", "this is not good"]
-    assert LengthReward()(["x"] * 3, responses).tolist() == [3.0, 3.0, 4.0]
-    assert LengthReward("chars", scale=0.5)(["x"], ["abcd"]).tolist() == [2.0]
-    got = LexiconSentimentReward()(["x"] * 3, responses)
-    assert got.tolist() == pytest.approx([0.0, 1 / 2, -1 / math.sqrt(5)], abs=1e-6)
-
-
-def tiny_reward_model(num_labels: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
-
-    words = "[PAD] [UNK] x the ocean is calm and blue good bad a very".split()
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(words), n_positions=32, n_embd=16, n_layer=1, n_head=2, num_labels=num_labels
-    )
-    return GPT2ForSequenceClassification(config), tokenizer
-
-
-def test_sequence_classifier_reward_runs_and_is_deterministic():
-    model, tokenizer = tiny_reward_model(num_labels=1)
-    model.train()  # the reward must switch dropout off itself
-    responses = ["the ocean is calm", "bad", "a very very good blue ocean and the calm", "good"]
-    prompts = ["x"] * 4
-    batched = SequenceClassifierReward(model, tokenizer, batch_size=3)
-    rewards = batched(prompts, responses)
-    assert rewards.shape == (4,) and rewards.dtype == torch.float32
-    assert torch.equal(rewards, batched(prompts, responses))
-    # Right padding: a padded row scores like the same text alone.
-    single = SequenceClassifierReward(model, tokenizer, batch_size=1)(prompts, responses)
-    assert torch.allclose(rewards, single, atol=1e-5)
-    assert rewards.unique().numel() == 4
-    # It plugs into an oracle like any reward function.
-    p = BradleyTerryOracle(batched).prob(prompts[:2], responses[:2], responses[2:])
-    assert torch.allclose(p, torch.sigmoid((rewards[:2] - rewards[2:]).double()), atol=1e-6)
-
-
-def test_sequence_classifier_reward_picks_positive_label():
-    model, tokenizer = tiny_reward_model(num_labels=2)
-    model.config.id2label = {0: "POSITIVE", 1: "NEGATIVE"}
-    reward = SequenceClassifierReward(model, tokenizer)
-    assert reward.label_index == 0
-    logits = model(**tokenizer(["x\ngood"], return_tensors="pt")).logits
-    assert torch.allclose(reward(["x"], ["good"]), logits[:, 0], atol=1e-5)
-
-
-def test_build_oracle_strings_and_dicts():
-    assert isinstance(build_oracle("bt:verifiable").reward_fn, VerifiableReward)
-    assert isinstance(build_oracle("det:sentiment"), DeterministicOracle)
-    assert build_oracle("bt:length:10").temperature == 10.0
-    chain = build_oracle("bt:verifiable+length:0.5+flip:0.1")
-    assert isinstance(chain, SymmetricFlipOracle) and chain.epsilon == 0.1
-    assert isinstance(chain.gold, LengthBiasOracle) and chain.gold.strength == 0.5
-    assert isinstance(build_oracle("bt:verifiable+margin:0.1"), MarginFlipOracle)
-    adv = build_oracle({"gold": "bt:verifiable", "noise": "adversarial", "rho": 0.2})
-    assert isinstance(adv, AdversarialOracle) and adv.rho == 0.2
-    assert build_oracle("bt:verifiable+adversarial:0.2").rho == 0.2
-    assert build_oracle({"gold": "bt:length", "temperature": 3, "noise": "flip", "rate": 0.1}).epsilon == 0.1
-    custom = build_oracle("bt:mine", rewards={"mine": TABLE})
-    assert custom.reward_fn is TABLE
-
-
-@pytest.mark.parametrize(
-    "spec, match",
-    [
-        ("ranked:verifiable", r"\['bt', 'det'\]"),
-        ("bt:nope", "sentiment"),
-        ("bt", "KIND:REWARD"),
-        ("bt:verifiable+noise:0.1", "adversarial"),
-        ("bt:verifiable+flip", "needs a value"),
-        ("bt:verifiable+flip:lots", "must be a number"),
-        ("bt:verifiable+adversarial:0.7", r"\[0, 0.5\]"),
-        ("det:verifiable:2", "no temperature"),
-        ({"noise": "flip"}, "'gold'"),
-        ({"gold": "bt:verifiable", "noise": "flip"}, "epsilon"),
-        ({"gold": "bt:verifiable", "colour": 1}, "unknown oracle spec keys"),
-        (3, "string or a dict"),
-    ],
-)
-def test_build_oracle_errors(spec, match):
-    with pytest.raises(ConfigError, match=match):
-        build_oracle(spec)
 
 
 def test_given_uniforms_decide_each_label_independently_of_the_batch():
