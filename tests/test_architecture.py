@@ -141,6 +141,14 @@ def test_no_import_cycles_even_through_function_level_imports():
     assert _cycles(_graph(top_only=False)) == []
 
 
+def test_tasks_are_a_leaf():
+    """The built-in task imports only the pair type and file helpers, never a model, oracle or trainer."""
+    allowed = {"robalign.data.pairs", "robalign.atomic", "robalign.jsonl"}
+    edges = _graph(top_only=False)
+    for module in (m for m in MODULES if m.startswith("robalign.tasks")):
+        assert {w for w in edges[module] if not w.startswith("robalign.tasks")} <= allowed, module
+
+
 def test_config_and_settings_import_no_method_at_import_time():
     edges = _graph(top_only=True)
     for module in ("robalign.config", "robalign.settings"):

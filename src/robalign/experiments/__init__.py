@@ -4,6 +4,7 @@ honestly, and the demo (`robalign demo`). Training itself needs none of it.
 
     spec       a sweep's settings, its cells and where they are stored
     cells      one cell: data split, run config, training under a lock, cached result
+    sampled_pairs  the built-in task's pairs with responses sampled from the model (--data verifiable-sampled)
     sweep      every cell of a grid in turn, sharing the base model and its reference log-probs
     summary    mean ± std over seeds, paired differences
     report     tables, paired intervals, results.csv and report.md

@@ -31,8 +31,8 @@ from robalign.experiments.spec import (
 def _data_split(spec: SweepSpec, seed: int, base=None):
     """(train, eval) pairs of one seed; the eval split is clean and disjoint from training."""
     if spec.data == "verifiable-sampled":  # responses sampled from the (untrained) model, cached
+        from robalign.experiments.sampled_pairs import cache_sampled_pairs
         from robalign.models import load_model_and_tokenizer
-        from robalign.tasks.sampled import cache_sampled_pairs
 
         model, tok = base if base is not None else load_model_and_tokenizer(spec.model)
         folder = spec.out / "data"

@@ -3,8 +3,12 @@
 import pytest
 
 from robalign.evaluate_generation import encode_prompts, sample_completions
+from robalign.experiments.sampled_pairs import (
+    cache_sampled_pairs,
+    sampled_cache_file,
+    sampled_preference_pairs,
+)
 from robalign.tasks import make_prompts, score
-from robalign.tasks.sampled import cache_sampled_pairs, sampled_cache_file, sampled_preference_pairs
 
 
 def test_pairs_contrast_a_higher_and_a_lower_graded_response(tiny):
@@ -44,7 +48,7 @@ def test_cache_is_written_once_and_reread(tiny, tmp_path, monkeypatch):
     def boom(*_a, **_k):
         raise AssertionError("sampled again instead of reading the cache")
 
-    monkeypatch.setattr("robalign.tasks.sampled.sampled_preference_pairs", boom)
+    monkeypatch.setattr("robalign.experiments.sampled_pairs.sampled_preference_pairs", boom)
     again = cache_sampled_pairs(tmp_path, "tiny-llama", model, tok, 3, seed=1, k=2, max_new_tokens=6)
     assert [p.to_row() for p in again] == [p.to_row() for p in first]
 
