@@ -106,6 +106,7 @@ def test_noisy_and_clean_copies_share_one_disk_cache(tmp_path):
     assert not trainer.trunk.missing_states(trainer.train_data) and not trainer.trunk.missing_ref(trainer.train_data)
 
 
+@pytest.mark.integration  # three whole runs; the resume family (test_crash_resume) is integration too
 def test_resume_on_the_cached_trunk_equals_an_uninterrupted_run(tmp_path):
     whole = _run(tmp_path, "whole", "memory", train={"max_steps": 6, "epochs": 0})
     _run(tmp_path, "cut", "memory", train={"max_steps": 6, "stop_after": 3})
