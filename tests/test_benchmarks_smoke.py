@@ -93,6 +93,18 @@ def test_long_training_benchmark_runs_every_configuration(tmp_path):
     assert "pair-passes/s" in proc.stdout and "of the ceiling" in proc.stdout
 
 
+def test_fused_head_benchmark_times_both_paths_in_every_mode(tmp_path):
+    out = tmp_path / "fh.jsonl"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "fused_head.py"), "--tokens", "8,16", "--vocab", "300",
+           "--hidden", "16", "--repeats", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r["n"]) for r in rows] == [(m, n) for m in ("input", "weight", "nograd") for n in (8, 16)]
+    assert all(r["plain_s"] > 0 and r["fused_s"] > 0 for r in rows)
+    assert "| weight | 16 |" in proc.stdout
+
+
 def run_gpu_bench(tmp_path, frameworks: str, tunings: str, timeout: int):
     out = tmp_path / "gpu.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_dpo_vs_trl.py"), "--dry-run", "--frameworks", frameworks,

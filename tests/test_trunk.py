@@ -61,9 +61,10 @@ def _assert_same_run(a, b, rel=2e-6, weight_tol=1e-6):
 def test_cached_trunk_trains_like_the_whole_model_for_every_offline_loss(tmp_path, method):
     uncached = _run(tmp_path, "off", method=method)
     cached = _run(tmp_path, "on", "memory", method=method)
-    # Log-probs agree to float rounding (~1e-7 relative); IPO's loss (h − 1/2β)² ≈ 25 multiplies an error in h
-    # by 2|h − 1/2β| ≈ 10, so its loss agrees to a few 1e-6.
-    _assert_same_run(uncached, cached, rel=1e-5 if method == "ipo" else 2e-6)
+    # Log-probs agree to float rounding (~1e-7 relative), which moves with the batch arrangement, so the losses
+    # of 5 steps drift apart by chance: up to 2.3e-6 relative measured over the losses (DPO 3.5e-7; 2026-12-07).
+    # IPO's loss (h − 1/2β)² ≈ 25 multiplies an error in h by 2|h − 1/2β| ≈ 10: 3.3e-6.
+    _assert_same_run(uncached, cached, rel=1e-5 if method == "ipo" else 3e-6)
     assert cached[0].trunk is not None and uncached[0].trunk is None
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from robalign.blocks import only_blocks, unwrap_policy
 from robalign.data.collate import PreferenceBatch
 from robalign.errors import UserError
+from robalign.fused_head import can_fuse, fused_token_logps
 from robalign.pair_logps import PairLogps
 
 
@@ -104,7 +105,13 @@ def completion_targets(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tens
 
 
 def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) for each gathered position, [N]; cross_entropy fuses the log-softmax."""
+    """log p(target) for each gathered position, [N].
+
+    A frozen linear head runs in vocabulary chunks with its input gradient folded in
+    (`robalign.fused_head`); any other head makes the logits and lets cross_entropy fuse the log-softmax.
+    """
+    if can_fuse(head, hidden):
+        return fused_token_logps(head.weight, hidden, targets)
     logits = head(hidden)
     # Low-precision logits are upcast for the log-softmax; fp64 (tests) stays fp64.
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
