@@ -96,6 +96,22 @@ def test_bf16_inputs_give_fp32_logps_and_a_bf16_gradient():
     torch.testing.assert_close(hb.grad.float(), ref.grad.float(), rtol=5e-2, atol=5e-2)
 
 
+def test_autocast_bf16_with_fp32_master_weights_trains_the_head():
+    """Mixed precision: fp32 weights and states, bf16 products; the backward recomputes in bf16 too."""
+    weight, hidden, targets = _inputs(n=16, vocab=700, h=32, dtype=torch.float32)
+    out = {}
+    for name, fn in (("fused", lambda w, h: fused_token_logps(w, h, targets, 128)),
+                     ("plain", lambda w, h: plain(w, h, targets))):
+        w, h = weight.clone().requires_grad_(True), hidden.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lp = fn(w, h)
+        lp.sum().backward()
+        assert lp.dtype == torch.float32 and w.grad.dtype == h.grad.dtype == torch.float32
+        out[name] = (lp, w.grad, h.grad)
+    for got, want in zip(out["fused"], out["plain"]):
+        torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2)
+
+
 def test_chunk_columns_is_a_bounded_power_of_two():
     for n in (1, 100, 640, 5000, 10**6):
         c = chunk_columns(n)

@@ -1,18 +1,20 @@
-"""Completion-token log-probs through a linear LM head without the [tokens x vocabulary] matrix.
+"""Completion-token log-probs through a linear LM head, the vocabulary walked in cache-sized chunks.
 
 log p(y_t) = z_{t,y_t} − logsumexp_v z_{t,v} with z = h Wᵀ. The plain path (`F.linear` then
 `F.cross_entropy`) writes the N × V logits, reads them for the log-softmax, keeps that for the backward
 and fills an N × V gradient: for a 49k vocabulary these are memory-bound passes over hundreds of MiB per
 step, and the N × V product itself runs slower than the same work in cache-sized pieces. Here the
-vocabulary is walked in chunks whose logits stay in cache, with a running (online) logsumexp, and when a
-gradient is wanted the input gradient is accumulated in the same walk:
+vocabulary is walked in chunks whose logits stay in cache, with a running (online) log-sum-exp. For a
+frozen head (partial fine-tuning, LoRA, every reference and evaluation pass) the input gradient is
+accumulated in the same walk,
 
     ∂ log p(y_t) / ∂h_t = W_{y_t} − Σ_v softmax(z_t)_v W_v,
 
-rescaled as the running maximum changes, so the backward is one multiplication by the upstream gradient.
-A trained head's weight gradient recomputes each chunk's softmax in the backward from the saved
-log-sum-exp. Policy and reference (and evaluation) go through the same arithmetic, so a policy equal to its
-reference has margins of exactly 0.
+rescaled as the running maximum changes, so no N × V matrix outlives its chunk and the backward is one
+multiplication by the upstream gradient. A trained head (full fine-tuning) keeps each chunk's logits
+instead, as much memory as the plain path keeps, and its backward gives both gradients chunk by chunk.
+The values are the same arithmetic in every mode, so a policy equal to its reference has margins of
+exactly 0.
 """
 
 from __future__ import annotations
@@ -45,49 +47,62 @@ class _FusedLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk):
         # A running maximum `top` and sum `total` of exp(z − top) over the chunks seen so far (and, for the
-        # gradient, Σ exp(z − top) W), rescaled by exp(top_old − top_new) whenever the maximum grows.
+        # input gradient, Σ exp(z − top) W), rescaled by exp(top_old − top_new) whenever the maximum grows.
         wide = torch.promote_types(hidden.dtype, torch.float32)  # fp32 for low precision, fp64 stays fp64
         n, vocab = hidden.shape[0], weight.shape[0]
-        want_grad = ctx.needs_input_grad[0]
+        # A trained head keeps each chunk's logits for its backward, which gives both gradients (the plain
+        # path keeps as much: its log-softmax output); a frozen one folds the input gradient in here instead.
+        keep_logits = ctx.needs_input_grad[1]
+        fold_input_grad = ctx.needs_input_grad[0] and not keep_logits
         top = torch.full((n,), -torch.inf, dtype=wide, device=hidden.device)
         total = torch.zeros(n, dtype=wide, device=hidden.device)
         picked = torch.empty(n, dtype=wide, device=hidden.device)
-        acc = torch.zeros(hidden.shape, dtype=wide, device=hidden.device) if want_grad else None
+        acc = torch.zeros(hidden.shape, dtype=wide, device=hidden.device) if fold_input_grad else None
+        kept, product_dtype = [], hidden.dtype
         for begin in range(0, vocab, chunk):
             w = weight[begin:begin + chunk]
-            z = (hidden @ w.T).to(wide)
+            z = hidden @ w.T  # under autocast, in its dtype; the backward multiplies in the same one
+            product_dtype = z.dtype
+            z = z.to(wide)
+            if keep_logits:
+                kept.append(z.clone())
             inside = (targets >= begin) & (targets < begin + w.shape[0])
             picked[inside] = z[inside, targets[inside] - begin]
             new_top = torch.maximum(top, z.amax(dim=1))
             scale = torch.exp(top - new_top)  # 0 at the first chunk (top = −inf)
             z.sub_(new_top[:, None]).exp_()
             total.mul_(scale).add_(z.sum(dim=1))
-            if want_grad:
-                acc.mul_(scale[:, None]).add_((z.to(w.dtype) @ w).to(wide))
+            if fold_input_grad:
+                acc.mul_(scale[:, None]).add_((z.to(product_dtype) @ w.to(product_dtype)).to(wide))
             top = new_top
         lse = top + torch.log(total)
-        d_hidden = weight[targets].to(wide) - acc / total[:, None] if want_grad else None
-        ctx.save_for_backward(d_hidden, hidden, weight, targets, lse)
-        ctx.chunk, ctx.hidden_dtype = chunk, hidden.dtype
+        d_hidden = weight[targets].to(wide) - acc / total[:, None] if fold_input_grad else None
+        ctx.save_for_backward(d_hidden, hidden, weight, targets, lse, *kept)
+        ctx.chunk, ctx.hidden_dtype, ctx.product_dtype = chunk, hidden.dtype, product_dtype
         return picked - lse
 
     @staticmethod
     def backward(ctx, grad_out):
-        d_hidden, hidden, weight, targets, lse = ctx.saved_tensors
-        grad_hidden = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_hidden = (grad_out[:, None] * d_hidden).to(ctx.hidden_dtype)
-        if ctx.needs_input_grad[1]:
-            # A trained head (full fine-tuning): ∂/∂W_v = Σ_t g_t (1[v = y_t] − softmax(z_t)_v) h_t, the softmax
-            # recomputed chunk by chunk from the saved log-sum-exp.
-            grad_weight = torch.empty_like(weight)
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            for begin in range(0, weight.shape[0], ctx.chunk):
-                w = weight[begin:begin + ctx.chunk]
-                coef = (hidden @ w.T).to(lse.dtype).sub_(lse[:, None]).exp_().mul_(-grad_out[:, None])
-                inside = (targets >= begin) & (targets < begin + w.shape[0])
-                coef[rows[inside], targets[inside] - begin] += grad_out[inside]
-                grad_weight[begin:begin + w.shape[0]] = (coef.to(w.dtype).T @ hidden).to(weight.dtype)
+        d_hidden, hidden, weight, targets, lse, *kept = ctx.saved_tensors
+        if not kept:  # frozen head: the input gradient was folded into the forward
+            return (grad_out[:, None] * d_hidden).to(ctx.hidden_dtype), None, None, None
+        # Trained head: with coef = g (1[v = y_t] − softmax(z_t)_v), ∂/∂W = coefᵀ h and ∂/∂h = coef W, chunk
+        # by chunk from the kept logits and the log-sum-exp.
+        mm = ctx.product_dtype
+        h = hidden.to(mm)
+        grad_weight = torch.empty_like(weight)
+        grad_hidden = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        for begin, z in zip(range(0, weight.shape[0], ctx.chunk), kept):
+            w = weight[begin:begin + ctx.chunk].to(mm)
+            coef = (z - lse[:, None]).exp_().mul_(-grad_out[:, None])
+            inside = (targets >= begin) & (targets < begin + w.shape[0])
+            coef[rows[inside], targets[inside] - begin] += grad_out[inside]
+            coef = coef.to(mm)
+            grad_weight[begin:begin + w.shape[0]] = (coef.T @ h).to(weight.dtype)
+            if ctx.needs_input_grad[0]:
+                grad_hidden.add_((coef @ w).to(lse.dtype))
+        grad_hidden = grad_hidden.to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
         return grad_hidden, grad_weight, None, None
 
 
