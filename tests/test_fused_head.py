@@ -36,10 +36,12 @@ def test_values_and_input_gradient_equal_the_plain_path(chunk):
     torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-10, atol=1e-12)
 
 
-def test_gradients_match_finite_differences():
+@pytest.mark.parametrize("trained_head", [False, True])
+def test_gradients_match_finite_differences(trained_head):
+    """Both backward paths: the input gradient folded into the forward (frozen head) and the kept logits."""
     weight, hidden, targets = _inputs(n=5, vocab=50, h=6)
     hidden.requires_grad_(True)
-    weight.requires_grad_(True)
+    weight.requires_grad_(trained_head)
     assert torch.autograd.gradcheck(lambda x, w: fused_token_logps(w, x, targets, 16), (hidden, weight))
 
 

@@ -43,6 +43,12 @@ def can_fuse(head, hidden: torch.Tensor) -> bool:
             and torch.autograd.forward_ad.unpack_dual(hidden).tangent is None)
 
 
+def _in_chunk(targets: torch.Tensor, begin: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows whose target falls in vocabulary columns [begin, begin + width), those targets' chunk columns)."""
+    rows = ((targets >= begin) & (targets < begin + width)).nonzero().squeeze(1)
+    return rows, targets[rows] - begin
+
+
 class _FusedLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk):
@@ -64,40 +70,42 @@ class _FusedLogps(torch.autograd.Function):
             z = hidden @ w.T  # under autocast, in its dtype; the backward multiplies in the same one
             product_dtype = z.dtype
             z = z.to(wide)
-            if keep_logits:
-                kept.append(z.clone())
-            inside = (targets >= begin) & (targets < begin + w.shape[0])
-            picked[inside] = z[inside, targets[inside] - begin]
+            rows, cols = _in_chunk(targets, begin, w.shape[0])
+            picked[rows] = z[rows, cols]
             new_top = torch.maximum(top, z.amax(dim=1))
             scale = torch.exp(top - new_top)  # 0 at the first chunk (top = −inf)
-            z.sub_(new_top[:, None]).exp_()
-            total.mul_(scale).add_(z.sum(dim=1))
+            e = (z - new_top[:, None]).exp_()  # out of place: z itself is what a trained head keeps
+            total.mul_(scale).add_(e.sum(dim=1))
             if fold_input_grad:
-                acc.mul_(scale[:, None]).add_((z.to(product_dtype) @ w.to(product_dtype)).to(wide))
+                acc.mul_(scale[:, None]).add_((e.to(product_dtype) @ w.to(product_dtype)).to(wide))
+            if keep_logits:
+                kept.append(z)
             top = new_top
         lse = top + torch.log(total)
-        d_hidden = weight[targets].to(wide) - acc / total[:, None] if fold_input_grad else None
-        ctx.save_for_backward(d_hidden, hidden, weight, targets, lse, *kept)
+        if fold_input_grad:
+            ctx.save_for_backward(weight[targets].to(wide) - acc / total[:, None])
+        elif keep_logits:
+            ctx.save_for_backward(hidden, weight, targets, lse, *kept)
         ctx.chunk, ctx.hidden_dtype, ctx.product_dtype = chunk, hidden.dtype, product_dtype
         return picked - lse
 
     @staticmethod
     def backward(ctx, grad_out):
-        d_hidden, hidden, weight, targets, lse, *kept = ctx.saved_tensors
-        if not kept:  # frozen head: the input gradient was folded into the forward
+        if not ctx.needs_input_grad[1]:  # frozen head: the input gradient was folded into the forward
+            (d_hidden,) = ctx.saved_tensors
             return (grad_out[:, None] * d_hidden).to(ctx.hidden_dtype), None, None, None
         # Trained head: with coef = g (1[v = y_t] − softmax(z_t)_v), ∂/∂W = coefᵀ h and ∂/∂h = coef W, chunk
         # by chunk from the kept logits and the log-sum-exp.
+        hidden, weight, targets, lse, *kept = ctx.saved_tensors
         mm = ctx.product_dtype
         h = hidden.to(mm)
         grad_weight = torch.empty_like(weight)
         grad_hidden = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
         for begin, z in zip(range(0, weight.shape[0], ctx.chunk), kept):
             w = weight[begin:begin + ctx.chunk].to(mm)
             coef = (z - lse[:, None]).exp_().mul_(-grad_out[:, None])
-            inside = (targets >= begin) & (targets < begin + w.shape[0])
-            coef[rows[inside], targets[inside] - begin] += grad_out[inside]
+            rows, cols = _in_chunk(targets, begin, w.shape[0])
+            coef[rows, cols] += grad_out[rows]
             coef = coef.to(mm)
             grad_weight[begin:begin + w.shape[0]] = (coef.T @ h).to(weight.dtype)
             if ctx.needs_input_grad[0]:

@@ -107,8 +107,8 @@ def completion_targets(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tens
 def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) for each gathered position, [N].
 
-    A frozen linear head runs in vocabulary chunks with its input gradient folded in
-    (`robalign.fused_head`); any other head makes the logits and lets cross_entropy fuse the log-softmax.
+    A bias-free linear head runs in vocabulary chunks (`robalign.fused_head`, which says when it applies);
+    any other head makes the logits and lets cross_entropy fuse the log-softmax.
     """
     if can_fuse(head, hidden):
         return fused_token_logps(head.weight, hidden, targets)
