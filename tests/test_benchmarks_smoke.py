@@ -16,10 +16,23 @@ SUMMARY_KEYS = {"measured_steps", "median_step_s", "pairs_per_s", "real_tokens_p
                 "useful_gflops_per_s", "share_of_matmul_ceiling", "measured_time_s"}
 
 
+def hh_like(path: Path, n: int = 48) -> Path:
+    """A small file in HH-RLHF's transcript format, so the harnesses run wherever the clone lives (the shared
+    copy sits beside the repository only on the project's machines)."""
+    rows = []
+    for i in range(n):
+        talk = f"\n\nHuman: question {i}: what is {i} plus {i % 7}?"
+        rows.append({"chosen": f"{talk}\n\nAssistant: it is {i + i % 7}.",
+                     "rejected": f"{talk}\n\nAssistant: I would rather not say, sorry {i}."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def run_speed(tmp_path, frameworks: str, timeout: int):
     out = tmp_path / "speed.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--configs", "tiny", "--frameworks", frameworks,
-           "--warmup", "1", "--steps", "1", "--ceiling-n", "256", "--out", str(out)]
+           "--warmup", "1", "--steps", "1", "--ceiling-n", "256", "--out", str(out),
+           "--data", str(hh_like(tmp_path / "hh.jsonl"))]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
@@ -81,7 +94,7 @@ def test_long_training_benchmark_runs_every_configuration(tmp_path):
     out = tmp_path / "lt.jsonl"
     cmd = [sys.executable, str(REPO / "benchmarks" / "long_training.py"), "--model", "tiny-llama", "--pairs", "24",
            "--eval-pairs", "8", "--epochs", "1", "--k", "1", "--steps", "1", "--breakdown-steps", "1",
-           "--out", str(out)]
+           "--out", str(out), "--data", str(hh_like(tmp_path / "hh.jsonl"))]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     header, *runs = json.loads(out.read_text())["run"]
