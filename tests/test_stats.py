@@ -29,3 +29,25 @@ def test_seed_to_seed_spread_widens_the_interval():
     assert wide["mean"] == pytest.approx(0.5, abs=0.02)
     assert (wide["high"] - wide["low"]) > 10 * (narrow["high"] - narrow["low"])
     assert wide["seeds"] == 3 and wide["pairs"] == 1500
+
+
+def test_seed_t_interval_is_mean_plus_minus_t_sd_over_root_k():
+    from robalign.stats import seed_t_interval
+
+    per_seed = [torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0, 0.5, 0.5])]
+    means = [0.5, 1.0, 0.25]
+    mean = sum(means) / 3
+    sd = (sum((m - mean) ** 2 for m in means) / 2) ** 0.5
+    ci = seed_t_interval(per_seed)
+    assert ci["mean"] == pytest.approx(mean)
+    assert ci["high"] - mean == pytest.approx(4.303 * sd / 3 ** 0.5, rel=1e-4)
+    assert ci["low"] == pytest.approx(2 * mean - ci["high"])
+    assert seed_t_interval(per_seed[:1]) is None
+
+
+def test_seed_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from robalign.stats import _T975
+
+    for df, t in enumerate(_T975, start=1):
+        assert t == pytest.approx(stats.t.ppf(0.975, df), abs=6e-4)

@@ -49,3 +49,26 @@ def hierarchical_bootstrap(per_seed: list[torch.Tensor], *, n_boot: int = 2000, 
     low, high = torch.quantile(stats, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
     return {"mean": float(torch.stack([v.mean() for v in values]).mean()), "low": low, "high": high,
             "seeds": k, "pairs": sum(len(v) for v in values)}
+
+
+# Two-sided 95 % quantiles of Student's t, t(0.975; df) for df = 1…30 (beyond, the normal's 1.960 is within 4 %).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def seed_t_interval(per_seed: list[torch.Tensor]) -> dict | None:
+    """95 % t-interval of the mean over seeds of each seed's mean (None with fewer than 2 seeds).
+
+    The bootstrap above resamples seeds as if they were many; with three seeds that understates how much a
+    fourth one could differ, so reports give this interval beside it: mean ± t(0.975; k − 1) · sd / √k over
+    the k per-seed means, which treats the held-out noise within a seed as part of the seed-to-seed spread.
+    """
+    means = torch.stack([v.double().flatten().mean() for v in per_seed])
+    k = len(means)
+    if k < 2:
+        return None
+    t = _T975[k - 2] if k - 1 <= len(_T975) else 1.960
+    half = t * means.std(unbiased=True).item() / k ** 0.5
+    mean = means.mean().item()
+    return {"mean": mean, "low": mean - half, "high": mean + half, "seeds": k}
+

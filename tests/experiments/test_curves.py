@@ -18,3 +18,28 @@ def test_cost_of_noise_is_clean_minus_noisy_correctness_on_the_same_pairs(tmp_pa
     lines = _cost_of_noise(results, lambda r: tmp_path / ("clean" if r["rate"] == 0 else "noisy"), "h")
     row = next(line for line in lines if line.startswith("| dpo | flip 0.4 |"))
     assert "+0.375" in row  # 0.75 − (1 + 0 + 0.5 + 0) / 4
+
+
+def test_versus_baseline_lists_each_seed_in_seed_order_and_a_t_interval(tmp_path):
+    from robalign.experiments.curves import _versus_baseline
+    from robalign.stats import seed_t_interval
+
+    # seed s: DPO right on all 4 pairs, hinge right on s + 1 of them -> per-seed differences −0.75, −0.5, −0.25
+    results = []
+    for seed in (2, 0, 1):  # out of order on purpose
+        for method in ("dpo", "hinge"):
+            right = 4 if method == "dpo" else seed + 1
+            h = torch.tensor([[0.0] * 4, [1.0] * right + [-1.0] * (4 - right)])
+            cell = tmp_path / f"{method}-{seed}"
+            cell.mkdir()
+            save_file({"h": h, "epoch": torch.tensor([0.0, 1.0], dtype=torch.float64)},
+                      str(cell / "heldout_margins.safetensors"))
+            results.append({"method": method, "kind": "flip", "rate": 0.4, "seed": seed})
+    lines = _versus_baseline(results, lambda r: tmp_path / f"{r['method']}-{r['seed']}", "h")
+    row = next(line for line in lines if line.startswith("| hinge | flip 0.4 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "-0.500"
+    assert cells[4] == "-0.750, -0.500, -0.250"
+    t = seed_t_interval([torch.tensor([d]) for d in (-0.75, -0.5, -0.25)])
+    assert cells[5] == f"[{t['low']:+.3f}, {t['high']:+.3f}]"
+    assert cells[6] == "3"

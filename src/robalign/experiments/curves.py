@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from robalign.stats import correctness, hierarchical_bootstrap
+from robalign.stats import correctness, hierarchical_bootstrap, seed_t_interval
 
 BASELINE = "dpo"
 
@@ -100,15 +100,21 @@ def _paired_last_epoch(pairs: list[tuple], cell_of, key: str, title: str, column
         if first is None or second is None or first["values"].shape[1] != second["values"].shape[1]:
             continue
         groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(
-            correctness(first["values"][-1]) - correctness(second["values"][-1]))
+            (r["seed"], correctness(first["values"][-1]) - correctness(second["values"][-1])))
     if not groups:
         return []
-    lines = [f"\n## Long training: {title}\n", f"| method | noise | {column} | 95 % interval | seeds | pairs |",
-             "|---|---|---|---|---|---|"]
-    for (method, kind, rate), diffs in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
-        ci = hierarchical_bootstrap(diffs)
+    lines = [f"\n## Long training: {title}\n",
+             "Per seed: each seed's own paired difference, so one can see whether the seeds agree. The t-interval "
+             "over seeds (2 or more) treats the seeds as the sample; with few seeds it is the wider, safer one.\n",
+             f"| method | noise | {column} | 95 % interval | per seed | t-interval over seeds | seeds | pairs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (method, kind, rate), by_seed in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
+        diffs = [d for _, d in sorted(by_seed, key=lambda sd: sd[0])]
+        ci, t = hierarchical_bootstrap(diffs), seed_t_interval(diffs)
+        per_seed = ", ".join(f"{d.mean().item():+.3f}" for d in diffs)
+        t_text = "-" if t is None else f"[{t['low']:+.3f}, {t['high']:+.3f}]"
         lines.append(f"{_row_label(method, kind, rate)} {ci['mean']:+.3f} | [{ci['low']:+.3f}, {ci['high']:+.3f}] | "
-                     f"{ci['seeds']} | {ci['pairs']} |")
+                     f"{per_seed} | {t_text} | {ci['seeds']} | {ci['pairs']} |")
     return lines
 
 
