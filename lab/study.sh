@@ -32,11 +32,13 @@ case "${1:-}" in
     $RB bench robustness --data verifiable --methods cdpo --kinds flip --rates 0.4 --seeds 0 \
         --epochs 10 --train-last-k 2 --trunk-cache disk --lora-r 0 --batch-size 8 --lr 5e-4 --max-length 256 \
         --train-pairs 256 --eval-pairs 500 --gen-prompts 0 --param cdpo.epsilon=rate --out outputs/study/scaled ;;
-  confirm)  # stage (b): DPO and the screen's closest two (hinge, Dr.DPO), seeds 0-2, 1,000 held-out pairs, gold
+  confirm)  # stage (b): DPO and the screen's closest two (hinge, Dr.DPO), seeds 0-2, 1,000 held-out pairs evaluated
+             # every second epoch (an evaluation of 1,000 pairs costs about half an epoch of training), gold
              # reward of greedy generations on 64 held-out prompts; in order of what decides most: 40 % flips,
              # clean DPO (what noise costs), length-biased 0.4, 20 % flips, the two methods on clean labels
     C=(--data verifiable --seeds 0,1,2 --epochs 10 --train-last-k 2 --trunk-cache disk --lora-r 0 --batch-size 8
-       --lr 1e-4 --max-length 256 --train-pairs 256 --eval-pairs 1000 --gen-prompts 64 --out outputs/study/confirm)
+       --lr 1e-4 --max-length 256 --train-pairs 256 --eval-pairs 1000 --eval-per-epoch 0.5 --gen-prompts 64
+       --out outputs/study/confirm)
     $RB bench robustness --methods dpo,hinge,drdpo --kinds flip --rates 0.4 "${C[@]}"
     $RB bench robustness --methods dpo --kinds flip --rates 0 "${C[@]}"
     $RB bench robustness --methods dpo,hinge,drdpo --kinds length --rates 0.4 "${C[@]}"

@@ -44,6 +44,27 @@ def test_eval_per_epoch_zero_evaluates_only_at_the_end(tmp_path):
     assert [r["step"] for r in rows if "eval/accuracy_M" in r] == [12]
 
 
+def test_fractional_eval_per_epoch_evaluates_every_second_epoch(tmp_path):
+    _trainer(tmp_path, epochs=5, eval_per_epoch=0.5, eval_at_start=True).train()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "eval/accuracy_M" in r] == [0.0, 2.0, 4.0, 5.0]  # start, every 2, the end
+
+
+def test_eval_per_epoch_counts_in_the_decimal_written():
+    """0.29 evaluations per epoch of 29 micro-batches = one every 100 micro-batches. In binary floats
+    100 · 0.29 = 28.999…, so a float count would evaluate at 101 and miss 200 (57.999… at 200)."""
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(eval_every=0, eval_per_epoch=0.29)),
+                           step_num=1, per_epoch=29)
+    due = []
+    for position in range(1, 201):
+        fake.position = position
+        if Trainer._evaluation_due(fake, position - 1):
+            due.append(position)
+    assert due == [100, 200]
+
+
 def test_fit_shares_are_the_observed_label_preferences_of_the_pairs_met(tmp_path):
     """Checked against a brute-force count: each pair's DPO margin at the moment its batch trained."""
     trainer = _trainer(tmp_path, max_steps=6, eval_per_epoch=0)

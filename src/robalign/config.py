@@ -183,7 +183,8 @@ class TrainConfig:
     max_steps: int = setting(100, "Optimiser steps of the whole run (sets the learning-rate schedule).")
     epochs: float = setting(0.0, "Budget in passes over the training pairs instead of max_steps (> 0 sets max_steps "
                             "to ceil(epochs x steps per epoch)); 0 = use max_steps.")
-    eval_per_epoch: int = setting(1, "Held-out evaluations per epoch (learning curves; 0 = none at epoch ends).")
+    eval_per_epoch: float = setting(1, "Held-out evaluations per epoch (learning curves; 0 = none at epoch ends; "
+                                    "0.5 = every second epoch).")
     stop_after: int = setting(0, "Stop after this many steps with a checkpoint, schedule unchanged, so that "
                               "--resume continues the same run (0 = run to max_steps).")
     optimizer: str = setting("adamw", "'adamw' or 'sgd'.")

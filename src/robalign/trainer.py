@@ -16,6 +16,7 @@ import os
 import random
 import time
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -711,7 +712,9 @@ class Trainer:
         tc = self.cfg.train
         if tc.eval_every and self.step_num % tc.eval_every == 0:
             return True
-        n = tc.eval_per_epoch
+        # As the decimal the user wrote (0.3 is 3/10, not the float's binary fraction): an epoch boundary
+        # is then crossed exactly when it should be.
+        n = Fraction(repr(float(tc.eval_per_epoch)))
         return bool(n) and (self.position * n) // self.per_epoch > (before * n) // self.per_epoch
 
     def _write_eval(self, writer) -> dict:

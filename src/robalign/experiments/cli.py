@@ -169,7 +169,8 @@ def register_cli(sub):
     p.add_argument("--steps", type=int, default=16, help="optimiser steps per cell (unless --epochs)")
     p.add_argument("--epochs", type=float, default=0.0, help="passes over each cell's training pairs instead of "
                    "--steps; cells then evaluate every epoch and record their learning curve")
-    p.add_argument("--eval-per-epoch", type=int, default=1, help="held-out evaluations per epoch with --epochs")
+    p.add_argument("--eval-per-epoch", type=float, default=1.0, help="held-out evaluations per epoch with "
+                   "--epochs (0.5: every second epoch)")
     p.add_argument("--keep-fraction", type=float, default=1.0,
                    help="train each cell only on this share of its (noisy) training pairs, those the base model "
                         "agrees with most (data.keep_fraction); offline methods")

@@ -86,7 +86,7 @@ class SweepSpec:
     epochs: float = 0.0
     train_last_k: int = 0
     trunk_cache: str = "off"
-    eval_per_epoch: int = 1
+    eval_per_epoch: float = 1.0
     keep_fraction: float = 1.0  # data.keep_fraction: train on the pairs the base model agrees with most
     params: dict = field(default_factory=dict)  # {method: {key: value}} from --param, over METHOD_DEFAULTS
 
