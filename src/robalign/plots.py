@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +26,7 @@ def weight_histograms(weights: torch.Tensor, flipped: torch.Tensor, path: str | 
         flipped: [n] float, 1 flipped / 0 clean / NaN unknown.
         path: the .png to write.
     """
-    plt = _pyplot()
+    plt = pyplot()
     w, f = weights.double().cpu(), flipped.double().cpu()
     low, high = float(w.min()), float(w.max())
     edges = [low + (high - low) * i / bins for i in range(bins + 1)] if high > low else bins
@@ -54,14 +54,14 @@ def weight_histograms(weights: torch.Tensor, flipped: torch.Tensor, path: str | 
 def series_colours(labels) -> dict:
     """A fixed colour per label (20 distinct ones: a sweep over every method has 13 series), so a series has
     the same colour in every panel even where another is missing."""
-    plt = _pyplot()
+    plt = pyplot()
     return {label: plt.cm.tab20(k % 20) for k, label in enumerate(labels)}
 
 
 @contextlib.contextmanager
 def panels(titles: list[str], path: str | Path, *, width: float = 4.5, height: float = 3.6):
     """One row of subplots, one per title; yields [(ax, title)], then adds the legend and writes `path`."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(titles), figsize=(width * len(titles), height), squeeze=False)
     yield list(zip(axes[0], titles))
     # One legend for all panels (a series may be missing from some), outside the axes: with 13 methods an

@@ -20,14 +20,11 @@ def test_cost_of_noise_is_clean_minus_noisy_correctness_on_the_same_pairs(tmp_pa
     assert "+0.375" in row  # 0.75 − (1 + 0 + 0.5 + 0) / 4
 
 
-def test_versus_baseline_lists_each_seed_in_seed_order_and_a_t_interval(tmp_path):
-    from robalign.experiments.curves import _versus_baseline
-    from robalign.stats import seed_t_interval
-
-    # seed s: DPO right on all 4 pairs, hinge right on s + 1 of them -> per-seed differences −0.75, −0.5, −0.25
+def _three_seeds(tmp_path, methods=("dpo", "hinge")) -> list[dict]:
+    """Seed s: DPO right on all 4 pairs, any other method on s + 1 of them (differences −0.75, −0.5, −0.25)."""
     results = []
     for seed in (2, 0, 1):  # out of order on purpose
-        for method in ("dpo", "hinge"):
+        for method in methods:
             right = 4 if method == "dpo" else seed + 1
             h = torch.tensor([[0.0] * 4, [1.0] * right + [-1.0] * (4 - right)])
             cell = tmp_path / f"{method}-{seed}"
@@ -35,6 +32,14 @@ def test_versus_baseline_lists_each_seed_in_seed_order_and_a_t_interval(tmp_path
             save_file({"h": h, "epoch": torch.tensor([0.0, 1.0], dtype=torch.float64)},
                       str(cell / "heldout_margins.safetensors"))
             results.append({"method": method, "kind": "flip", "rate": 0.4, "seed": seed})
+    return results
+
+
+def test_versus_baseline_lists_each_seed_in_seed_order_and_a_t_interval(tmp_path):
+    from robalign.experiments.curves import _versus_baseline
+    from robalign.stats import seed_t_interval
+
+    results = _three_seeds(tmp_path)
     lines = _versus_baseline(results, lambda r: tmp_path / f"{r['method']}-{r['seed']}", "h")
     row = next(line for line in lines if line.startswith("| hinge | flip 0.4 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -43,3 +48,15 @@ def test_versus_baseline_lists_each_seed_in_seed_order_and_a_t_interval(tmp_path
     t = seed_t_interval([torch.tensor([d]) for d in (-0.75, -0.5, -0.25)])
     assert cells[5] == f"[{t['low']:+.3f}, {t['high']:+.3f}]"
     assert cells[6] == "3"
+
+
+def test_versus_baseline_plot_is_drawn_only_when_a_method_has_dpo_to_pair_with(tmp_path):
+    from robalign.experiments.curves import plot_versus_baseline
+
+    results = _three_seeds(tmp_path)
+    cell_of = lambda r: tmp_path / f"{r['method']}-{r['seed']}"  # noqa: E731
+    path = plot_versus_baseline(results, cell_of, "h", tmp_path / "versus.png")
+    assert path is not None and path.stat().st_size > 0
+    alone = [r for r in results if r["method"] == "hinge"]  # no DPO cell: nothing to pair
+    assert plot_versus_baseline(alone, cell_of, "h", tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

@@ -62,6 +62,8 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
                      f"{_ms([r['best_epoch'] for r in rows], 1)} | {_ms([a - b for a, b in zip(last, best)])} | "
                      f"{_ms(fit_f)} | {_ms(fit_c)} | {len(rows)} |")
     lines += _versus_baseline(curved, cell_of, key)
+    if plot_versus_baseline(curved, cell_of, key, dest / f"versus_{BASELINE}_{acc}.png"):
+        lines.append(f"\n![versus {BASELINE}](versus_{BASELINE}_{acc}.png)\n")
     lines += _cost_of_noise(curved, cell_of, key)
     lines += _early_stopping(curved, cell_of, key)
     plot_curves(curved, dest / f"learning_curves_{acc}.png", acc)
@@ -90,9 +92,29 @@ def _cost_of_noise(results: list[dict], cell_of, key: str) -> list[str]:
 
 def _paired_last_epoch(pairs: list[tuple], cell_of, key: str, title: str, column: str) -> list[str]:
     """One table row per (method, kind, rate) of the first cell of each (cell, a, b): last-epoch correctness
-    of a − of b, pair by pair, seeds combined by a hierarchical bootstrap; couples missing a cell or their
-    per-pair margins, or scored on other held-out pairs, are left out."""
-    groups: dict[tuple, list[torch.Tensor]] = {}
+    of a − of b, pair by pair, seeds combined by a hierarchical bootstrap (`_paired_groups`)."""
+    groups = _paired_groups(pairs, cell_of, key)
+    if not groups:
+        return []
+    lines = [f"\n## Long training: {title}\n",
+             "Per seed: each seed's own paired difference, so one can see whether the seeds agree. The t-interval "
+             "over seeds (2 or more) treats the seeds as the sample; with few seeds it is the wider, safer one.\n",
+             f"| method | noise | {column} | 95 % interval | per seed | t-interval over seeds | seeds | pairs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (method, kind, rate), diffs in groups:
+        ci, t = hierarchical_bootstrap(diffs), seed_t_interval(diffs)
+        per_seed = ", ".join(f"{d.mean().item():+.3f}" for d in diffs)
+        t_text = "-" if t is None else f"[{t['low']:+.3f}, {t['high']:+.3f}]"
+        lines.append(f"{_row_label(method, kind, rate)} {ci['mean']:+.3f} | [{ci['low']:+.3f}, {ci['high']:+.3f}] | "
+                     f"{per_seed} | {t_text} | {ci['seeds']} | {ci['pairs']} |")
+    return lines
+
+
+def _paired_groups(pairs: list[tuple], cell_of, key: str) -> list[tuple[tuple, list[torch.Tensor]]]:
+    """[((method, kind, rate), [per-pair last-epoch correctness of a − of b, one tensor per seed in seed
+    order])], sorted by noise then method; couples missing a cell or their per-pair margins, or scored on
+    other held-out pairs, are left out."""
+    groups: dict[tuple, list] = {}
     for r, a, b in pairs:
         if a is None or b is None:
             continue
@@ -101,21 +123,39 @@ def _paired_last_epoch(pairs: list[tuple], cell_of, key: str, title: str, column
             continue
         groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(
             (r["seed"], correctness(first["values"][-1]) - correctness(second["values"][-1])))
+    return [(group, [d for _, d in sorted(by_seed, key=lambda sd: sd[0])])
+            for group, by_seed in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0]))]
+
+
+def plot_versus_baseline(results: list[dict], cell_of, key: str, path: Path) -> Path | None:
+    """Each method's last-epoch accuracy − DPO's on the same pairs, one row per (method, noise), with its 95 %
+    bootstrap interval (and the t-interval over seeds, thinner, when there are 2 or more): the study's answer
+    in one picture. Nothing is written (None) when no method has a DPO cell to pair with."""
+    from robalign.plots import pyplot
+
+    base = {(r["kind"], r["rate"], r["seed"]): r for r in results if r["method"] == BASELINE}
+    groups = _paired_groups([(r, r, base.get((r["kind"], r["rate"], r["seed"]))) for r in results
+                             if r["method"] != BASELINE], cell_of, key)
     if not groups:
-        return []
-    lines = [f"\n## Long training: {title}\n",
-             "Per seed: each seed's own paired difference, so one can see whether the seeds agree. The t-interval "
-             "over seeds (2 or more) treats the seeds as the sample; with few seeds it is the wider, safer one.\n",
-             f"| method | noise | {column} | 95 % interval | per seed | t-interval over seeds | seeds | pairs |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (method, kind, rate), by_seed in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
-        diffs = [d for _, d in sorted(by_seed, key=lambda sd: sd[0])]
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.32 * len(groups)))
+    for y, (_, diffs) in enumerate(reversed(groups)):
         ci, t = hierarchical_bootstrap(diffs), seed_t_interval(diffs)
-        per_seed = ", ".join(f"{d.mean().item():+.3f}" for d in diffs)
-        t_text = "-" if t is None else f"[{t['low']:+.3f}, {t['high']:+.3f}]"
-        lines.append(f"{_row_label(method, kind, rate)} {ci['mean']:+.3f} | [{ci['low']:+.3f}, {ci['high']:+.3f}] | "
-                     f"{per_seed} | {t_text} | {ci['seeds']} | {ci['pairs']} |")
-    return lines
+        if t is not None:
+            ax.plot([t["low"], t["high"]], [y, y], color="tab:grey", lw=1)
+        ax.plot([ci["low"], ci["high"]], [y, y], color="tab:blue", lw=3.5, solid_capstyle="butt")
+        ax.plot([ci["mean"]], [y], marker="o", color="black", markersize=4)
+    ax.set_yticks(range(len(groups)), [f"{m}, {k} {r:g} ({len(d)} seed{'s' if len(d) > 1 else ''})"
+                                       for (m, k, r), d in reversed(groups)], fontsize=8)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_xlabel(f"last-epoch clean held-out accuracy_{key} − {BASELINE}'s, same pairs "
+                  "(95 %: bootstrap thick, t over seeds thin)", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _early_stopping(results: list[dict], cell_of, key: str) -> list[str]:
