@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import make_pairs
@@ -46,6 +47,11 @@ def test_two_processes_match_one(tmp_path, method, lora_r):
     assert one_w.keys() == two_w.keys()
     for k in one_w:
         assert (one_w[k] - two_w[k]).abs().max().item() < 1e-5, k
+    if method not in ONLINE:  # each pair's margin per epoch, gathered from both processes
+        one_m, two_m = (load_file(str(tmp_path / n / "train_margins.safetensors"))["margin"] for n in ("one", "two"))
+        assert one_m.shape == (1, 16) and one_m.isnan().sum().item() == 4  # 3 steps x 4 pairs: 12 met, 4 not yet
+        assert torch.equal(one_m.isnan(), two_m.isnan())
+        assert (one_m.nan_to_num() - two_m.nan_to_num()).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("cache", ["memory", "disk"])

@@ -34,6 +34,7 @@ from robalign.evaluate import PreferenceEvaluator
 from robalign.methods import build_method
 from robalign.metrics import MetricsWriter
 from robalign.models import apply_lora, cache_dir, disable_dropout, freeze_below, load_model_and_tokenizer
+from robalign.pair_history import PairHistory
 from robalign.policy import PolicyLM
 from robalign.precision import (
     Precision,
@@ -336,6 +337,10 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id
         self.trunk = self._build_trunk() if self.cfg.model.trunk_cache != "off" else None
         self.pair_filter = self._keep_agreeing_pairs() if dc.keep_fraction < 1 else None
+        # Columns: positions in the given training data (a pair skipped or filtered out stays NaN); online
+        # methods train on pairs they generate, which have no fixed position to follow.
+        self.history = None if self.method.online else PairHistory(torch.tensor(
+            [math.nan if p.is_flipped is None else float(p.is_flipped) for p in train_pairs]))
         self.stream = BatchStream(self.train_data, tc.batch_size, seed=tc.seed, pad_id=self.pad_id,
                                   world_size=self.acc.num_processes, rank=self.acc.process_index, trunk=self.trunk)
         self.per_epoch = self.stream.micro_batches_per_epoch
@@ -462,9 +467,10 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
         tokens = raw_loss = torch.zeros(())
-        records = []
+        records, met = [], []
         for micro in range(tc.grad_accum):
             batch = self.stream.batch(self.position).to(self.acc.device)
+            met.append(self.position // self.per_epoch)  # the epoch this micro-batch belongs to
             self.position += 1
             last = micro == tc.grad_accum - 1
             sync = contextlib.nullcontext() if last else self.acc.no_sync(self.policy)
@@ -508,6 +514,10 @@ class Trainer:
         totals["step_time_s"] = torch.tensor(time.perf_counter() - t0)
         self.last_records = records
         self._count_fit(records)
+        if self.history is not None:
+            for (batch, per_pair), epoch in zip(records, met):
+                if per_pair.get("margin") is not None:
+                    self.history.record(epoch, batch.index, per_pair["margin"])
         return totals
 
     def _count_fit(self, records):
@@ -523,10 +533,15 @@ class Trainer:
             counts = torch.stack([(prefers * flipped).sum(), flipped.sum(), (prefers * clean).sum(), clean.sum()])
             self.fit = self.fit.to(counts.device) + counts  # stays on the device: read once per evaluation
 
+    def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over the processes (itself under one); every process must call it."""
+        if self.acc.num_processes == 1:
+            return tensor
+        return self.acc.reduce(tensor.to(self.acc.device), "sum")
+
     def _fit_metrics(self) -> dict:
         """The shares `_count_fit` counted since the last call, over every process (all must call it)."""
-        totals = self.fit.to(self.acc.device)
-        totals = (self.acc.reduce(totals, "sum") if self.acc.num_processes > 1 else totals).cpu()
+        totals = self._reduce(self.fit).cpu()
         self.fit = torch.zeros(4)
         out = {}
         if totals[1] > 0:
@@ -720,6 +735,9 @@ class Trainer:
     def _write_eval(self, writer) -> dict:
         """Evaluates on the held-out pairs and logs it with the training-fit shares and the epoch."""
         fit = self._fit_metrics()
+        if self.history is not None:  # every process: the table is summed over them
+            self.history.save(self.out / "train_margins.safetensors" if self.acc.is_main_process else None,
+                              reduce=self._reduce if self.acc.num_processes > 1 else None)
         ev = self.evaluate()
         if writer:
             writer.write({"step": self.step_num, "epoch": round(self.epoch, 4), **ev, **fit})
@@ -831,13 +849,18 @@ class Trainer:
 
     def save_checkpoint(self):
         self.acc.wait_for_everyone()
+        # Per-process tallies are checkpointed summed over the processes and restored on the main one only,
+        # so a resumed run counts every pair once (`_resume`).
+        fit = self._reduce(self.fit)
+        history = self.history.state(self._reduce if self.acc.num_processes > 1 else None) if self.history else None
         if not self.acc.is_main_process:
             return
         ckpt.save_checkpoint(self.out / "checkpoints", self.step_num, model=self.model,
                              optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
                              else self.optimizer, scheduler=self.scheduler,
                              state={"position": self.position, "skipped_batches": self.skipped_batches,
-                                    "fit": self.fit.cpu().tolist(), "stopped_early": self.stopped_early,
+                                    "fit": fit.cpu().tolist(), "stopped_early": self.stopped_early,
+                                    **({"pair_history": history} if history is not None else {}),
                                     **({"best": self.best.state()} if self.best is not None else {}),
                                     **self.scaling.state_dict()},
                              keep_last=self.cfg.train.keep_last)
@@ -856,7 +879,10 @@ class Trainer:
         path, state = loaded
         self.step_num, self.position = state["step"], state["position"]
         self.skipped_batches = state.get("skipped_batches", 0)
-        self.fit = torch.tensor(state.get("fit", [0.0] * 4))
+        main = self.acc.is_main_process  # the saved tallies are the sum over processes: one holds them
+        self.fit = torch.tensor(state.get("fit", [0.0] * 4)) if main else torch.zeros(4)
+        if self.history is not None:
+            self.history.load_state(state.get("pair_history") if main else None)
         self.stopped_early = bool(state.get("stopped_early", False))
         if self.best is not None:
             self.best.load_state(state.get("best"))

@@ -1,0 +1,100 @@
+"""Each training pair's margin per epoch: the unit's bookkeeping, and the trainer's table against a brute-force
+record of the margins its steps computed, across a resume."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_pairs
+from robalign.config import build_config
+from robalign.pair_history import PairHistory
+from robalign.trainer import Trainer
+
+
+def test_table_is_the_mean_margin_met_per_epoch_and_nan_where_unmet():
+    history = PairHistory(torch.tensor([1.0, 0.0, math.nan]))
+    history.record(0, torch.tensor([0, 2]), torch.tensor([0.5, -1.0]))
+    history.record(1, torch.tensor([1]), torch.tensor([2.0]))
+    history.record(1, torch.tensor([1]), torch.tensor([4.0]))  # met twice in one epoch: the mean
+    table = history.table()
+    expected = torch.tensor([[0.5, math.nan, -1.0], [math.nan, 3.0, math.nan]])
+    assert torch.equal(table.isnan(), expected.isnan())
+    assert torch.equal(table.nan_to_num(), expected.nan_to_num())
+
+
+def test_reduce_sums_processes_and_state_round_trips():
+    a, b = PairHistory(torch.zeros(3)), PairHistory(torch.zeros(3))
+    a.record(0, torch.tensor([0]), torch.tensor([1.0]))
+    b.record(0, torch.tensor([1, 2]), torch.tensor([2.0, 3.0]))
+    # a stand-in for an all-reduce over the two processes
+    both = lambda t: a.sums[0] + b.sums[0] if t is a.sums[0] or t is b.sums[0] else a.counts[0] + b.counts[0]  # noqa: E731
+    assert a.table(both).tolist() == [[1.0, 2.0, 3.0]]
+    restored = PairHistory(torch.zeros(3))
+    restored.load_state(a.state(both))
+    assert restored.table().tolist() == [[1.0, 2.0, 3.0]]
+    restored.load_state(None)
+    assert restored.table().shape == (0, 3)
+
+
+def _trainer(tmp_path, name="run", **train):
+    cfg = build_config({"model": {"name": "tiny-llama", "lora_r": 0}, "method": {"name": "dpo"},
+                        "data": {"max_length": 64},
+                        "train": {"output_dir": str(tmp_path / name), "batch_size": 2, "lr": 1e-2,
+                                  "progress": False, "epochs": 2, "save_every": 2, **train}})
+    return Trainer(cfg, train_pairs=make_pairs(12), eval_pairs=make_pairs(4, seed=1))
+
+
+def _record_margins(trainer) -> list[tuple[int, int, float]]:
+    """(epoch, dataset position, margin) of every pair each step trained on, from the method's own result."""
+    seen = []
+    step = trainer.method.step
+
+    def recording(policy, reference, batch):
+        result = step(policy, reference, batch)
+        epoch = (trainer.position - 1) // trainer.per_epoch  # the trainer advanced its position for this batch
+        seen.extend((epoch, i, m) for i, m in zip(batch.index.tolist(), result.per_pair["margin"].tolist()))
+        return result
+
+    trainer.method.step = recording
+    return seen
+
+
+def test_trainer_writes_each_pairs_margin_per_epoch_with_its_flip_flag(tmp_path):
+    trainer = _trainer(tmp_path)
+    seen = _record_margins(trainer)
+    trainer.train()
+    table = load_file(str(tmp_path / "run" / "train_margins.safetensors"))
+    assert table["margin"].shape == (2, 12)
+    assert table["is_flipped"].tolist() == [float(i % 3 == 0) for i in range(12)]  # make_pairs' flags
+    expected = torch.full((2, 12), math.nan)
+    for epoch, index, margin in seen:
+        expected[epoch, index] = margin  # each pair is met once per epoch
+    assert len(seen) == 24
+    assert torch.equal(table["margin"], expected)
+    # The last epoch's column means agree with the logged share of flipped labels preferred.
+    last = table["margin"][1]
+    flipped = table["is_flipped"] == 1
+    share = ((last[flipped] > 0).float() + 0.5 * (last[flipped] == 0).float()).mean().item()
+    logged = [r for r in trainer._eval_rows() if "train/fit_flipped" in r][-1]["train/fit_flipped"]
+    assert share == pytest.approx(logged)
+
+
+def test_the_table_is_the_same_after_a_resume(tmp_path):
+    whole = _trainer(tmp_path, "whole")
+    whole.train()
+    part = _trainer(tmp_path, "part", stop_after=7)  # stops mid-epoch 2, after a checkpoint at step 6
+    part.train()
+    _trainer(tmp_path, "part").train(resume=True)
+    a = load_file(str(tmp_path / "whole" / "train_margins.safetensors"))["margin"]
+    b = load_file(str(tmp_path / "part" / "train_margins.safetensors"))["margin"]
+    assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def test_online_methods_keep_no_history(tmp_path):
+    cfg = build_config({"model": {"name": "tiny-llama", "lora_r": 0}, "method": {"name": "sail"},
+                        "data": {"max_length": 64},
+                        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 2, "progress": False,
+                                  "max_steps": 1}})
+    assert Trainer(cfg, train_pairs=make_pairs(4), eval_pairs=make_pairs(2)).history is None
