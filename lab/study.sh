@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The long-training study (docs/results.md): each stage is a cached sweep, so re-running resumes it.
-# Usage: bash lab/study.sh pilot|pilot2|screen|keep|scaled|confirm   (the other stages are added as the design's stages are run)
+# Usage: bash lab/study.sh pilot|pilot2|screen|keep|scaled|confirm|online   (the other stages are added as the design's stages are run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RB=.venv/bin/robalign
@@ -44,5 +44,13 @@ case "${1:-}" in
     $RB bench robustness --methods dpo,hinge,drdpo --kinds length --rates 0.4 "${C[@]}"
     $RB bench robustness --methods dpo,hinge,drdpo --kinds flip --rates 0.2 "${C[@]}"
     $RB bench robustness --methods hinge,drdpo --kinds flip --rates 0 "${C[@]}" ;;
-  *) echo "usage: $0 pilot|pilot2|screen|keep|scaled|confirm" >&2; exit 2 ;;
+  online)  # item 4: online DPO vs SAIL vs oracle-robust (ρ told the oracle's rate) under a flip oracle and a
+            # ρ-adversarial one, at the budget where pilot 96 saw the gold reward of online DPO's samples rise
+            # (LoRA r 16, 8 prompts x 2 samples per step, lr 2e-4); one thread, so it can run beside a sweep
+    O=(--methods online_dpo,sail_pr,oracle_robust --seeds 0 --steps 64 --batch-size 8 --lr 2e-4 --rho 0.3
+       --eval-prompts 48 --threads 1)
+    .venv/bin/python benchmarks/online.py "${O[@]}" --oracle bt:verifiable:0.1+flip:0.3 --out outputs/study/online/flip30
+    .venv/bin/python benchmarks/online.py "${O[@]}" --oracle bt:verifiable:0.1+adversarial:0.3 \
+        --out outputs/study/online/adversarial30 ;;
+  *) echo "usage: $0 pilot|pilot2|screen|keep|scaled|confirm|online" >&2; exit 2 ;;
 esac
