@@ -47,7 +47,7 @@ case "${1:-}" in
   online)  # item 4: online DPO vs SAIL vs oracle-robust (ρ told the oracle's rate) under a flip oracle and a
             # ρ-adversarial one, at the budget where pilot 96 saw the gold reward of online DPO's samples rise
             # (LoRA r 16, 8 prompts x 2 samples per step, lr 2e-4); one thread, so it can run beside a sweep
-    O=(--methods online_dpo,sail_pr,oracle_robust --seeds 0 --steps 64 --batch-size 8 --lr 2e-4 --rho 0.3
+    O=(--methods online_dpo,sail_pr,oracle_robust --seeds 0 --steps 80 --batch-size 8 --lr 2e-4 --rho 0.3
        --eval-prompts 48 --threads 1)
     .venv/bin/python benchmarks/online.py "${O[@]}" --oracle bt:verifiable:0.1+flip:0.3 --out outputs/study/online/flip30
     .venv/bin/python benchmarks/online.py "${O[@]}" --oracle bt:verifiable:0.1+adversarial:0.3 \
