@@ -235,8 +235,13 @@ def meaning(rows: list[dict], noise_rate: float) -> str:
     said.append("For your data: inject the noise you fear into a copy of it (`robalign noise`) and compare learning "
                 "curves with and without it (`--epochs N --eval-per-epoch 1`): that measures what wrong labels cost "
                 "you; `train/fit_flipped` shows whether the model memorises them, and `--load-best-model-at-end "
-                "true` keeps the best evaluation when a run overfits. Intervals this wide come from a few hundred "
-                "held-out pairs; whether a robust loss closes the gap is what docs/results.md measures.")
+                "true` keeps the best evaluation when a run overfits. Random flips keep each pair's majority label "
+                "right (a label is right with probability 1 − ε > ½), so they cost information, not direction: a "
+                "loss correction (cDPO, rDPO, …) cannot change which answer a long run ends up preferring on "
+                "average, while cleaner or more pairs buy the accuracy back. A biased judge is another kind of "
+                "noise, which makes the majority wrong on some pairs; `robalign noise --kind length` simulates one "
+                "that prefers longer answers. Intervals this wide come from a few hundred held-out pairs; "
+                "docs/results.md measures what each robust method buys at larger scale.")
     return " ".join(s for s in said if s)
 
 
