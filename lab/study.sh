@@ -32,17 +32,18 @@ case "${1:-}" in
     $RB bench robustness --data verifiable --methods cdpo --kinds flip --rates 0.4 --seeds 0 \
         --epochs 10 --train-last-k 2 --trunk-cache disk --lora-r 0 --batch-size 8 --lr 5e-4 --max-length 256 \
         --train-pairs 256 --eval-pairs 500 --gen-prompts 0 --param cdpo.epsilon=rate --out outputs/study/scaled ;;
-  confirm)  # stage (b): DPO and the screen's closest two (hinge, Dr.DPO), seeds 0-2, 1,000 held-out pairs evaluated
-             # every second epoch (an evaluation of 1,000 pairs costs about half an epoch of training), gold
-             # reward of greedy generations on 64 held-out prompts; in order of what decides most: 40 % flips,
-             # clean DPO (what noise costs), length-biased 0.4, 20 % flips, the two methods on clean labels
+  confirm)  # stage (b): DPO and the screen's best three on their own implicit reward (SimPO, scored on M, +0.034;
+             # hinge −0.016; Dr.DPO −0.024), seeds 0-2, 1,000 held-out pairs evaluated every second epoch (an
+             # evaluation of 1,000 pairs costs about half an epoch of training), gold reward of greedy
+             # generations on 64 held-out prompts; in order of what decides most: 40 % flips, clean labels (what
+             # the noise costs, and whether SimPO's lead is about noise at all), length-biased 0.4, 20 % flips
     C=(--data verifiable --seeds 0,1,2 --epochs 10 --train-last-k 2 --trunk-cache disk --lora-r 0 --batch-size 8
        --lr 1e-4 --max-length 256 --train-pairs 256 --eval-pairs 1000 --eval-per-epoch 0.5 --gen-prompts 64
        --out outputs/study/confirm)
-    $RB bench robustness --methods dpo,hinge,drdpo --kinds flip --rates 0.4 "${C[@]}"
-    $RB bench robustness --methods dpo --kinds flip --rates 0 "${C[@]}"
-    $RB bench robustness --methods dpo,hinge,drdpo --kinds length --rates 0.4 "${C[@]}"
-    $RB bench robustness --methods dpo,hinge,drdpo --kinds flip --rates 0.2 "${C[@]}"
+    $RB bench robustness --methods dpo,simpo,hinge,drdpo --kinds flip --rates 0.4 "${C[@]}"
+    $RB bench robustness --methods dpo,simpo --kinds flip --rates 0 "${C[@]}"
+    $RB bench robustness --methods dpo,simpo,hinge --kinds length --rates 0.4 "${C[@]}"
+    $RB bench robustness --methods dpo,simpo,hinge --kinds flip --rates 0.2 "${C[@]}"
     $RB bench robustness --methods hinge,drdpo --kinds flip --rates 0 "${C[@]}" ;;
   online)  # item 4: online DPO vs SAIL vs oracle-robust (ρ told the oracle's rate) under a flip oracle and a
             # ρ-adversarial one, at the budget where pilot 96 saw the gold reward of online DPO's samples rise

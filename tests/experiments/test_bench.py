@@ -331,9 +331,13 @@ def test_an_epochs_sweep_on_the_cached_trunk_records_curves_and_computes_the_tru
     report = (tmp_path / "report.md").read_text()
     assert "2 epochs x 4 pairs" in report and "last 1 blocks" in report
     assert "| dpo | flip 0.25 |" in report.split("at the last and at the best epoch")[1]
-    paired = report.split("− dpo's, paired")[1]
-    assert "| gapo | flip 0.25 |" in paired and "| 1 | 8 |" in paired  # one seed, 8 held-out pairs
-    assert (tmp_path / "learning_curves_accuracy_h.png").is_file()
+    paired = report.split("− dpo's, each on its own implicit reward")[1]
+    # GAPO trains the reference-free SimPO margin by default: it is scored on M, DPO on h
+    assert "| gapo (M) | flip 0.25 |" in paired and "| 1 | 8 |" in paired  # one seed, 8 held-out pairs
+    gapo = json.loads((tmp_path / "cells" / "gapo-flip-0.25-s0" / "result.json").read_text())
+    assert (noisy["reward"], gapo["reward"]) == ("h", "M")
+    assert gapo["best_accuracy_M"] == max(r["accuracy_M"] for r in gapo["curve"])
+    assert (tmp_path / "learning_curves_accuracy_own.png").is_file()
 
 
 def test_param_sets_a_method_setting_in_its_cells_and_the_report(tmp_path):

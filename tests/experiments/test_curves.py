@@ -15,7 +15,7 @@ def test_cost_of_noise_is_clean_minus_noisy_correctness_on_the_same_pairs(tmp_pa
                   str(tmp_path / name / "heldout_margins.safetensors"))
     results = [{"method": "dpo", "kind": "flip", "rate": 0.0, "seed": 0},
                {"method": "dpo", "kind": "flip", "rate": 0.4, "seed": 0}]
-    lines = _cost_of_noise(results, lambda r: tmp_path / ("clean" if r["rate"] == 0 else "noisy"), "h")
+    lines = _cost_of_noise(results, lambda r: tmp_path / ("clean" if r["rate"] == 0 else "noisy"), lambda r: "h")
     row = next(line for line in lines if line.startswith("| dpo | flip 0.4 |"))
     assert "+0.375" in row  # 0.75 − (1 + 0 + 0.5 + 0) / 4
 
@@ -40,7 +40,7 @@ def test_versus_baseline_lists_each_seed_in_seed_order_and_a_t_interval(tmp_path
     from robalign.stats import seed_t_interval
 
     results = _three_seeds(tmp_path)
-    lines = _versus_baseline(results, lambda r: tmp_path / f"{r['method']}-{r['seed']}", "h")
+    lines = _versus_baseline(results, lambda r: tmp_path / f"{r['method']}-{r['seed']}", lambda r: "h")
     row = next(line for line in lines if line.startswith("| hinge | flip 0.4 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "-0.500"
@@ -55,8 +55,35 @@ def test_versus_baseline_plot_is_drawn_only_when_a_method_has_dpo_to_pair_with(t
 
     results = _three_seeds(tmp_path)
     cell_of = lambda r: tmp_path / f"{r['method']}-{r['seed']}"  # noqa: E731
-    path = plot_versus_baseline(results, cell_of, "h", tmp_path / "versus.png")
+    path = plot_versus_baseline(results, cell_of, lambda r: "h", tmp_path / "versus.png")
     assert path is not None and path.stat().st_size > 0
     alone = [r for r in results if r["method"] == "hinge"]  # no DPO cell: nothing to pair
-    assert plot_versus_baseline(alone, cell_of, "h", tmp_path / "none.png") is None
+    assert plot_versus_baseline(alone, cell_of, lambda r: "h", tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_reference_free_method_is_scored_on_M_against_dpo_on_h(tmp_path):
+    """SimPO never looks at a reference: its h is a by-product, its M is what it trains. Cells written before
+    `reward` was recorded are read from their config.yaml."""
+    import yaml
+
+    from robalign.experiments.cells import implicit_reward
+    from robalign.experiments.curves import _reward_keys, _versus_baseline
+
+    cells = {"dpo": {"h": [1.0, 1.0, -1.0, -1.0], "M": [1.0, 1.0, 1.0, 1.0]},  # h right on 2 of 4
+             "simpo": {"h": [-1.0, -1.0, -1.0, -1.0], "M": [1.0, 1.0, 1.0, -1.0]}}  # M right on 3 of 4
+    results = []
+    for method, table in cells.items():
+        cell = tmp_path / method
+        cell.mkdir()
+        save_file({k: torch.tensor([[0.0] * 4, v]) for k, v in table.items()} |
+                  {"epoch": torch.tensor([0.0, 1.0], dtype=torch.float64)}, str(cell / "heldout_margins.safetensors"))
+        (cell / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}}))
+        results.append({"method": method, "kind": "flip", "rate": 0.4, "seed": 0, "accuracy_h": 0.5})
+    cell_of = lambda r: tmp_path / r["method"]  # noqa: E731
+    assert [implicit_reward(r, cell_of(r)) for r in results] == ["h", "M"]
+    assert implicit_reward({"reward": "h"}, tmp_path / "simpo") == "h"  # a recorded reward wins
+    assert implicit_reward({"accuracy_h": None}, tmp_path / "dpo") == "M"  # nothing evaluated against a reference
+    row = next(line for line in _versus_baseline(results, cell_of, _reward_keys(results, cell_of))
+               if line.startswith("| simpo (M) | flip 0.4 |"))
+    assert "+0.250" in row  # 3/4 on M − 2/4 on h

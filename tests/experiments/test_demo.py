@@ -10,17 +10,21 @@ from robalign.experiments.demo import meaning
 
 @pytest.mark.integration  # a whole sweep / demo / spawned processes
 def test_demo_on_tiny_model_writes_curves_intervals_and_report(tmp_path, capsys):
-    code = main(["demo", "--model", "tiny-llama", "--methods", "dpo,cdpo", "--quick", "--epochs", "2",
+    code = main(["demo", "--model", "tiny-llama", "--methods", "dpo,cdpo,simpo", "--quick", "--epochs", "2",
                  "--progress", "false", "--out", str(tmp_path)])
     assert code == 0
     result = json.loads((tmp_path / "results.json").read_text())
     runs = result["runs"]
-    assert [r["label"] for r in runs] == ["DPO, clean labels", "dpo, flipped labels", "cdpo, flipped labels"]
+    assert [r["label"] for r in runs] == ["DPO, clean labels", "dpo, flipped labels", "cdpo, flipped labels",
+                                          "simpo, flipped labels (M)"]  # SimPO is read on its own reward, M
+    assert [r["reward"] for r in runs] == ["h", "h", "h", "M"]
     assert runs[2]["settings"] == {"epsilon": 0.4}  # told the true flip rate
     for r in runs:
         assert [c["epoch"] for c in r["curve"]] == [0.0, 1.0, 2.0]
-        assert r["curve"][0]["accuracy_h"] == 0.5  # step 0: every margin is exactly 0, a tie counts half
+    for r in runs[:3]:
+        assert r["curve"][0]["accuracy"] == 0.5  # step 0: every margin h is exactly 0, a tie counts half
         assert r["curve"][0]["half_width"] == 0.0  # ... so its accuracy has no sampling noise
+    for r in runs:
         ci = r["last_minus_peak"]
         assert ci["low"] <= ci["mean"] <= ci["high"] and ci["mean"] <= 0  # last − the best: never above 0
     for r in runs[1:]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from robalign import atomic
+from robalign.errors import UserError
 from robalign.experiments.spec import (
     SweepSpec,
     cell_dir,
@@ -134,8 +135,10 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
               **({"oracle": oracle} if oracle else {}),
               "flipped": sum(bool(p.is_flipped) for p in noisy), **{k.split("/")[-1]: v for k, v in
                                                                       summary["final"].items()}}
+    # The margin the method trains: held-out accuracy is read on it (M for reference-free methods).
+    result["reward"] = "h" if trainer.method.needs_reference and result.get("accuracy_h") is not None else "M"
     if spec.epochs:
-        result.update(curve_summary(summary["curve"]))
+        result.update(curve_summary(summary["curve"], result["reward"]))
     result.update({f"keep_{k}": v for k, v in summary.get("pair_filter", {}).items()})
     if spec.gen_prompts > 0:
         result.update(_gold_generation(spec, trainer, seed, base))
@@ -173,15 +176,33 @@ def cell_config(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     return build_config(tree, source=f"bench cell {out.name}"), oracle
 
 
-def curve_summary(curve: list[dict]) -> dict:
+def implicit_reward(result: dict, cell: Path) -> str:
+    """'h' or 'M': the margin a cell's method trains, from its result (`reward`), or for cells written before
+    that was recorded, from its method as configured (config.yaml); 'M' when no reference was evaluated."""
+    if result.get("reward") in ("h", "M"):
+        return result["reward"]
+    if result.get("accuracy_h") is None and not any("accuracy_h" in c for c in result.get("curve", [])):
+        return "M"
+    import yaml
+
+    from robalign.methods import build_method
+
+    try:
+        method = dict(yaml.safe_load((cell / "config.yaml").read_text())["method"])
+        return "h" if build_method(method.pop("name"), method).needs_reference else "M"
+    except (OSError, KeyError, TypeError, ValueError, UserError):  # no readable config: the reference margin
+        return "h"
+
+
+def curve_summary(curve: list[dict], reward: str = "h") -> dict:
     """A cell's learning curve (held-out accuracy, margins, training-label fit per evaluation) and its best
-    epoch by held-out accuracy_h (accuracy_M for reference-free runs)."""
+    epoch by the held-out accuracy of its method's own implicit reward (`reward`: 'h' or 'M')."""
     keys = ("epoch", "eval/accuracy_h", "eval/accuracy_M", "eval/margin_h", "eval/margin_M", "train/fit_flipped",
             "train/fit_clean")
     rows = [{k.split("/")[-1]: r[k] for k in keys if r.get(k) is not None} for r in curve]
     if not rows:
         return {}
-    score = "accuracy_h" if "accuracy_h" in rows[-1] else "accuracy_M"
+    score = f"accuracy_{reward}" if f"accuracy_{reward}" in rows[-1] else "accuracy_M"
     best = max(rows, key=lambda r: r.get(score, -1.0))  # the first of equals: the earliest epoch
     return {"curve": rows, "best_epoch": best["epoch"], f"best_{score}": best[score]}
 

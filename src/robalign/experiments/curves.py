@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from robalign.experiments.cells import implicit_reward
 from robalign.stats import correctness, hierarchical_bootstrap, seed_t_interval
 
 BASELINE = "dpo"
@@ -29,12 +30,24 @@ def _margins(cell: Path, key: str) -> dict | None:
     return {"epoch": table["epoch"].tolist(), "values": table[key]}
 
 
-def _key(results: list[dict]) -> str:
-    return "h" if all(r.get("accuracy_h") is not None for r in results) else "M"
+def _reward_keys(results: list[dict], cell_of):
+    """r -> "h" or "M": the margin each cell's method trains (its implicit reward), so a reference-free method
+    (SimPO, GAPO's SimPO margin) is scored on M, not on a log-ratio to a reference it never looks at. Runs
+    without a reference anywhere are all scored on M."""
+    if not all(r.get("accuracy_h") is not None for r in results):
+        return lambda r: "M"
+    keys = {id(r): implicit_reward(r, cell_of(r)) for r in results}
+    return lambda r: keys[id(r)]
 
 
-def _row_label(method, kind, rate) -> str:
-    return f"| {method} | {kind} {rate:g} |"
+def _suffix(key_of, results) -> str:
+    """File-name part: the one reward all cells share, or 'own' when they differ."""
+    keys = {key_of(r) for r in results}
+    return keys.pop() if len(keys) == 1 else "own"
+
+
+def _row_label(method, kind, rate, key: str = "h") -> str:
+    return f"| {method}{' (M)' if key == 'M' else ''} | {kind} {rate:g} |"
 
 
 def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
@@ -42,9 +55,12 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
     curved = [r for r in results if r.get("curve")]
     if not curved:
         return []
-    key = _key(curved)
-    acc = f"accuracy_{key}"
-    lines = [f"\n## Long training: held-out {acc} at the last and at the best epoch\n",
+    key_of = _reward_keys(curved, cell_of)
+    suffix = _suffix(key_of, curved)
+    lines = ["\n## Long training: held-out accuracy at the last and at the best epoch\n",
+             "Accuracy of each method's own implicit reward on the clean held-out pairs: the log-ratio margin h for "
+             "methods with a reference, the length-normalised margin M (marked M) for reference-free ones, whose "
+             "base model already scores its M prior (M starts above 0.5; h starts at 0.5). "
              "Best epoch = the evaluation with the highest clean held-out accuracy (an oracle choice: it "
              "shows what stopping at the right time would keep). fit_flipped = share of flipped training "
              "labels the model preferred in its last epoch (how much noise it memorised). Mean ± std over seeds.\n",
@@ -54,46 +70,48 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
     for r in curved:
         groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r)
     for (method, kind, rate), rows in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
-        last = [r["curve"][-1].get(acc) for r in rows]
-        best = [max(c.get(acc, -1.0) for c in r["curve"]) for r in rows]
+        acc = [f"accuracy_{key_of(r)}" for r in rows]
+        last = [r["curve"][-1].get(a) for r, a in zip(rows, acc)]
+        best = [max(c.get(a, -1.0) for c in r["curve"]) for r, a in zip(rows, acc)]
+        best_epoch = [max(r["curve"], key=lambda c: c.get(a, -1.0))["epoch"] for r, a in zip(rows, acc)]
         fit_f = [r["curve"][-1].get("fit_flipped") for r in rows]
         fit_c = [r["curve"][-1].get("fit_clean") for r in rows]
-        lines.append(f"{_row_label(method, kind, rate)} {_ms(last)} | {_ms(best)} | "
-                     f"{_ms([r['best_epoch'] for r in rows], 1)} | {_ms([a - b for a, b in zip(last, best)])} | "
+        lines.append(f"{_row_label(method, kind, rate, key_of(rows[0]))} {_ms(last)} | {_ms(best)} | "
+                     f"{_ms(best_epoch, 1)} | {_ms([a - b for a, b in zip(last, best)])} | "
                      f"{_ms(fit_f)} | {_ms(fit_c)} | {len(rows)} |")
-    lines += _versus_baseline(curved, cell_of, key)
-    if plot_versus_baseline(curved, cell_of, key, dest / f"versus_{BASELINE}_{acc}.png"):
-        lines.append(f"\n![versus {BASELINE}](versus_{BASELINE}_{acc}.png)\n")
-    lines += _cost_of_noise(curved, cell_of, key)
-    lines += _early_stopping(curved, cell_of, key)
-    plot_curves(curved, dest / f"learning_curves_{acc}.png", acc)
-    lines.append(f"\n![learning curves](learning_curves_{acc}.png)\n")
+    lines += _versus_baseline(curved, cell_of, key_of)
+    if plot_versus_baseline(curved, cell_of, key_of, dest / f"versus_{BASELINE}_accuracy_{suffix}.png"):
+        lines.append(f"\n![versus {BASELINE}](versus_{BASELINE}_accuracy_{suffix}.png)\n")
+    lines += _cost_of_noise(curved, cell_of, key_of)
+    lines += _early_stopping(curved, cell_of, key_of)
+    plot_curves(curved, dest / f"learning_curves_accuracy_{suffix}.png", key_of)
+    lines.append(f"\n![learning curves](learning_curves_accuracy_{suffix}.png)\n")
     return lines
 
 
-def _versus_baseline(results: list[dict], cell_of, key: str) -> list[str]:
+def _versus_baseline(results: list[dict], cell_of, key_of) -> list[str]:
     """Last-epoch accuracy of each method − DPO's on the same seed's held-out pairs, 95 % interval."""
     base = {(r["kind"], r["rate"], r["seed"]): r for r in results if r["method"] == BASELINE}
     pairs = [(r, r, base.get((r["kind"], r["rate"], r["seed"]))) for r in results if r["method"] != BASELINE]
-    return _paired_last_epoch(pairs, cell_of, key,
-                              f"last-epoch accuracy_{key} − {BASELINE}'s, paired (95 % interval: bootstrap over "
-                              "seeds and held-out pairs)", "difference")
+    return _paired_last_epoch(pairs, cell_of, key_of,
+                              f"last-epoch accuracy − {BASELINE}'s, each on its own implicit reward, paired (95 % "
+                              "interval: bootstrap over seeds and held-out pairs)", "difference")
 
 
-def _cost_of_noise(results: list[dict], cell_of, key: str) -> list[str]:
+def _cost_of_noise(results: list[dict], cell_of, key_of) -> list[str]:
     """Last-epoch accuracy of each noisy cell − the same method's clean cell of the same seed, on the same
     held-out pairs, 95 % interval (positive = the noise costs that much)."""
     clean = {(r["method"], r["seed"]): r for r in results if r["rate"] == 0}
     pairs = [(r, clean.get((r["method"], r["seed"])), r) for r in results if r["rate"] != 0]
-    return _paired_last_epoch(pairs, cell_of, key,
-                              f"cost of noise, last-epoch accuracy_{key} at 0 − at the rate, same method and "
+    return _paired_last_epoch(pairs, cell_of, key_of,
+                              "cost of noise, last-epoch accuracy at 0 − at the rate, same method and "
                               "seed, paired (95 % interval)", "cost")
 
 
-def _paired_last_epoch(pairs: list[tuple], cell_of, key: str, title: str, column: str) -> list[str]:
+def _paired_last_epoch(pairs: list[tuple], cell_of, key_of, title: str, column: str) -> list[str]:
     """One table row per (method, kind, rate) of the first cell of each (cell, a, b): last-epoch correctness
     of a − of b, pair by pair, seeds combined by a hierarchical bootstrap (`_paired_groups`)."""
-    groups = _paired_groups(pairs, cell_of, key)
+    groups = _paired_groups(pairs, cell_of, key_of)
     if not groups:
         return []
     lines = [f"\n## Long training: {title}\n",
@@ -101,33 +119,33 @@ def _paired_last_epoch(pairs: list[tuple], cell_of, key: str, title: str, column
              "over seeds (2 or more) treats the seeds as the sample; with few seeds it is the wider, safer one.\n",
              f"| method | noise | {column} | 95 % interval | per seed | t-interval over seeds | seeds | pairs |",
              "|---|---|---|---|---|---|---|---|"]
-    for (method, kind, rate), diffs in groups:
+    for (method, kind, rate, key), diffs in groups:
         ci, t = hierarchical_bootstrap(diffs), seed_t_interval(diffs)
         per_seed = ", ".join(f"{d.mean().item():+.3f}" for d in diffs)
         t_text = "-" if t is None else f"[{t['low']:+.3f}, {t['high']:+.3f}]"
-        lines.append(f"{_row_label(method, kind, rate)} {ci['mean']:+.3f} | [{ci['low']:+.3f}, {ci['high']:+.3f}] | "
-                     f"{per_seed} | {t_text} | {ci['seeds']} | {ci['pairs']} |")
+        lines.append(f"{_row_label(method, kind, rate, key)} {ci['mean']:+.3f} | [{ci['low']:+.3f}, "
+                     f"{ci['high']:+.3f}] | {per_seed} | {t_text} | {ci['seeds']} | {ci['pairs']} |")
     return lines
 
 
-def _paired_groups(pairs: list[tuple], cell_of, key: str) -> list[tuple[tuple, list[torch.Tensor]]]:
-    """[((method, kind, rate), [per-pair last-epoch correctness of a − of b, one tensor per seed in seed
-    order])], sorted by noise then method; couples missing a cell or their per-pair margins, or scored on
-    other held-out pairs, are left out."""
+def _paired_groups(pairs: list[tuple], cell_of, key_of) -> list[tuple[tuple, list[torch.Tensor]]]:
+    """[((method, kind, rate, reward key of a), [per-pair last-epoch correctness of a − of b, each on its own
+    reward, one tensor per seed in seed order])], sorted by noise then method; couples missing a cell or
+    their per-pair margins, or scored on other held-out pairs, are left out."""
     groups: dict[tuple, list] = {}
     for r, a, b in pairs:
         if a is None or b is None:
             continue
-        first, second = _margins(cell_of(a), key), _margins(cell_of(b), key)
+        first, second = _margins(cell_of(a), key_of(a)), _margins(cell_of(b), key_of(b))
         if first is None or second is None or first["values"].shape[1] != second["values"].shape[1]:
             continue
-        groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(
+        groups.setdefault((r["method"], r["kind"], r["rate"], key_of(a)), []).append(
             (r["seed"], correctness(first["values"][-1]) - correctness(second["values"][-1])))
     return [(group, [d for _, d in sorted(by_seed, key=lambda sd: sd[0])])
             for group, by_seed in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0]))]
 
 
-def plot_versus_baseline(results: list[dict], cell_of, key: str, path: Path) -> Path | None:
+def plot_versus_baseline(results: list[dict], cell_of, key_of, path: Path) -> Path | None:
     """Each method's last-epoch accuracy − DPO's on the same pairs, one row per (method, noise), with its 95 %
     bootstrap interval (and the t-interval over seeds, thinner, when there are 2 or more): the study's answer
     in one picture. Nothing is written (None) when no method has a DPO cell to pair with."""
@@ -135,7 +153,7 @@ def plot_versus_baseline(results: list[dict], cell_of, key: str, path: Path) -> 
 
     base = {(r["kind"], r["rate"], r["seed"]): r for r in results if r["method"] == BASELINE}
     groups = _paired_groups([(r, r, base.get((r["kind"], r["rate"], r["seed"]))) for r in results
-                             if r["method"] != BASELINE], cell_of, key)
+                             if r["method"] != BASELINE], cell_of, key_of)
     if not groups:
         return None
     plt = pyplot()
@@ -146,11 +164,12 @@ def plot_versus_baseline(results: list[dict], cell_of, key: str, path: Path) -> 
             ax.plot([t["low"], t["high"]], [y, y], color="tab:grey", lw=1)
         ax.plot([ci["low"], ci["high"]], [y, y], color="tab:blue", lw=3.5, solid_capstyle="butt")
         ax.plot([ci["mean"]], [y], marker="o", color="black", markersize=4)
-    ax.set_yticks(range(len(groups)), [f"{m}, {k} {r:g} ({len(d)} seed{'s' if len(d) > 1 else ''})"
-                                       for (m, k, r), d in reversed(groups)], fontsize=8)
+    ax.set_yticks(range(len(groups)), [f"{m}{' (M)' if key == 'M' else ''}, {k} {r:g} "
+                                       f"({len(d)} seed{'s' if len(d) > 1 else ''})"
+                                       for (m, k, r, key), d in reversed(groups)], fontsize=8)
     ax.axvline(0.0, color="black", lw=0.8)
-    ax.set_xlabel(f"last-epoch clean held-out accuracy_{key} − {BASELINE}'s, same pairs "
-                  "(95 %: bootstrap thick, t over seeds thin)", fontsize=8)
+    ax.set_xlabel(f"last-epoch clean held-out accuracy − {BASELINE}'s, each on its own implicit reward "
+                  "(M: reference-free), same pairs\n95 %: bootstrap thick, t over seeds thin", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -158,7 +177,7 @@ def plot_versus_baseline(results: list[dict], cell_of, key: str, path: Path) -> 
     return path
 
 
-def _early_stopping(results: list[dict], cell_of, key: str) -> list[str]:
+def _early_stopping(results: list[dict], cell_of, key_of) -> list[str]:
     """What stopping at the best evaluation on a noisy validation half keeps (robalign.experiments.selection), paired."""
     from robalign.experiments.selection import last_correctness, stopped_correctness
 
@@ -166,7 +185,7 @@ def _early_stopping(results: list[dict], cell_of, key: str) -> list[str]:
     for r in results:
         if r["kind"] != "flip" and r["rate"] != 0:  # only random flips can be simulated on the validation half
             continue
-        margins = _margins(cell_of(r), key)
+        margins = _margins(cell_of(r), key_of(r))
         if margins is None or margins["values"].shape[0] < 2:
             continue
         stopped, row = stopped_correctness(margins["values"], r["seed"], r["rate"])
@@ -179,7 +198,7 @@ def _early_stopping(results: list[dict], cell_of, key: str) -> list[str]:
     for (method, kind, rate, seed), cell in cells.items():
         groups.setdefault((method, kind, rate), []).append({**cell, "seed": seed})
     order = sorted(groups, key=lambda g: (g[2], g[1], g[0]))
-    lines = [f"\n## Long training: stopped at the best evaluation on a noisy validation half (accuracy_{key})\n",
+    lines = ["\n## Long training: stopped at the best evaluation on a noisy validation half (own implicit reward)\n",
              "The held-out pairs of each seed are split in two: a validation half whose labels are flipped at the "
              "cell's own rate (as a split of your noisy data would be) picks the evaluation to keep "
              "(`train.load_best_model_at_end`), and the clean test half scores it. 95 % intervals: bootstrap over "
@@ -218,8 +237,9 @@ def _ms(values, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(vals):.{digits}f}" if len(vals) > 1 else "")
 
 
-def plot_curves(results: list[dict], path: Path, acc: str):
-    """Held-out accuracy per epoch, one panel per noise setting, one line per method (mean over seeds)."""
+def plot_curves(results: list[dict], path: Path, key_of):
+    """Held-out accuracy of each method's own implicit reward per epoch, one panel per noise setting, one line
+    per method (mean over seeds; dashed: a reference-free method's M)."""
     from robalign.plots import panels, series_colours
 
     settings = sorted({(r["kind"], r["rate"]) for r in results}, key=lambda s: (s[1], s[0]))
@@ -227,14 +247,17 @@ def plot_curves(results: list[dict], path: Path, acc: str):
     with panels([f"{kind} {rate:g}" for kind, rate in settings], path) as axes:
         for (ax, title), (kind, rate) in zip(axes, settings):
             for method in colour:
-                curves = [r["curve"] for r in results if (r["kind"], r["rate"], r["method"]) == (kind, rate, method)]
-                if not curves:
+                cells = [r for r in results if (r["kind"], r["rate"], r["method"]) == (kind, rate, method)]
+                if not cells:
                     continue
+                key = key_of(cells[0])
+                acc, curves = f"accuracy_{key}", [r["curve"] for r in cells]
                 epochs = [c["epoch"] for c in curves[0]]
                 means = [statistics.fmean(c[i][acc] for c in curves if i < len(c) and acc in c[i])
                          for i in range(len(epochs))]
-                ax.plot(epochs, means, marker="o", markersize=3, label=method, color=colour[method])
+                ax.plot(epochs, means, marker="o", markersize=3, color=colour[method], ls="--" if key == "M" else "-",
+                        label=f"{method} (M)" if key == "M" else method)
             ax.set_title(f"noise: {title}")
             ax.set_xlabel("epoch")
-            ax.set_ylabel(f"clean held-out {acc}")
+            ax.set_ylabel("clean held-out accuracy (own implicit reward)")
             ax.axhline(0.5, color="grey", lw=0.8, ls=":")

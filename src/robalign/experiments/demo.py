@@ -97,7 +97,8 @@ def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoP
         trainer = Trainer(cfg, train_pairs=noisy if run.noisy else clean, eval_pairs=held_out,
                           model=copy.deepcopy(base), tokenizer=tokenizer, shared_reference=shared)
         summary = trainer.train(overwrite=True)  # the demo's own folders: a re-run replaces them
-        rows.append(_row(run, method, summary, out / run.folder, seed, noise_rate, time.perf_counter() - t0))
+        reward = "h" if trainer.method.needs_reference else "M"  # a reference-free method is read on its own M
+        rows.append(_row(run, method, summary, out / run.folder, seed, noise_rate, time.perf_counter() - t0, reward))
     _pair_with_clean(rows, out, demo_runs(methods))
     return rows
 
@@ -108,23 +109,25 @@ def _margins(run_dir: Path) -> dict:
     return load_file(str(run_dir / "heldout_margins.safetensors"))
 
 
-def _row(run: DemoRun, method: dict, summary: dict, run_dir: Path, seed: int, rate: float, seconds: float) -> dict:
+def _row(run: DemoRun, method: dict, summary: dict, run_dir: Path, seed: int, rate: float, seconds: float,
+         reward: str = "h") -> dict:
     from robalign.experiments.selection import last_correctness, stopped_correctness
     from robalign.stats import correctness, hierarchical_bootstrap
 
     table = _margins(run_dir)
-    h = table["h"]
+    h = table[reward]  # the run's own implicit reward: h, or M for a reference-free method
     # The 95 % half-width of each evaluation's accuracy, from its per-pair correctness (ties count half, so the
     # step-0 evaluation, where every margin is exactly 0, has none).
     half = [1.96 * correctness(row).std().item() / math.sqrt(h.shape[1]) for row in h]
-    curve = [{"epoch": r["epoch"], "accuracy_h": r["eval/accuracy_h"], "half_width": w,
+    curve = [{"epoch": r["epoch"], "accuracy": r[f"eval/accuracy_{reward}"], "half_width": w,
               "fit_flipped": r.get("train/fit_flipped"), "fit_clean": r.get("train/fit_clean")}
              for r, w in zip(summary["curve"], half)]
-    peak = max(range(len(curve)), key=lambda i: curve[i]["accuracy_h"])
+    peak = max(range(len(curve)), key=lambda i: curve[i]["accuracy"])
     fall = hierarchical_bootstrap([correctness(h[-1]) - correctness(h[peak])])
-    row = {"label": run.label, "method": run.method, "settings": {k: v for k, v in method.items() if k != "name"},
+    row = {"label": run.label + (" (M)" if reward == "M" else ""), "method": run.method, "reward": reward,
+           "settings": {k: v for k, v in method.items() if k != "name"},
            "noise": rate if run.noisy else 0.0, "curve": curve, "pairs": h.shape[1],
-           "last": curve[-1]["accuracy_h"], "peak": curve[peak]["accuracy_h"], "peak_epoch": curve[peak]["epoch"],
+           "last": curve[-1]["accuracy"], "peak": curve[peak]["accuracy"], "peak_epoch": curve[peak]["epoch"],
            "last_minus_peak": fall, "fit_flipped": curve[-1]["fit_flipped"], "seconds": round(seconds, 1)}
     if run.noisy:  # load_best_model_at_end, with the best picked on a validation half as noisy as training
         stopped, at = stopped_correctness(h, seed, rate)
@@ -138,9 +141,9 @@ def _pair_with_clean(rows: list[dict], out: Path, runs: list[DemoRun]) -> None:
     """Each noisy run's last-epoch accuracy − the clean run's, on the same held-out pairs."""
     from robalign.stats import correctness, hierarchical_bootstrap
 
-    clean = _margins(out / runs[0].folder)["h"][-1]
+    clean = _margins(out / runs[0].folder)[rows[0]["reward"]][-1]
     for row, run in zip(rows[1:], runs[1:]):
-        mine = _margins(out / run.folder)["h"][-1]
+        mine = _margins(out / run.folder)[row["reward"]][-1]
         row["minus_clean"] = hierarchical_bootstrap([correctness(mine) - correctness(clean)])
 
 
@@ -155,7 +158,7 @@ def plot(rows: list[dict], path: Path, *, title: str) -> Path:
         (acc_ax, _), (fit_ax, _) = axes
         for r in rows:
             x = [c["epoch"] for c in r["curve"]]
-            y = [c["accuracy_h"] for c in r["curve"]]
+            y = [c["accuracy"] for c in r["curve"]]
             half = [c["half_width"] for c in r["curve"]]
             acc_ax.plot(x, y, marker="o", markersize=3, color=colour[r["label"]], label=r["label"])
             acc_ax.fill_between(x, [a - b for a, b in zip(y, half)], [a + b for a, b in zip(y, half)],
@@ -255,8 +258,8 @@ def write_report(rows: list[dict], out: Path, *, model: str, noise_rate: float, 
              f"Model `{model}`, its last {preset.train_last_k} blocks trained (full weights), the frozen trunk below "
              f"computed once; built-in verifiable-instructions task: {preset.train_pairs} training pairs, "
              f"{preset.epochs:g} epochs of batches of {preset.batch_size}, lr {preset.lr:g}, seed {seed}; accuracy on "
-             f"{preset.eval_pairs} clean held-out pairs after every epoch (the implicit reward, i.e. the reference "
-             f"log-ratio h). One run on clean labels, then each method with {noise_rate:.0%} of the same training "
+             f"{preset.eval_pairs} clean held-out pairs after every epoch (of each run's implicit reward: the reference "
+             f"log-ratio h, or for a reference-free method, marked (M), its length-normalised log-prob margin M). One run on clean labels, then each method with {noise_rate:.0%} of the same training "
              f"labels flipped. Early stopping: the epoch with the best accuracy on a random half of the held-out pairs "
              f"with {noise_rate:.0%} of its labels flipped, scored on the other, clean half.\n",
              table(rows), "\n![learning curves](demo_learning_curves.png)\n", "## What it means\n",
@@ -288,7 +291,8 @@ def cmd_demo(args) -> int:
                     seed=args.seed, progress=getattr(args, "progress", True) is not False)
     report = write_report(rows, out, model=args.model, noise_rate=args.noise, preset=preset, seed=args.seed)
     print("\n" + table(rows) + "\n\n" + meaning(rows, args.noise))
-    print(f"\naccuracy: clean held-out preference accuracy of the implicit reward (reference log-ratio h).\n"
+    print(f"\naccuracy: clean held-out preference accuracy of each run's implicit reward (the reference log-ratio h; "
+          f"M for a reference-free method).\n"
           f"report: {report}, plot: {out / 'demo_learning_curves.png'}  ({time.perf_counter() - t0:.0f} s)")
     return 0
 
