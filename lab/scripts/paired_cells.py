@@ -5,7 +5,8 @@
 
 Reads each cell's `heldout_margins.safetensors` (per-pair held-out margins of every evaluation, in the same
 order for every cell of one seed and held-out size), takes the last evaluation, and prints accuracy(A) −
-accuracy(B) with a 95 % bootstrap interval over the held-out pairs (a tie counts half), computed as the
+accuracy(B), each on its own implicit reward unless `--metric h|M` says otherwise (M for a reference-free
+method such as SimPO, h otherwise), with a 95 % bootstrap interval over the held-out pairs (a tie counts half), computed as the
 sweep report computes its paired tables (`robalign.stats`).
 """
 
@@ -26,28 +27,41 @@ def paired(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     return ci["mean"], ci["low"], ci["high"]
 
 
+def own_reward(cell: Path) -> str:
+    """'h' or 'M', the margin the cell's method trains (`robalign.experiments.cells.implicit_reward`)."""
+    import json
+
+    from robalign.experiments.cells import implicit_reward
+
+    result = cell / "result.json"
+    return implicit_reward(json.loads(result.read_text()) if result.is_file() else {}, cell)
+
+
 def main(argv=None) -> int:
     from safetensors.torch import load_file
 
     ap = argparse.ArgumentParser()
     ap.add_argument("a")
     ap.add_argument("b")
-    ap.add_argument("--metric", choices=["h", "M"], default="h")
+    ap.add_argument("--metric", choices=["own", "h", "M"], default="own",
+                    help="own: each cell's own implicit reward (M for a reference-free method, else h)")
     args = ap.parse_args(argv)
-    tables = []
+    tables, keys = [], []
     for cell in (args.a, args.b):
         path = Path(cell) / "heldout_margins.safetensors"
         if not path.is_file():
             print(f"{path}: not found (is the cell finished?)", file=sys.stderr)
             return 2
-        tables.append(load_file(path)[args.metric][-1])
+        keys.append(args.metric if args.metric != "own" else own_reward(Path(cell)))
+        tables.append(load_file(path)[keys[-1]][-1])
     if tables[0].shape != tables[1].shape:
         print("the cells were evaluated on different held-out sets", file=sys.stderr)
         return 2
     from robalign.stats import correctness
 
     mean, lo, hi = paired(*tables)
-    print(f"accuracy_{args.metric}: {correctness(tables[0]).mean():.3f} - {correctness(tables[1]).mean():.3f} = "
+    label = f"accuracy_{keys[0]}" if keys[0] == keys[1] else f"accuracy_{keys[0]} - accuracy_{keys[1]}"
+    print(f"{label}: {correctness(tables[0]).mean():.3f} - {correctness(tables[1]).mean():.3f} = "
           f"{mean:+.3f}, 95 % interval [{lo:+.3f}, {hi:+.3f}] over {len(tables[0])} held-out pairs")
     return 0
 

@@ -83,7 +83,8 @@ def test_a_reference_free_method_is_scored_on_M_against_dpo_on_h(tmp_path):
     cell_of = lambda r: tmp_path / r["method"]  # noqa: E731
     assert [implicit_reward(r, cell_of(r)) for r in results] == ["h", "M"]
     assert implicit_reward({"reward": "h"}, tmp_path / "simpo") == "h"  # a recorded reward wins
-    assert implicit_reward({"accuracy_h": None}, tmp_path / "dpo") == "M"  # nothing evaluated against a reference
+    assert implicit_reward({"accuracy_h": None, "accuracy_M": 0.6}, tmp_path / "dpo") == "M"  # no reference scored
+    assert implicit_reward({}, tmp_path / "nowhere") == "h"  # no result, no config: the reference margin
     row = next(line for line in _versus_baseline(results, cell_of, _reward_keys(results, cell_of))
                if line.startswith("| simpo (M) | flip 0.4 |"))
     assert "+0.250" in row  # 3/4 on M − 2/4 on h

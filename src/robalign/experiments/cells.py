@@ -181,7 +181,7 @@ def implicit_reward(result: dict, cell: Path) -> str:
     that was recorded, from its method as configured (config.yaml); 'M' when no reference was evaluated."""
     if result.get("reward") in ("h", "M"):
         return result["reward"]
-    if result.get("accuracy_h") is None and not any("accuracy_h" in c for c in result.get("curve", [])):
+    if "accuracy_M" in result and result.get("accuracy_h") is None:  # nothing was scored against a reference
         return "M"
     import yaml
 
