@@ -107,3 +107,14 @@ def test_best_needs_evaluations_and_a_known_metric():
         build_config({"train": {"load_best_model_at_end": True, "eval_per_epoch": 0}})
     with pytest.raises(ConfigError, match="metric_for_best_model"):
         build_config({"train": {"metric_for_best_model": "loss"}})
+
+
+def test_auto_picks_the_margin_a_reference_free_method_trains(tmp_path):
+    """SimPO is evaluated against a reference here too (the evaluator reports h), but it trains M."""
+    cfg = build_config({"model": {"name": "tiny-llama", "lora_r": 0}, "method": {"name": "simpo"},
+                        "data": {"max_length": 64},
+                        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 2, "max_steps": 2, "eval_every": 1,
+                                  "progress": False, "load_best_model_at_end": True}})
+    trainer = Trainer(cfg, train_pairs=make_pairs(8), eval_pairs=make_pairs(8)[4:])
+    assert trainer.best.metric == "accuracy_M"
+    assert _trainer(tmp_path, "dpo", load_best_model_at_end=True).best.metric == "auto"  # resolved at the 1st eval

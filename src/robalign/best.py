@@ -31,7 +31,8 @@ class BestKeeper:
 
     def update(self, evaluation: dict, step: int, epoch: float, model) -> bool:
         """Records one evaluation (`eval/` metrics); returns True when it is the best so far."""
-        if self.metric == "auto":  # the reference log-ratio's accuracy when the run has a reference
+        if self.metric == "auto":  # the reference log-ratio's accuracy when the run has a reference (the trainer
+            # resolves 'auto' to accuracy_M itself for a reference-free method)
             self.metric = "accuracy_h" if "eval/accuracy_h" in evaluation else "accuracy_M"
         key = f"eval/{self.metric}"
         if key not in evaluation:

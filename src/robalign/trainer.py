@@ -252,8 +252,11 @@ class Trainer:
         self.fit = torch.zeros(4)  # since the last evaluation: flipped preferred, flipped seen, clean ..., clean ...
         self.best = None  # keeps the best evaluation (train.load_best_model_at_end / early_stopping_patience)
         if tc.load_best_model_at_end or tc.early_stopping_patience:
-            self.best = BestKeeper(self.out, tc.metric_for_best_model, tc.early_stopping_patience,
-                                   tc.load_best_model_at_end)
+            # 'auto' = the accuracy of the margin the method trains: M for a reference-free method, even when
+            # the evaluator also reports h against a reference the method never sees.
+            metric = "accuracy_M" if tc.metric_for_best_model == "auto" and not self.method.needs_reference \
+                else tc.metric_for_best_model
+            self.best = BestKeeper(self.out, metric, tc.early_stopping_patience, tc.load_best_model_at_end)
         self.stopped_early = False
 
     # ----------------------------------------------------------------------------------- setup
