@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The long-training study (docs/results.md): each stage is a cached sweep, so re-running resumes it.
-# Usage: bash lab/study.sh pilot|pilot2|screen|keep|scaled|confirm|online   (the other stages are added as the design's stages are run)
+# Usage: bash lab/study.sh pilot|pilot2|screen|keep|scaled|confirm|hh|online   (the other stages are added as the design's stages are run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RB=.venv/bin/robalign
@@ -45,6 +45,14 @@ case "${1:-}" in
     $RB bench robustness --methods dpo,simpo,hinge --kinds length --rates 0.4 "${C[@]}"
     $RB bench robustness --methods dpo,simpo,hinge --kinds flip --rates 0.2 "${C[@]}"
     $RB bench robustness --methods hinge,drdpo --kinds flip --rates 0 "${C[@]}" ;;
+  hh)  # stage (c): the direction of stage (b)'s conclusions on real human labels (HH-RLHF harmless, the shared
+        # 2,312 pairs: 1,850 train / 462 held-out per seed); 4 epochs (a 10-epoch cell costs over an hour
+        # here); DPO and SimPO at 40 % flips, DPO clean; no generations (no programmatic checker)
+    H=(--data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz --seeds 0,1,2 --epochs 4 --train-last-k 2
+       --trunk-cache disk --lora-r 0 --batch-size 8 --lr 1e-4 --max-length 256 --train-pairs 1850 --eval-pairs 462
+       --gen-prompts 0 --out outputs/study/hh)
+    $RB bench robustness --methods dpo,simpo --kinds flip --rates 0.4 "${H[@]}"
+    $RB bench robustness --methods dpo,simpo --kinds flip --rates 0 "${H[@]}" ;;
   online)  # item 4: online DPO vs SAIL vs oracle-robust (ρ told the oracle's rate) under a flip oracle and a
             # ρ-adversarial one, at the budget where pilot 96 saw the gold reward of online DPO's samples rise
             # (LoRA r 16, 8 prompts x 2 samples per step, lr 2e-4); one thread, so it can run beside a sweep
@@ -53,5 +61,5 @@ case "${1:-}" in
     .venv/bin/python benchmarks/online.py "${O[@]}" --oracle bt:verifiable:0.1+flip:0.3 --out outputs/study/online/flip30
     .venv/bin/python benchmarks/online.py "${O[@]}" --oracle bt:verifiable:0.1+adversarial:0.3 \
         --out outputs/study/online/adversarial30 ;;
-  *) echo "usage: $0 pilot|pilot2|screen|keep|scaled|confirm|online" >&2; exit 2 ;;
+  *) echo "usage: $0 pilot|pilot2|screen|keep|scaled|confirm|hh|online" >&2; exit 2 ;;
 esac
