@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from robalign.errors import ConfigError
-from robalign.online_settings import OnlineConfig
+from robalign.online.settings import OnlineConfig
 from robalign.settings import (
     Params,
     check,

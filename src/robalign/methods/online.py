@@ -40,7 +40,7 @@ from robalign.generation import GeneratedPair
 from robalign.methods.base import Method, reward_metrics
 from robalign.online import generations
 from robalign.online.sampling import prompt_texts, sample_pairs
-from robalign.online_settings import OnlineConfig
+from robalign.online.settings import OnlineConfig
 from robalign.oracles import build_oracle
 from robalign.pair_logps import PairLogps
 

@@ -4,7 +4,7 @@ prompts as text for the oracle and the record."""
 from __future__ import annotations
 
 from robalign.generation import GeneratedPair, generate_pairs
-from robalign.online_settings import OnlineConfig
+from robalign.online.settings import OnlineConfig
 
 
 def sample_pairs(policy, tokenizer, prompts: list[list[int]], seeds: list[int],

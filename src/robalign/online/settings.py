@@ -1,7 +1,8 @@
 """The `online:` config section: how the online methods (sail, oracle_robust) sample and label their pairs.
 
-Its own module, not in `robalign.config`, so that the online methods can take its defaults without importing
-the config (which looks methods up in the registry: that would close an import circle).
+Its own module (importing `robalign.online` loads nothing else), not in `robalign.config`, so that the
+online methods can take its defaults without importing the config (which looks methods up in the registry:
+that would close an import circle).
 """
 
 from __future__ import annotations
