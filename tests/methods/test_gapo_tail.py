@@ -53,7 +53,7 @@ def test_tail_anchor_equals_full_anchor(tiny, shared_prompt, lora):
 @pytest.mark.parametrize("margin", ["simpo", "dpo"])
 @pytest.mark.parametrize("lora", [None, ["q_proj", "v_proj"], ["q_proj", "v_proj", "lm_head"]])
 def test_tail_first_order_anchor_equals_full_first_order_anchor(tiny, lora, margin):
-    """The tail's written-out LM-head tangent (from the probe's recorded logits) equals full forward-mode,
+    """The tail's written-out LM-head tangent (from the replayed states' logits) equals full forward-mode,
     also when the head itself carries adapters (then forward mode runs through it)."""
     model = tiny[0].to(torch.float64)  # the fixture gives each test its own copy
     if lora:
@@ -82,3 +82,23 @@ def test_tail_first_order_anchor_equals_full_first_order_anchor(tiny, lora, marg
     full, tail = gap(False), gap(True)
     assert full.abs().min() > 1e-6
     assert torch.allclose(full, tail, atol=1e-10, rtol=0)
+
+
+def test_first_order_probe_takes_the_fused_head_so_step_0_margins_are_exactly_0(tiny, monkeypatch):
+    """With margin 'dpo' and the policy equal to its reference, the probe's margins are exactly 0 only if the
+    probe computes its log-probs as the reference does, through the fused head; a hook on the head (how the
+    probe's logits used to be kept) sends it down the plain path, whose rounding differs on real vocabularies."""
+    import robalign.logprobs as logprobs
+    from robalign.reference import FrozenCopyReference
+
+    model = tiny[0]
+    batch = _batch(tiny[1], True)
+    ref = FrozenCopyReference(model).logps(batch)
+    fused = []
+    can_fuse = logprobs.can_fuse
+    monkeypatch.setattr(logprobs, "can_fuse", lambda head, hidden: fused.append(can_fuse(head, hidden)) or fused[-1])
+    cfg = GapoParams(radius=0.5, scope="last_k_layers", last_k=1, anchor="first_order", margin="dpo")
+    anchor = GapoMethod(cfg).anchor(model, batch, ref)
+    assert fused == [True]  # the probe's one pass through the head (the anchor's head work is written out)
+    assert torch.equal(anchor.margin, torch.zeros_like(anchor.margin))
+    assert anchor.gap.abs().max() > 0  # the anchor itself moved

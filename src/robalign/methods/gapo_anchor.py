@@ -133,8 +133,7 @@ def compute_anchor(model, batch, ref: PairLogps | None, params, *, beta: float, 
     check_precision(named, c.allow_low_precision_anchor)
     weights_in_scope = [p for _, p in named]
     tail = tail_recorder(model, c)
-    with requiring_grad(weights_in_scope), (tail.recording(keep_logits=c.anchor == "first_order") if tail
-                                            else contextlib.nullcontext()):
+    with requiring_grad(weights_in_scope), (tail.recording() if tail else contextlib.nullcontext()):
         lp = sequence_logps(model, batch)
         m = margin_of(lp, ref, c.margin)
         grads = torch.autograd.grad(probe_loss(m, beta=beta, gamma=gamma), weights_in_scope,

@@ -7,8 +7,8 @@ L−k…L−1, the body's final norm and the LM head on completion positions. It
 full forward at θ + δ (tests/methods/test_gapo_tail.py), at k/L of the cost of the blocks. The first-order
 anchor uses the same tail: one forward-mode pass through the last k blocks and the final norm gives the
 tangent dh of the completion states, and the LM head's part is written out: for the log-softmax,
-d log p(y) = dz_y − Σ_v p_v dz_v with dz = W dh, where p comes from the probe's own logits (recorded, the
-same θ), so the head costs one matmul instead of forward-mode's two.
+d log p(y) = dz_y − Σ_v p_v dz_v with dz = W dh, where p comes from the logits of the replayed states at θ
+(the probe's own, to rounding), so the head costs two matmuls and no forward-mode pass through it.
 """
 
 from __future__ import annotations
@@ -39,30 +39,24 @@ class TailRecorder:
         self.norm = final_norm(self.body)
         self.blocks, self.start = blocks, start
         self.call: tuple[tuple, dict] | None = None
-        self.logits: torch.Tensor | None = None
 
     @property
     def usable(self) -> bool:
         return self.norm is not None
 
     @contextlib.contextmanager
-    def recording(self, keep_logits: bool = False):
-        """Records the tail's input (and, with `keep_logits`, the LM head's completion logits)."""
+    def recording(self):
+        """Records the tail's input. (Nothing on the LM head: a hook there would keep the probe off the fused
+        head path, `robalign.fused_head`, so that its margins would differ from the reference's by rounding.)"""
 
         def keep(_module, args, kwargs):
             self.call = (tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs))
 
-        def keep_head(_module, _args, output):
-            self.logits = output.detach()
-
-        handles = [self.blocks[self.start].register_forward_pre_hook(keep, with_kwargs=True)]
-        if keep_logits:
-            handles.append(self.head.register_forward_hook(keep_head))
+        handle = self.blocks[self.start].register_forward_pre_hook(keep, with_kwargs=True)
         try:
             yield self
         finally:
-            for handle in handles:
-                handle.remove()
+            handle.remove()
 
     @torch.no_grad()
     def sequence_logps(self, batch) -> PairLogps:
@@ -72,13 +66,10 @@ class TailRecorder:
     def first_order_shift(self, batch, named, delta, margin_fn) -> torch.Tensor:
         """[B] ⟨∇m_i, δ⟩ through the last blocks only (forward-mode, δ as the tangent; nothing written).
 
-        Needs the probe recorded with `keep_logits=True`; `margin_fn` must be affine in the log-probs (the
-        SimPO and DPO margins are), so its tangent is margin_fn(d logps) − margin_fn(0).
+        `margin_fn` must be affine in the log-probs (the SimPO and DPO margins are), so its tangent is
+        margin_fn(d logps) − margin_fn(0).
         """
         from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        if self.logits is None:
-            raise RuntimeError("TailRecorder: the probe's logits were not recorded (recording(keep_logits=True))")
         local = {id(p): (k, n) for k, block in enumerate(self.blocks[self.start:])
                  for n, p in block.named_parameters()}
         where = [local[id(p)] for _, p in named]  # a last_k_layers scope lies inside the tail
@@ -97,7 +88,7 @@ class TailRecorder:
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
             states, d_states = torch.func.jvp(states_at, primals, tangents)
             targets, rows = completion_targets(batch)
-            logits, self.logits = self.logits, None
+            logits = self.head(states)  # the probe's logits at θ, from the replayed completion states
             wide = torch.promote_types(logits.dtype, torch.float32)
             if type(self.head) is nn.Linear:
                 d_logits = F.linear(d_states, self.head.weight)  # the bias has no tangent
