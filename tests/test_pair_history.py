@@ -98,3 +98,30 @@ def test_online_methods_keep_no_history(tmp_path):
                         "train": {"output_dir": str(tmp_path / "run"), "batch_size": 2, "progress": False,
                                   "max_steps": 1}})
     assert Trainer(cfg, train_pairs=make_pairs(4), eval_pairs=make_pairs(2)).history is None
+
+
+def test_flip_aurocs_of_epoch_1_margin_and_area_under_the_margin_by_hand():
+    from robalign.pair_history import flip_aurocs
+
+    # pairs 0, 1 flipped, 2, 3 clean, 4 never trained. Epoch 1 ranks the flips first; over both epochs the
+    # areas are 0.75, -1.0 (flipped) and -1.0, -2.0 (clean) once negated: 3.5 of 4 couples, a tie counting half
+    margin = torch.tensor([[-2.0, -1.0, 1.0, 2.0, math.nan], [0.5, 3.0, 1.0, 2.0, math.nan]])
+    result = flip_aurocs(margin, torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0]))
+    assert result == {"-margin, epoch 1": 1.0, "-AUM": 0.875}
+    assert math.isnan(flip_aurocs(margin, torch.zeros(5))["-AUM"])  # no flipped pair: undefined
+
+
+def test_the_sweep_report_gives_the_margin_signals_of_noisy_cells(tmp_path):
+    from safetensors.torch import save_file
+
+    from robalign.experiments.curves import _margin_signals
+
+    for name in ("noisy", "clean"):
+        (tmp_path / name).mkdir()
+        save_file({"margin": torch.tensor([[-2.0, -1.0, 1.0, 2.0]]), "is_flipped": torch.tensor([1.0, 1.0, 0.0, 0.0])},
+                  str(tmp_path / name / "train_margins.safetensors"))
+    results = [{"method": "dpo", "kind": "flip", "rate": 0.4, "seed": 0},
+               {"method": "dpo", "kind": "flip", "rate": 0.0, "seed": 0}]
+    lines = _margin_signals(results, lambda r: tmp_path / ("clean" if r["rate"] == 0 else "noisy"))
+    rows = [line for line in lines if line.startswith("| dpo |")]
+    assert rows == ["| dpo | flip 0.4 | 1.000 | 1.000 | 1 |"]  # the clean cell has nothing to flag

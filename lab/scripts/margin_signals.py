@@ -33,11 +33,9 @@ def signals(margin: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def aurocs(margin: torch.Tensor, is_flipped: torch.Tensor) -> dict[str, float]:
-    from robalign.losses.gapo import flip_auroc_ranked
+    from robalign.pair_history import flip_aurocs
 
-    trained = ~margin.isnan().all(0)  # pairs dropped before training (keep_fraction) have no margin
-    flags = torch.where(trained, is_flipped.double(), torch.nan)
-    return {name: float(flip_auroc_ranked(score.nan_to_num(0.0), flags)) for name, score in signals(margin).items()}
+    return flip_aurocs(margin, is_flipped, signals(margin))
 
 
 def main(argv=None) -> int:

@@ -74,3 +74,22 @@ class PairHistory:
         for e, (sums, counts) in (state or {}).items():
             self.sums[int(e)] = torch.tensor(sums, dtype=torch.float32)
             self.counts[int(e)] = torch.tensor(counts, dtype=torch.float32)
+
+
+def flip_signals(margin: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-pair scores from an [E, N] margin table, higher = more likely flipped: minus the margin the model
+    gave each pair in epoch 1 (before it had trained on it) and minus the area under the margin (AUM: the mean
+    over the epochs the pair was met, Pleiss et al. 2020)."""
+    return {"-margin, epoch 1": -margin[0], "-AUM": -margin.nanmean(0)}
+
+
+def flip_aurocs(margin: torch.Tensor, is_flipped: torch.Tensor, scores: dict | None = None) -> dict[str, float]:
+    """Flip AUROC of each score (default `flip_signals(margin)`) over the pairs that were trained on and whose
+    flag is known (0.5 = chance; NaN when either class is empty)."""
+    from robalign.losses.gapo import flip_auroc_ranked
+
+    trained = ~margin.isnan().all(0)  # pairs dropped before training (data.keep_fraction) have no margin
+    flags = torch.where(trained, is_flipped.double(), torch.nan)
+    return {name: float(flip_auroc_ranked(score.nan_to_num(0.0), flags))
+            for name, score in (scores if scores is not None else flip_signals(margin)).items()}
+

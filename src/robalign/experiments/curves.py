@@ -84,6 +84,7 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
         lines.append(f"\n![versus {BASELINE}](versus_{BASELINE}_accuracy_{suffix}.png)\n")
     lines += _cost_of_noise(curved, cell_of, key_of)
     lines += _early_stopping(curved, cell_of, key_of)
+    lines += _margin_signals(curved, cell_of)
     plot_curves(curved, dest / f"learning_curves_accuracy_{suffix}.png", key_of)
     lines.append(f"\n![learning curves](learning_curves_accuracy_{suffix}.png)\n")
     return lines
@@ -226,6 +227,36 @@ def _early_stopping(results: list[dict], cell_of, key_of) -> list[str]:
         lines += [f"\nEach method stopped this way − {BASELINE} stopped this way, on the same test pairs:\n",
                   "| method | noise | difference | 95 % interval | seeds | pairs |", "|---|---|---|---|---|---|",
                   *versus]
+    return lines
+
+
+def _margin_signals(results: list[dict], cell_of) -> list[str]:
+    """How well each cell's own training margins flag its flipped pairs (`robalign.pair_history`): flip AUROC
+    of the epoch-1 margin and of the area under the margin, mean ± std over seeds."""
+    from safetensors.torch import load_file
+
+    from robalign.pair_history import flip_aurocs
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        path = cell_of(r) / "train_margins.safetensors"
+        if r["rate"] == 0 or not path.is_file():
+            continue
+        table = load_file(str(path))
+        groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(
+            flip_aurocs(table["margin"], table["is_flipped"]))
+    if not groups:
+        return []
+    names = list(next(iter(groups.values()))[0])
+    lines = ["\n## Long training: do a pair's own training margins flag its flipped label?\n",
+             "Flip AUROC (0.5 = chance) of minus the margin the model gave each training pair when it met it in "
+             "epoch 1, and of minus its area under the margin (the mean over all epochs; Pleiss et al. 2020). A "
+             "signal that could pick pairs to drop must beat what the base model's own margin gives "
+             "(`data.keep_fraction`).\n",
+             f"| method | noise | {' | '.join(names)} | seeds |", "|---|---|" + "---|" * len(names) + "---|"]
+    for (method, kind, rate), rows in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
+        lines.append(f"{_row_label(method, kind, rate)} {' | '.join(_ms([r[n] for r in rows]) for n in names)} | "
+                     f"{len(rows)} |")
     return lines
 
 
