@@ -115,6 +115,8 @@ def test_auto_picks_the_margin_a_reference_free_method_trains(tmp_path):
                         "data": {"max_length": 64},
                         "train": {"output_dir": str(tmp_path / "run"), "batch_size": 2, "max_steps": 2, "eval_every": 1,
                                   "progress": False, "load_best_model_at_end": True}})
-    trainer = Trainer(cfg, train_pairs=make_pairs(8), eval_pairs=make_pairs(8)[4:])
-    assert trainer.best.metric == "accuracy_M"
-    assert _trainer(tmp_path, "dpo", load_best_model_at_end=True).best.metric == "auto"  # resolved at the 1st eval
+    both = {"eval/accuracy_h": 0.9, "eval/accuracy_M": 0.6}
+    for trainer, scored in ((Trainer(cfg, train_pairs=make_pairs(8), eval_pairs=make_pairs(8)[4:]), "accuracy_M"),
+                            (_trainer(tmp_path, "dpo", load_best_model_at_end=True), "accuracy_h")):
+        trainer.best.update(both, 1, 0.5, trainer.model)
+        assert trainer.best.metric == scored and trainer.best.value == both[f"eval/{scored}"]

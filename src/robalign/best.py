@@ -25,15 +25,17 @@ from robalign.atomic import write_json, write_tensors
 class BestKeeper:
     """Tracks the best value of one evaluation metric (higher is better) and the weights that scored it."""
 
-    def __init__(self, out: Path, metric: str, patience: int, keep_weights: bool):
+    def __init__(self, out: Path, metric: str, patience: int, keep_weights: bool, margin_key: str = "h"):
+        """`margin_key`: the margin the method trains (`Method.margin_key`), which 'auto' scores."""
         self.dir, self.metric, self.patience, self.keep_weights = Path(out) / "best", metric, patience, keep_weights
+        self.margin_key = margin_key
         self.value, self.step, self.epoch, self.since = -math.inf, -1, 0.0, 0
 
     def update(self, evaluation: dict, step: int, epoch: float, model) -> bool:
         """Records one evaluation (`eval/` metrics); returns True when it is the best so far."""
-        if self.metric == "auto":  # the reference log-ratio's accuracy when the run has a reference (the trainer
-            # resolves 'auto' to accuracy_M itself for a reference-free method)
-            self.metric = "accuracy_h" if "eval/accuracy_h" in evaluation else "accuracy_M"
+        if self.metric == "auto":  # the accuracy of the margin the method trains, M when no reference was scored
+            own = f"accuracy_{self.margin_key}"
+            self.metric = own if f"eval/{own}" in evaluation else "accuracy_M"
         key = f"eval/{self.metric}"
         if key not in evaluation:
             from robalign.errors import ConfigError

@@ -9,8 +9,9 @@ computed on a user's own data, without retraining.
 The table is written beside the held-out margins as `train_margins.safetensors`:
 - ``margin`` [E, N]: the margin (method's own, e.g. DPO's h) of training pair n when the model met it in epoch
   e (0-based; the mean if it met it more than once), NaN where it has not met it in that epoch (yet);
-- ``is_flipped`` [N]: 1 flipped, 0 clean, NaN unknown, for the pairs in the trainer's training order
-  (after `data.keep_fraction`, if set).
+- ``is_flipped`` [N]: 1 flipped, 0 clean, NaN unknown.
+Columns are the positions of the training data as given to the trainer; a pair it skipped (too long) or
+dropped (`data.keep_fraction`) keeps NaN margins.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class PairHistory:
 
     def table(self, reduce=None) -> torch.Tensor:
         """[E, N] mean margin per epoch (NaN where not met); `reduce(t)` sums a tensor over processes (all
-        processes must call it with the same epochs, which they have, since they step together)."""
+        processes call it for the same epochs, since they step together)."""
         epochs = range(max(self.sums) + 1) if self.sums else range(0)
         rows = []
         for e in epochs:

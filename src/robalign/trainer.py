@@ -252,11 +252,8 @@ class Trainer:
         self.fit = torch.zeros(4)  # since the last evaluation: flipped preferred, flipped seen, clean ..., clean ...
         self.best = None  # keeps the best evaluation (train.load_best_model_at_end / early_stopping_patience)
         if tc.load_best_model_at_end or tc.early_stopping_patience:
-            # 'auto' = the accuracy of the margin the method trains: M for a reference-free method, even when
-            # the evaluator also reports h against a reference the method never sees.
-            metric = "accuracy_M" if tc.metric_for_best_model == "auto" and not self.method.needs_reference \
-                else tc.metric_for_best_model
-            self.best = BestKeeper(self.out, metric, tc.early_stopping_patience, tc.load_best_model_at_end)
+            self.best = BestKeeper(self.out, tc.metric_for_best_model, tc.early_stopping_patience,
+                                   tc.load_best_model_at_end, margin_key=self.method.margin_key)
         self.stopped_early = False
 
     # ----------------------------------------------------------------------------------- setup
@@ -740,7 +737,7 @@ class Trainer:
         fit = self._fit_metrics()
         if self.history is not None:  # every process: the table is summed over them
             self.history.save(self.out / "train_margins.safetensors" if self.acc.is_main_process else None,
-                              reduce=self._reduce if self.acc.num_processes > 1 else None)
+                              reduce=self._reduce)
         ev = self.evaluate()
         if writer:
             writer.write({"step": self.step_num, "epoch": round(self.epoch, 4), **ev, **fit})
@@ -855,7 +852,7 @@ class Trainer:
         # Per-process tallies are checkpointed summed over the processes and restored on the main one only,
         # so a resumed run counts every pair once (`_resume`).
         fit = self._reduce(self.fit)
-        history = self.history.state(self._reduce if self.acc.num_processes > 1 else None) if self.history else None
+        history = self.history.state(self._reduce) if self.history else None
         if not self.acc.is_main_process:
             return
         ckpt.save_checkpoint(self.out / "checkpoints", self.step_num, model=self.model,

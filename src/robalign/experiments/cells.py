@@ -136,7 +136,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
               "flipped": sum(bool(p.is_flipped) for p in noisy), **{k.split("/")[-1]: v for k, v in
                                                                       summary["final"].items()}}
     # The margin the method trains: held-out accuracy is read on it (M for reference-free methods).
-    result["reward"] = "h" if trainer.method.needs_reference and result.get("accuracy_h") is not None else "M"
+    result["reward"] = trainer.method.margin_key if result.get("accuracy_h") is not None else "M"
     if spec.epochs:
         result.update(curve_summary(summary["curve"], result["reward"]))
     result.update({f"keep_{k}": v for k, v in summary.get("pair_filter", {}).items()})
@@ -189,7 +189,7 @@ def implicit_reward(result: dict, cell: Path) -> str:
 
     try:
         method = dict(yaml.safe_load((cell / "config.yaml").read_text())["method"])
-        return "h" if build_method(method.pop("name"), method).needs_reference else "M"
+        return build_method(method.pop("name"), method).margin_key
     except (OSError, KeyError, TypeError, ValueError, UserError):  # no readable config: the reference margin
         return "h"
 

@@ -97,7 +97,7 @@ def run_demo(*, model: str, methods: list[str], noise_rate: float, preset: DemoP
         trainer = Trainer(cfg, train_pairs=noisy if run.noisy else clean, eval_pairs=held_out,
                           model=copy.deepcopy(base), tokenizer=tokenizer, shared_reference=shared)
         summary = trainer.train(overwrite=True)  # the demo's own folders: a re-run replaces them
-        reward = "h" if trainer.method.needs_reference else "M"  # a reference-free method is read on its own M
+        reward = trainer.method.margin_key  # a reference-free method is read on its own M
         rows.append(_row(run, method, summary, out / run.folder, seed, noise_rate, time.perf_counter() - t0, reward))
     _pair_with_clean(rows, out, demo_runs(methods))
     return rows
@@ -259,7 +259,8 @@ def write_report(rows: list[dict], out: Path, *, model: str, noise_rate: float, 
              f"computed once; built-in verifiable-instructions task: {preset.train_pairs} training pairs, "
              f"{preset.epochs:g} epochs of batches of {preset.batch_size}, lr {preset.lr:g}, seed {seed}; accuracy on "
              f"{preset.eval_pairs} clean held-out pairs after every epoch (of each run's implicit reward: the reference "
-             f"log-ratio h, or for a reference-free method, marked (M), its length-normalised log-prob margin M). One run on clean labels, then each method with {noise_rate:.0%} of the same training "
+             f"log-ratio h, or for a reference-free method, marked (M), its length-normalised log-prob margin M). "
+             f"One run on clean labels, then each method with {noise_rate:.0%} of the same training "
              f"labels flipped. Early stopping: the epoch with the best accuracy on a random half of the held-out pairs "
              f"with {noise_rate:.0%} of its labels flipped, scored on the other, clean half.\n",
              table(rows), "\n![learning curves](demo_learning_curves.png)\n", "## What it means\n",

@@ -41,6 +41,12 @@ class Method:
     log_pairs: bool = False  # write StepResult.per_pair rows to pairs.jsonl
     fp32_step: bool = False
 
+    @property
+    def margin_key(self) -> str:
+        """The held-out margin that scores this method (its implicit reward): 'h', the log-ratio to the
+        reference, or 'M', the length-normalised margin, for a method that never sees a reference."""
+        return "h" if self.needs_reference else "M"
+
     def step(self, policy, reference, batch) -> StepResult:  # pragma: no cover - interface
         raise NotImplementedError
 
