@@ -77,6 +77,8 @@ def parse_args(argv=None):
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = the cores of this process)")
+    ap.add_argument("--save-every", type=int, default=10,
+                    help="checkpoint every N steps, so that a killed run resumes from its last checkpoint")
     ap.add_argument("--out", default="benchmarks/results/online")
     args = ap.parse_args(argv)
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -104,7 +106,7 @@ def run_config(args, method: str, seed: int, out: Path):
         "online": {"oracle": args.oracle, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature},
         "train": {"output_dir": str(out), "seed": seed, "batch_size": args.batch_size, "max_steps": args.steps,
                   "lr": args.lr, "schedule": "constant", "warmup_steps": 0, "optimizer": "adamw",
-                  "eval_at_start": False, "save_final": False, "progress": False},
+                  "eval_at_start": False, "save_final": False, "progress": False, "save_every": args.save_every},
     })
     return build_config(tree)
 
@@ -144,7 +146,9 @@ def run_one(args, method: str, seed: int, base, tok, eval_prompts, root: Path, r
     cfg = run_config(args, method, seed, out)
     train = make_preference_pairs(args.steps * args.batch_size, seed)  # the methods use only the prompts
     trainer = Trainer(cfg, train_pairs=train, eval_pairs=[], model=copy.deepcopy(base), tokenizer=tok)
-    trainer.train()
+    # A run killed before its result.json resumes from its last checkpoint (exactly: the trainer restores the
+    # sampling RNG too); one killed before its first checkpoint starts over.
+    trainer.train(resume=(out / "config.yaml").is_file())
     t_train = time.perf_counter() - t0
     ev = generation_eval(trainer.model, None, tok, eval_prompts, VerifiableReward(), adapter_disabled=True,
                          n_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
