@@ -1,6 +1,7 @@
 """Each training pair's margin per epoch: the unit's bookkeeping, and the trainer's table against a brute-force
 record of the margins its steps computed, across a resume."""
 
+import json
 import math
 
 import pytest
@@ -90,6 +91,22 @@ def test_the_table_is_the_same_after_a_resume(tmp_path):
     a = load_file(str(tmp_path / "whole" / "train_margins.safetensors"))["margin"]
     b = load_file(str(tmp_path / "part" / "train_margins.safetensors"))["margin"]
     assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def test_the_checkpoint_keeps_the_table_as_tensors_not_json(tmp_path):
+    part = _trainer(tmp_path, "part", stop_after=7)
+    part.train()
+    step = tmp_path / "part" / "checkpoints" / "step-00000006"
+    assert "pair_history" not in json.loads((step / "state.json").read_text())
+    saved = load_file(str(step / "state.safetensors"))
+    assert sorted(saved) == ["pair_history/counts/0", "pair_history/sums/0"]  # steps 1-6 are epoch 0
+    assert saved["pair_history/counts/0"].tolist() == [1.0] * 12  # which met each of the 12 pairs once
+
+
+def test_older_checkpoints_json_lists_still_load():
+    history = PairHistory(torch.zeros(2))
+    history.load_state({"0": [[1.0, 4.0], [1.0, 2.0]]})  # {epoch: [sums, counts]}, as state.json held it
+    assert history.table().tolist() == [[1.0, 2.0]]
 
 
 def test_online_methods_keep_no_history(tmp_path):

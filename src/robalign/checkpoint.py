@@ -91,14 +91,18 @@ def _write_json(path: Path, obj):
 
 
 def save_checkpoint(root: Path, step: int, *, model, optimizer, scheduler, state: dict,
-                    keep_last: int) -> Path:
-    """Writes `root/step-{step}` atomically and prunes all but the newest `keep_last`."""
+                    keep_last: int, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Writes `root/step-{step}` atomically and prunes all but the newest `keep_last`.
+
+    `state` goes to state.json; `tensors` (trainer state too large for JSON, e.g. a per-pair table) to
+    state.safetensors, and comes back as `state["tensors"]` from `load_latest`/`load_checkpoint`."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     try:
         # `.tmp-*` names: remove_partial deletes what a killed write left, list_checkpoints never sees it.
         with atomic.directory(final, tmp=root / f".tmp-step-{step:08d}", durable=True) as tmp:
-            _write_into(tmp, step, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
+            _write_into(tmp, step, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                        tensors=tensors)
     except (OSError, SafetensorError) as err:  # e.g. a full disk: the previous checkpoints are untouched
         last = list_checkpoints(root)
         raise UserError(f"checkpoint: cannot write {final} ({getattr(err, 'strerror', None) or err}); the last complete checkpoint, "
@@ -108,13 +112,17 @@ def save_checkpoint(root: Path, step: int, *, model, optimizer, scheduler, state
     return final
 
 
-def _write_into(tmp: Path, step: int, *, model, optimizer, scheduler, state: dict) -> None:
+def _write_into(tmp: Path, step: int, *, model, optimizer, scheduler, state: dict, tensors: dict | None) -> None:
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     rng_tensors, rng_meta = rng_state()
     save_file(trainable_state(model), str(tmp / "weights.safetensors"))
     save_file(opt_tensors or {"_empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    for name in ("weights", "optimizer", "rng"):
+    names = ["weights", "optimizer", "rng"]
+    if tensors:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+        names.append("state")
+    for name in names:
         with open(tmp / f"{name}.safetensors", "rb") as fh:
             os.fsync(fh.fileno())
     _write_json(tmp / "state.json", {"step": step, "optimizer": opt_meta, "rng": rng_meta,
@@ -165,6 +173,8 @@ def load_latest(root: Path, *, model, optimizer, scheduler) -> tuple[Path, dict]
 
 def _read(path: Path) -> dict:
     state = json.loads((path / "state.json").read_text())
+    extra = path / "state.safetensors"  # absent in checkpoints written without tensors (and before they existed)
+    state["tensors"] = load_file(str(extra)) if extra.is_file() else {}
     return {"state": state, "weights": load_file(str(path / "weights.safetensors")),
             "optimizer": load_file(str(path / "optimizer.safetensors")),
             "rng": load_file(str(path / "rng.safetensors"))}

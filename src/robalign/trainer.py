@@ -860,10 +860,10 @@ class Trainer:
                              else self.optimizer, scheduler=self.scheduler,
                              state={"position": self.position, "skipped_batches": self.skipped_batches,
                                     "fit": fit.cpu().tolist(), "stopped_early": self.stopped_early,
-                                    **({"pair_history": history} if history is not None else {}),
                                     **({"best": self.best.state()} if self.best is not None else {}),
                                     **self.scaling.state_dict()},
-                             keep_last=self.cfg.train.keep_last)
+                             keep_last=self.cfg.train.keep_last,
+                             tensors={f"pair_history/{k}": v for k, v in (history or {}).items()})
 
     def _resume(self):
         ckpt.remove_partial(self.out / "checkpoints")
@@ -882,7 +882,9 @@ class Trainer:
         main = self.acc.is_main_process  # the saved tallies are the sum over processes: one holds them
         self.fit = torch.tensor(state.get("fit", [0.0] * 4)) if main else torch.zeros(4)
         if self.history is not None:
-            self.history.load_state(state.get("pair_history") if main else None)
+            saved = {k.split("/", 1)[1]: v for k, v in state["tensors"].items() if k.startswith("pair_history/")}
+            # before tensors were checkpointed, the table was JSON lists in state.json
+            self.history.load_state((saved or state.get("pair_history")) if main else None)
         self.stopped_early = bool(state.get("stopped_early", False))
         if self.best is not None:
             self.best.load_state(state.get("best"))
