@@ -145,3 +145,27 @@ def test_gpu_benchmark_dry_run_against_trl(tmp_path):
     assert all(r["first_loss"] == pytest.approx(0.6931471805599453, abs=1e-3) for r in report["runs"])
     assert {(c["model"], c["tuning"]) for c in report["comparison"]} == {("tiny-llama", "lora"), ("tiny-llama", "full")}
     assert "robalign / TRL pairs/s" in stdout
+
+
+def test_online_benchmark_resumes_a_run_killed_after_a_checkpoint_to_the_same_result(tmp_path):
+    def run(out: Path) -> dict:
+        cmd = [sys.executable, str(REPO / "benchmarks" / "online.py"), "--model", "tiny-llama", "--methods",
+               "online_dpo", "--seeds", "0", "--steps", "4", "--batch-size", "2", "--save-every", "2",
+               "--eval-prompts", "2", "--lora-r", "4", "--max-new-tokens", "8", "--threads", "1", "--out", str(out)]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return json.loads((out / "runs" / "online_dpo-s0" / "result.json").read_text())
+
+    whole = run(tmp_path / "whole")
+    killed = tmp_path / "killed"
+    run(killed)
+    # As if killed between the checkpoint at step 2 and the end: no result, no later checkpoint.
+    folder = killed / "runs" / "online_dpo-s0"
+    for name in ("result.json", "eval_generations.jsonl", "checkpoints/step-00000004/state.json"):
+        (folder / name).unlink()
+    resumed = run(killed)
+    for key in ("train/loss", "train/oracle_agreement", "gen/kl", "gen/reward_sampled"):
+        assert resumed[key] == whole[key], key
+    samples = [(tmp_path / n / "runs" / "online_dpo-s0" / "generations.jsonl").read_text()
+               for n in ("whole", "killed")]
+    assert samples[0] == samples[1]  # the resumed run drew the same training samples from step 3 on
