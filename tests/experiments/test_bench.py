@@ -139,6 +139,8 @@ def test_sweep_on_the_built_in_task_reports_gold_reward_win_rate_and_kl(tmp_path
     assert "## gold_reward_greedy" in report and "## kl" in report and "GAPO weights" in report
     assert (tmp_path / "gold_reward_vs_kl.png").is_file()
     assert (tmp_path / "gapo_weights_flipped_vs_clean.png").is_file()
+    auroc = json.loads((tmp_path / "cells" / "gapo-flip-0.5-s0" / "result.json").read_text())["gapo_flip_auroc"]
+    assert f"| gapo | flip | {auroc:.3f} ± 0.000 |" in report.split("## GAPO flip AUROC")[1]
 
 
 def test_online_methods_in_a_sweep_get_the_noise_in_their_oracle(tmp_path, capsys):

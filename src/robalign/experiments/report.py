@@ -51,6 +51,11 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
                   _table(flipped, spec.kinds, seeds).replace("| method |", "| flipped: method |"), "",
                   _table(clean, spec.kinds, seeds).replace("| method |", "| clean: method |"),
                   "\n![GAPO weights](gapo_weights_flipped_vs_clean.png)\n"]
+    auroc = aggregate(results, "gapo_flip_auroc")
+    if auroc:  # how well the weights alone would flag the flipped pairs, whatever their mean level
+        lines += ["\n## GAPO flip AUROC: how well a low weight flags a flipped pair (0.5 = chance, 1 = every "
+                  "flipped pair weighted below every clean one; last half of training; mean ± std over seeds)\n",
+                  _table(auroc, spec.kinds, seeds)]
     from robalign.experiments.curves import sections as curve_sections
 
     lines += curve_sections(results, lambda r: cell_dir(spec, r["method"], r["kind"], r["rate"], r["seed"]), dest)
