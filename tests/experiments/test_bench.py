@@ -240,6 +240,48 @@ def test_a_cell_left_half_written_by_a_kill_is_retrained_cleanly(tmp_path, capsy
     assert result["gapo_pairs"] > 0 and not (cell / ".lock").exists()
 
 
+def test_a_cell_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    def args(out):
+        return ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo", "--kinds", "flip", "--rates",
+                "0.25", "--seeds", "0", "--epochs", "2", "--train-pairs", "16", "--eval-pairs", "8", "--lora-r", "0",
+                "--train-last-k", "1", "--gen-prompts", "0", "--out", str(out)]
+
+    assert main(args(tmp_path / "whole")) == 0
+    # The killed run: dies after step 3 of 8 (checkpoints every step here), before its result and clean-up.
+    from robalign.trainer import Trainer
+
+    class Killed(Exception):
+        pass
+
+    real_train = Trainer.train
+
+    def train_then_die(self, *a, **k):
+        self.cfg.train.stop_after = 3
+        real_train(self, *a, **k)
+        raise Killed
+
+    monkeypatch.setattr(Trainer, "train", train_then_die)
+    killed = tmp_path / "killed"
+    with pytest.raises(Killed):
+        main(args(killed))
+    cell = killed / "cells" / "dpo-flip-0.25-s0"
+    assert not (cell / "result.json").exists()
+    assert sorted(p.name for p in (cell / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+    monkeypatch.setattr(Trainer, "train", real_train)
+    with caplog.at_level(logging.INFO, logger="robalign.trainer"):
+        assert main(args(killed)) == 0
+    assert "step-00000003 at step 3" in caplog.text  # resumed, not trained again from step 0
+    losses = [[r["loss"] for r in map(json.loads, (d / "cells" / "dpo-flip-0.25-s0" / "metrics.jsonl").open())
+               if "loss" in r] for d in (tmp_path / "whole", killed)]
+    assert len(losses[0]) == 8 and losses[0] == losses[1]  # steps 4-8 trained after the resume, logs cut at 3
+    whole, resumed = (json.loads((d / "cells" / "dpo-flip-0.25-s0" / "result.json").read_text())
+                      for d in (tmp_path / "whole", killed))
+    for key in ("accuracy_h", "margin_h", "accuracy_M", "curve", "best_epoch"):
+        assert resumed[key] == whole[key], key
+
+
 def test_the_clean_cell_is_shared_by_every_noise_kind(tmp_path):
     """Rate 0 trains on the same clean pairs whatever the kind: a `length` sweep reuses the clean cell a
     `flip` sweep left, and its report and plots start the `length` curve from it."""

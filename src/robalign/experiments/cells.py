@@ -4,7 +4,8 @@ A cell trains one method on noisy training pairs and evaluates on clean held-out
 task (which has a gold reward) it also decodes held-out prompts with the trained policy and the reference
 (greedy and sampled) for gold reward, gold win rate and KL(π‖π_ref). Its result is written to
 `<out>/cells/<method>-<kind>-<rate>-s<seed>/result.json` when it finishes, so an interrupted
-sweep resumes where it stopped and re-running one cell with its seed gives the same numbers.
+sweep resumes where it stopped (a cell killed mid-way from its last checkpoint) and re-running one cell
+with its seed gives the same numbers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 import os
 import shutil
@@ -27,6 +29,8 @@ from robalign.experiments.spec import (
     method_settings,
     online_oracle,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _data_split(spec: SweepSpec, seed: int, base=None):
@@ -112,8 +116,8 @@ def run_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int, ba
             return None
         if done.is_file():  # finished by another process between the check and the lock
             return json.loads(done.read_text())
-        # What a killed run left behind needs no cleaning: a fresh (non-resumed) trainer rewrites its logs
-        # and checkpoints (tests/test_bench.py kills one mid-way).
+        # A killed cell resumes from its last checkpoint when it left one written with the same config;
+        # otherwise what it left needs no cleaning: a fresh trainer rewrites its logs and checkpoints.
         return _train_cell(spec, method, kind, rate, seed, base, out, shared_reference)
 
 
@@ -130,7 +134,8 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     model, tok = base if base is not None else (None, None)
     trainer = Trainer(cfg, train_pairs=noisy, eval_pairs=held, model=copy.deepcopy(model) if model else None,
                       tokenizer=tok, shared_reference=shared_reference)
-    summary = trainer.train(overwrite=True)  # a cell is never resumed: what a killed one left is replaced
+    resume = _resumable(out, cfg)
+    summary = trainer.train(resume=resume, overwrite=not resume)
     result = {"method": method, "kind": kind, "rate": rate, "seed": seed, "seconds": time.perf_counter() - t0,
               **({"oracle": oracle} if oracle else {}),
               "flipped": sum(bool(p.is_flipped) for p in noisy), **{k.split("/")[-1]: v for k, v in
@@ -166,7 +171,9 @@ def cell_config(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
         "train": {"output_dir": str(out), "batch_size": spec.batch_size, "max_steps": steps, "lr": spec.lr,
                   "epochs": spec.epochs, "eval_per_epoch": spec.eval_per_epoch,
                   "seed": seed, "progress": False, "warmup_steps": max(1, steps // 10),
-                  "save_final": False, "eval_at_start": bool(spec.epochs)}}
+                  "save_final": False, "eval_at_start": bool(spec.epochs),
+                  # about ten checkpoints a cell, so that a killed one resumes (`_resumable`)
+                  "save_every": max(1, steps // 10)}}
     if spec.trunk_cache != "off":  # what the method must be told to train above a cached trunk
         tree["method"].update(METHODS[canonical_name(method)].params.trunk_cache_settings(spec.train_last_k))
     oracle = online_oracle(kind, rate) if is_online(method) else None
@@ -207,9 +214,27 @@ def curve_summary(curve: list[dict], reward: str = "h") -> dict:
     return {"curve": rows, "best_epoch": best["epoch"], f"best_{score}": best[score]}
 
 
+def _resumable(out: Path, cfg) -> bool:
+    """Whether a killed cell left a complete checkpoint of this very config (a cell of a long sweep costs tens
+    of minutes; resuming is exact, tests/test_crash_resume.py). One from other settings (an older version's
+    defaults) is not resumed: the cell is trained again."""
+    from robalign import checkpoint
+    from robalign.config import normalized
+    from robalign.rundir import check_resume_config
+
+    if not checkpoint.list_checkpoints(out / "checkpoints"):
+        return False
+    try:
+        check_resume_config(out, cfg.to_dict(), normalize=normalized)
+    except UserError as err:
+        log.warning("%s: not resumed (%s); training it again", out.name, str(err).splitlines()[0])
+        return False
+    return True
+
+
 def _keep_only_the_adapter(trainer, out: Path):
-    """A cell is never resumed (a killed one is retrained), so its end-of-run checkpoint, two thirds of it
-    optimiser state, would only fill the disk over a full grid; the trained LoRA adapter is kept."""
+    """A finished cell's end-of-run checkpoint, two thirds of it optimiser state, would only fill the disk
+    over a full grid; the trained LoRA adapter is kept."""
     if hasattr(trainer.model, "peft_config"):
         trainer.model.save_pretrained(out / "adapter")
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
