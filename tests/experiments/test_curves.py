@@ -88,3 +88,28 @@ def test_a_reference_free_method_is_scored_on_M_against_dpo_on_h(tmp_path):
     row = next(line for line in _versus_baseline(results, cell_of, _reward_keys(results, cell_of))
                if line.startswith("| simpo (M) | flip 0.4 |"))
     assert "+0.250" in row  # 3/4 on M − 2/4 on h
+
+
+def test_the_long_training_table_shows_where_each_reward_started_and_how_far_it_moved(tmp_path):
+    from robalign.experiments.curves import sections
+
+    # SimPO is scored on M, which starts at the base model's own preference; DPO on h, which starts at 0.5.
+    curves = {"dpo": [{"epoch": 0.0, "accuracy_h": 0.5, "accuracy_M": 0.62},
+                      {"epoch": 1.0, "accuracy_h": 0.58, "accuracy_M": 0.63}],
+              "simpo": [{"epoch": 0.0, "accuracy_h": 0.5, "accuracy_M": 0.62},
+                        {"epoch": 1.0, "accuracy_h": 0.46, "accuracy_M": 0.61}]}
+    results = []
+    for method, curve in curves.items():
+        cell = tmp_path / method
+        cell.mkdir()
+        margins = {"M": torch.tensor([[0.1, -0.1], [0.2, -0.2]]), "epoch": torch.tensor([0.0, 1.0], dtype=torch.float64)}
+        margins["h"] = torch.tensor([[0.0, 0.0], [0.3, -0.1]])
+        save_file(margins, str(cell / "heldout_margins.safetensors"))
+        results.append({"method": method, "kind": "flip", "rate": 0.4, "seed": 0, "curve": curve,
+                        "accuracy_h": curve[-1]["accuracy_h"], "reward": "M" if method == "simpo" else "h"})
+    lines = sections(results, lambda r: tmp_path / r["method"], tmp_path)
+    table = "\n".join(lines).split("at the last and at the best epoch")[1]
+    dpo = next(line for line in table.splitlines() if line.startswith("| dpo | flip 0.4 |"))
+    simpo = next(line for line in table.splitlines() if line.startswith("| simpo (M) | flip 0.4 |"))
+    assert dpo.split(" | ")[2:5] == ["0.500", "0.580", "0.080"]  # start, last, last − start
+    assert simpo.split(" | ")[2:5] == ["0.620", "0.610", "-0.010"]

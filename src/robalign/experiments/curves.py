@@ -61,22 +61,28 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
              "Accuracy of each method's own implicit reward on the clean held-out pairs: the log-ratio margin h for "
              "methods with a reference, the length-normalised margin M (marked M) for reference-free ones, whose "
              "base model already scores its M prior (M starts above 0.5; h starts at 0.5). "
+             "Start = before training (the base model's own preference, for M), so last − start is what "
+             "training taught the policy on that measure. "
              "Best epoch = the evaluation with the highest clean held-out accuracy (an oracle choice: it "
              "shows what stopping at the right time would keep). fit_flipped = share of flipped training "
              "labels the model preferred in its last epoch (how much noise it memorised). Mean ± std over seeds.\n",
-             "| method | noise | last | best | best epoch | last − best | fit_flipped | fit_clean | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | noise | start | last | last − start | best | best epoch | last − best | fit_flipped | "
+             "fit_clean | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in curved:
         groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r)
     for (method, kind, rate), rows in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
         acc = [f"accuracy_{key_of(r)}" for r in rows]
         last = [r["curve"][-1].get(a) for r, a in zip(rows, acc)]
+        start = [r["curve"][0].get(a) if r["curve"][0]["epoch"] == 0 else None for r, a in zip(rows, acc)]
+        gain = None if None in start else [a - b for a, b in zip(last, start)]
         best = [max(c.get(a, -1.0) for c in r["curve"]) for r, a in zip(rows, acc)]
         best_epoch = [max(r["curve"], key=lambda c: c.get(a, -1.0))["epoch"] for r, a in zip(rows, acc)]
         fit_f = [r["curve"][-1].get("fit_flipped") for r in rows]
         fit_c = [r["curve"][-1].get("fit_clean") for r in rows]
-        lines.append(f"{_row_label(method, kind, rate, key_of(rows[0]))} {_ms(last)} | {_ms(best)} | "
+        lines.append(f"{_row_label(method, kind, rate, key_of(rows[0]))} "
+                     f"{_ms(start) if gain else '–'} | {_ms(last)} | {_ms(gain) if gain else '–'} | {_ms(best)} | "
                      f"{_ms(best_epoch, 1)} | {_ms([a - b for a, b in zip(last, best)])} | "
                      f"{_ms(fit_f)} | {_ms(fit_c)} | {len(rows)} |")
     lines += _versus_baseline(curved, cell_of, key_of)
