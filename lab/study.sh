@@ -51,9 +51,9 @@ case "${1:-}" in
         # here); DPO and SimPO at 40 % flips, DPO clean; no generations (no programmatic checker)
     H=(--data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz --seeds 0,1,2 --epochs 4 --train-last-k 2
        --trunk-cache disk --lora-r 0 --batch-size 8 --lr 1e-4 --max-length 256 --train-pairs 1850 --eval-pairs 462
-       --gen-prompts 0 --out outputs/study/hh)
-    $RB bench robustness --methods dpo,simpo --kinds flip --rates 0.4 "${H[@]}"
-    $RB bench robustness --methods dpo,simpo --kinds flip --rates 0 "${H[@]}" ;;
+       --gen-prompts 0 --threads "${THREADS:-0}" --out outputs/study/hh)
+    $RB bench robustness --methods dpo --kinds flip --rates 0.4,0 "${H[@]}"  # first what the noise costs DPO
+    $RB bench robustness --methods simpo --kinds flip --rates 0.4 "${H[@]}" ;;
   online)  # item 4: online DPO vs SAIL vs oracle-robust (ρ told the oracle's rate) under a flip oracle and a
             # ρ-adversarial one, at the budget where pilot 96 saw the gold reward of online DPO's samples rise
             # (LoRA r 16, 8 prompts x 2 samples per step, lr 2e-4); one thread, so it can run beside a sweep
