@@ -280,6 +280,7 @@ def test_a_cell_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tm
                       for d in (tmp_path / "whole", killed))
     for key in ("accuracy_h", "margin_h", "accuracy_M", "curve", "best_epoch"):
         assert resumed[key] == whole[key], key
+    assert resumed["resumed"] is True and "resumed" not in whole
 
 
 def test_the_clean_cell_is_shared_by_every_noise_kind(tmp_path):

@@ -138,6 +138,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     summary = trainer.train(resume=resume, overwrite=not resume)
     result = {"method": method, "kind": kind, "rate": rate, "seed": seed, "seconds": time.perf_counter() - t0,
               **({"oracle": oracle} if oracle else {}),
+              **({"resumed": True} if resume else {}),  # then `seconds` counts only the part after the resume
               "flipped": sum(bool(p.is_flipped) for p in noisy), **{k.split("/")[-1]: v for k, v in
                                                                       summary["final"].items()}}
     # The margin the method trains: held-out accuracy is read on it (M for reference-free methods).
