@@ -103,4 +103,3 @@ def flip_aurocs(margin: torch.Tensor, is_flipped: torch.Tensor, scores: dict | N
     flags = torch.where(trained, is_flipped.double(), torch.nan)
     return {name: float(flip_auroc_ranked(score.nan_to_num(0.0), flags))
             for name, score in (scores if scores is not None else flip_signals(margin)).items()}
-

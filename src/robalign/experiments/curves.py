@@ -50,6 +50,12 @@ def _row_label(method, kind, rate, key: str = "h") -> str:
     return f"| {method}{' (M)' if key == 'M' else ''} | {kind} {rate:g} |"
 
 
+def _report_order(groups: dict) -> list[tuple]:
+    """(key, value) of `groups`, whose keys start with (method, kind, rate), in the report's row order: by
+    rate, then noise kind, then method."""
+    return sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0]))
+
+
 def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
     """Report lines for the cells of `results` that have a learning curve; `cell_of(r)` is a cell's folder."""
     curved = [r for r in results if r.get("curve")]
@@ -72,17 +78,17 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in curved:
         groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r)
-    for (method, kind, rate), rows in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
+    for (method, kind, rate), rows in _report_order(groups):
         acc = [f"accuracy_{key_of(r)}" for r in rows]
         last = [r["curve"][-1].get(a) for r, a in zip(rows, acc)]
         start = [r["curve"][0].get(a) if r["curve"][0]["epoch"] == 0 else None for r, a in zip(rows, acc)]
-        gain = None if None in start else [a - b for a, b in zip(last, start)]
+        gain = [a - b for a, b in zip(last, start) if b is not None]  # empty without an evaluation at the start
         best = [max(c.get(a, -1.0) for c in r["curve"]) for r, a in zip(rows, acc)]
         best_epoch = [max(r["curve"], key=lambda c: c.get(a, -1.0))["epoch"] for r, a in zip(rows, acc)]
         fit_f = [r["curve"][-1].get("fit_flipped") for r in rows]
         fit_c = [r["curve"][-1].get("fit_clean") for r in rows]
         lines.append(f"{_row_label(method, kind, rate, key_of(rows[0]))} "
-                     f"{_ms(start) if gain else '–'} | {_ms(last)} | {_ms(gain) if gain else '–'} | {_ms(best)} | "
+                     f"{_ms(start)} | {_ms(last)} | {_ms(gain)} | {_ms(best)} | "
                      f"{_ms(best_epoch, 1)} | {_ms([a - b for a, b in zip(last, best)])} | "
                      f"{_ms(fit_f)} | {_ms(fit_c)} | {len(rows)} |")
     lines += _versus_baseline(curved, cell_of, key_of)
@@ -149,7 +155,7 @@ def _paired_groups(pairs: list[tuple], cell_of, key_of) -> list[tuple[tuple, lis
         groups.setdefault((r["method"], r["kind"], r["rate"], key_of(a)), []).append(
             (r["seed"], correctness(first["values"][-1]) - correctness(second["values"][-1])))
     return [(group, [d for _, d in sorted(by_seed, key=lambda sd: sd[0])])
-            for group, by_seed in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0]))]
+            for group, by_seed in _report_order(groups)]
 
 
 def plot_versus_baseline(results: list[dict], cell_of, key_of, path: Path) -> Path | None:
@@ -204,7 +210,7 @@ def _early_stopping(results: list[dict], cell_of, key_of) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for (method, kind, rate, seed), cell in cells.items():
         groups.setdefault((method, kind, rate), []).append({**cell, "seed": seed})
-    order = sorted(groups, key=lambda g: (g[2], g[1], g[0]))
+    order = [g for g, _ in _report_order(groups)]
     lines = ["\n## Long training: stopped at the best evaluation on a noisy validation half (own implicit reward)\n",
              "The held-out pairs of each seed are split in two: a validation half whose labels are flipped at the "
              "cell's own rate (as a split of your noisy data would be) picks the evaluation to keep "
@@ -260,7 +266,7 @@ def _margin_signals(results: list[dict], cell_of) -> list[str]:
              "signal that could pick pairs to drop must beat what the base model's own margin gives "
              "(`data.keep_fraction`).\n",
              f"| method | noise | {' | '.join(names)} | seeds |", "|---|---|" + "---|" * len(names) + "---|"]
-    for (method, kind, rate), rows in sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0])):
+    for (method, kind, rate), rows in _report_order(groups):
         lines.append(f"{_row_label(method, kind, rate)} {' | '.join(_ms([r[n] for r in rows]) for n in names)} | "
                      f"{len(rows)} |")
     return lines
