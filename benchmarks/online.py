@@ -132,6 +132,7 @@ def train_metrics(run_dir: Path) -> dict:
 def run_one(args, method: str, seed: int, base, tok, eval_prompts, root: Path, ref_cache: dict) -> dict:
     from robalign import atomic, jsonl
     from robalign.evaluate_generation import generation_eval
+    from robalign.rundir import resumable
     from robalign.tasks.verifiable import VerifiableReward, make_preference_pairs
     from robalign.trainer import Trainer
 
@@ -147,8 +148,9 @@ def run_one(args, method: str, seed: int, base, tok, eval_prompts, root: Path, r
     train = make_preference_pairs(args.steps * args.batch_size, seed)  # the methods use only the prompts
     trainer = Trainer(cfg, train_pairs=train, eval_pairs=[], model=copy.deepcopy(base), tokenizer=tok)
     # A run killed before its result.json resumes from its last checkpoint (exactly: the trainer restores the
-    # sampling RNG too); one killed before its first checkpoint starts over.
-    trainer.train(resume=(out / "config.yaml").is_file())
+    # sampling RNG too); one killed before its first checkpoint, or run with other settings, starts over.
+    resume = resumable(out, cfg)
+    trainer.train(resume=resume, overwrite=not resume)
     t_train = time.perf_counter() - t0
     ev = generation_eval(trainer.model, None, tok, eval_prompts, VerifiableReward(), adapter_disabled=True,
                          n_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,

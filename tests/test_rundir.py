@@ -151,3 +151,16 @@ def test_final_has_a_model_card_and_the_adapter_names_its_base_by_hub_id(tmp_pat
     adapter = json.loads((tmp_path / "run" / "final" / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "tiny-llama"
     assert "library_name: transformers" in (tmp_path / "run" / "final" / "README.md").read_text()
+
+
+def test_resumable_only_with_a_checkpoint_of_the_same_settings(tmp_path):
+    from robalign.rundir import resumable
+
+    out = tmp_path / "run"
+    assert not resumable(out, _trainer(out).cfg)  # nothing there
+    _trainer(out, stop_after=2, save_every=2).train()
+    assert resumable(out, _trainer(out).cfg)  # watch-only settings (stop_after, save_every) may differ
+    assert not resumable(out, _trainer(out, lr=1e-2).cfg)  # another run's settings: train it again
+    for step in (out / "checkpoints").iterdir():
+        (step / "state.json").unlink()  # no complete checkpoint left
+    assert not resumable(out, _trainer(out).cfg)

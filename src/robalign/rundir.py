@@ -84,6 +84,26 @@ def config_changes(saved: dict, current: dict) -> list[str]:
             if k not in WATCH_ONLY and old.get(k) != new.get(k)]
 
 
+def resumable(out: Path, cfg) -> bool:
+    """Whether `out` holds a complete checkpoint of a run with `cfg`'s settings, for a caller that owns the
+    folder (a sweep cell, a benchmark run) and would rather continue a killed run than train it again; a run
+    of other settings (an older version's defaults) is not resumable, and the caller replaces it."""
+    import logging
+
+    from robalign import checkpoint
+    from robalign.config import normalized
+
+    if not checkpoint.list_checkpoints(out / "checkpoints"):
+        return False
+    try:
+        check_resume_config(out, cfg.to_dict(), normalize=normalized)
+    except UserError as err:
+        logging.getLogger(__name__).warning("%s: not resumed (%s); training it again", out,
+                                            str(err).splitlines()[0])
+        return False
+    return True
+
+
 def check_resume_config(out: Path, current: dict, normalize=None) -> None:
     """Refuses to resume a run with settings other than those in its config.yaml.
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import math
 import os
 import shutil
@@ -29,8 +28,7 @@ from robalign.experiments.spec import (
     method_settings,
     online_oracle,
 )
-
-log = logging.getLogger(__name__)
+from robalign.rundir import resumable
 
 
 def _data_split(spec: SweepSpec, seed: int, base=None):
@@ -134,7 +132,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
     model, tok = base if base is not None else (None, None)
     trainer = Trainer(cfg, train_pairs=noisy, eval_pairs=held, model=copy.deepcopy(model) if model else None,
                       tokenizer=tok, shared_reference=shared_reference)
-    resume = _resumable(out, cfg)
+    resume = resumable(out, cfg)  # a killed cell continues from its last checkpoint (resuming is exact)
     summary = trainer.train(resume=resume, overwrite=not resume)
     result = {"method": method, "kind": kind, "rate": rate, "seed": seed, "seconds": time.perf_counter() - t0,
               **({"oracle": oracle} if oracle else {}),
@@ -173,7 +171,7 @@ def cell_config(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
                   "epochs": spec.epochs, "eval_per_epoch": spec.eval_per_epoch,
                   "seed": seed, "progress": False, "warmup_steps": max(1, steps // 10),
                   "save_final": False, "eval_at_start": bool(spec.epochs),
-                  # about ten checkpoints a cell, so that a killed one resumes (`_resumable`)
+                  # about ten checkpoints a cell, so that a killed one resumes (`rundir.resumable`)
                   "save_every": max(1, steps // 10)}}
     if spec.trunk_cache != "off":  # what the method must be told to train above a cached trunk
         tree["method"].update(METHODS[canonical_name(method)].params.trunk_cache_settings(spec.train_last_k))
@@ -213,24 +211,6 @@ def curve_summary(curve: list[dict], reward: str = "h") -> dict:
     score = f"accuracy_{reward}" if f"accuracy_{reward}" in rows[-1] else "accuracy_M"
     best = max(rows, key=lambda r: r.get(score, -1.0))  # the first of equals: the earliest epoch
     return {"curve": rows, "best_epoch": best["epoch"], f"best_{score}": best[score]}
-
-
-def _resumable(out: Path, cfg) -> bool:
-    """Whether a killed cell left a complete checkpoint of this very config (a cell of a long sweep costs tens
-    of minutes; resuming is exact, tests/test_crash_resume.py). One from other settings (an older version's
-    defaults) is not resumed: the cell is trained again."""
-    from robalign import checkpoint
-    from robalign.config import normalized
-    from robalign.rundir import check_resume_config
-
-    if not checkpoint.list_checkpoints(out / "checkpoints"):
-        return False
-    try:
-        check_resume_config(out, cfg.to_dict(), normalize=normalized)
-    except UserError as err:
-        log.warning("%s: not resumed (%s); training it again", out.name, str(err).splitlines()[0])
-        return False
-    return True
 
 
 def _keep_only_the_adapter(trainer, out: Path):
