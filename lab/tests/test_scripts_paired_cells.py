@@ -31,3 +31,22 @@ def test_difference_and_interval_of_per_pair_correctness(tmp_path, capsys):
 def test_a_missing_cell_is_one_message(tmp_path, capsys):
     assert paired_cells.main([str(tmp_path / "x"), str(tmp_path / "y")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def _gold_cell(path: Path, policy, reference):
+    import json
+
+    path.mkdir(parents=True)
+    (path / "gold_generations.jsonl").write_text("".join(
+        json.dumps({"reward_policy_greedy": a, "reward_reference_greedy": b}) + "\n" for a, b in zip(policy, reference)))
+
+
+def test_gold_reward_of_two_cells_and_against_the_base_model(tmp_path, capsys):
+    _gold_cell(tmp_path / "a", [1.0, 0.5, 0.0, 1.0], [0.0, 0.0, 0.0, 0.5])
+    _gold_cell(tmp_path / "b", [0.0, 0.5, 0.0, 0.5], [0.0, 0.0, 0.0, 0.5])
+    assert paired_cells.main([str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "gold"]) == 0
+    assert "0.625 - 0.250 = +0.375" in capsys.readouterr().out
+    assert paired_cells.main([str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "gold-base"]) == 0
+    assert "0.625 - 0.125 = +0.500" in capsys.readouterr().out
+    assert paired_cells.main([str(tmp_path / "a"), str(tmp_path / "c"), "--metric", "gold"]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -135,8 +135,15 @@ def test_sweep_on_the_built_in_task_reports_gold_reward_win_rate_and_kl(tmp_path
     # Every cell decodes the same reference on the same prompts: its gold reward is one number.
     refs = {json.loads(p.read_text())["ref_gold_reward_greedy"] for p in (tmp_path / "cells").glob("*/result.json")}
     assert len(refs) == 1
+    # Each prompt's rewards are kept, in prompt order, so cells are compared prompt by prompt.
+    rows = [json.loads(x) for x in (tmp_path / "cells" / "dpo-flip-0.5-s0" / "gold_generations.jsonl")
+            .read_text().splitlines()]
+    assert len(rows) == 3 and "kl_sample_ids" not in rows[0]
+    assert abs(sum(r["reward_policy_greedy"] for r in rows) / 3 - result["gold_reward_greedy"]) < 1e-12
+    assert abs(sum(r["reward_reference_greedy"] for r in rows) / 3 - result["ref_gold_reward_greedy"]) < 1e-12
     report = (tmp_path / "report.md").read_text()
     assert "## gold_reward_greedy" in report and "## kl" in report and "GAPO weights" in report
+    assert "| gapo | flip 0.5 |" in report.split("Gold reward of greedy generations − dpo's")[1]
     assert (tmp_path / "gold_reward_vs_kl.png").is_file()
     assert (tmp_path / "gapo_weights_flipped_vs_clean.png").is_file()
     auroc = json.loads((tmp_path / "cells" / "gapo-flip-0.5-s0" / "result.json").read_text())["gapo_flip_auroc"]
@@ -355,7 +362,7 @@ def test_a_method_missing_from_a_panel_keeps_its_colour_and_its_legend_entry(tmp
 
 
 @pytest.mark.integration  # a whole sweep / demo / spawned processes
-def test_an_epochs_sweep_on_the_cached_trunk_records_curves_and_computes_the_trunk_once(tmp_path):
+def test_an_epochs_sweep_on_the_cached_trunk_records_curves_and_computes_the_trunk_once(tmp_path, capsys):
     args = ["bench", "robustness", "--model", "tiny-llama", "--methods", "dpo,gapo", "--kinds", "flip",
             "--rates", "0,0.25", "--seeds", "0", "--epochs", "2", "--batch-size", "4", "--train-pairs", "16",
             "--eval-pairs", "8", "--gen-prompts", "0", "--train-last-k", "1", "--trunk-cache", "disk",
@@ -363,6 +370,8 @@ def test_an_epochs_sweep_on_the_cached_trunk_records_curves_and_computes_the_tru
     assert main(args) == 0
     shards = list((tmp_path / "trunk").glob("*/shard-*.safetensors"))
     assert len(shards) == 1  # the first cell computed every text; the other three read it
+    shown = capsys.readouterr().err  # a long-training cell shows its progress inside the sweep's bar
+    assert "trunk cache" in shown and "dpo: 100%" in shown
     for cell in ("dpo-flip-0.25-s0", "gapo-flip-0-s0"):
         result = json.loads((tmp_path / "cells" / cell / "result.json").read_text())
         assert [r["epoch"] for r in result["curve"]] == [0.0, 1.0, 2.0]

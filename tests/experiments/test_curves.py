@@ -113,3 +113,27 @@ def test_the_long_training_table_shows_where_each_reward_started_and_how_far_it_
     simpo = next(line for line in table.splitlines() if line.startswith("| simpo (M) | flip 0.4 |"))
     assert dpo.split(" | ")[2:5] == ["0.500", "0.580", "0.080"]  # start, last, last − start
     assert simpo.split(" | ")[2:5] == ["0.620", "0.610", "-0.010"]
+
+
+def test_methods_scored_on_different_rewards_are_also_compared_on_M(tmp_path):
+    """SimPO's own M against DPO's h credits SimPO with the base model's prior; the report adds the comparison
+    on M, which both policies have."""
+    from robalign.experiments.curves import sections
+
+    tables = {"dpo": {"h": [1.0, 1.0, -1.0, -1.0], "M": [1.0, 1.0, 1.0, -1.0]},  # h: 2/4, M: 3/4
+              "simpo": {"h": [-1.0] * 4, "M": [1.0, -1.0, -1.0, -1.0]}}  # M: 1/4
+    results = []
+    for method, table in tables.items():
+        cell = tmp_path / method
+        cell.mkdir()
+        save_file({k: torch.tensor([[0.0] * 4, v]) for k, v in table.items()} |
+                  {"epoch": torch.tensor([0.0, 1.0], dtype=torch.float64)}, str(cell / "heldout_margins.safetensors"))
+        results.append({"method": method, "kind": "flip", "rate": 0.4, "seed": 0, "accuracy_h": 0.5,
+                        "reward": "M" if method == "simpo" else "h",
+                        "curve": [{"epoch": e, "accuracy_h": 0.5, "accuracy_M": 0.5} for e in (0.0, 1.0)]})
+    text = "\n".join(sections(results, lambda r: tmp_path / r["method"], tmp_path))
+    own, on_m = text.split("each on its own implicit reward")[1], text.split("both on M")[1]
+    assert "| simpo (M) | flip 0.4 | -0.250 |" in own.split("##")[0]  # 1/4 on M − 2/4 on h
+    assert "| simpo (M) | flip 0.4 | -0.500 |" in on_m.split("##")[0]  # 1/4 − 3/4, both on M
+    alone = [dict(r, reward="h") for r in results]  # one reward for all: no second table
+    assert "both on M" not in "\n".join(sections(alone, lambda r: tmp_path / r["method"], tmp_path))

@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from robalign import atomic
+from robalign import atomic, jsonl
 from robalign.errors import UserError
 from robalign.experiments.spec import (
     SweepSpec,
@@ -145,7 +145,7 @@ def _train_cell(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
         result.update(curve_summary(summary["curve"], result["reward"]))
     result.update({f"keep_{k}": v for k, v in summary.get("pair_filter", {}).items()})
     if spec.gen_prompts > 0:
-        result.update(_gold_generation(spec, trainer, seed, base))
+        result.update(_gold_generation(spec, trainer, seed, base, out))
         result["seconds"] = time.perf_counter() - t0
     _keep_only_the_adapter(trainer, out)
     gapo = out / "gapo_summary.json"
@@ -169,7 +169,8 @@ def cell_config(spec: SweepSpec, method: str, kind: str, rate: float, seed: int,
         "data": {"max_length": spec.max_length, "keep_fraction": spec.keep_fraction},
         "train": {"output_dir": str(out), "batch_size": spec.batch_size, "max_steps": steps, "lr": spec.lr,
                   "epochs": spec.epochs, "eval_per_epoch": spec.eval_per_epoch,
-                  "seed": seed, "progress": False, "warmup_steps": max(1, steps // 10),
+                  # a long-training cell runs for tens of minutes: it shows its trunk cache and steps
+                  "seed": seed, "progress": bool(spec.epochs), "warmup_steps": max(1, steps // 10),
                   "save_final": False, "eval_at_start": bool(spec.epochs),
                   # about ten checkpoints a cell, so that a killed one resumes (`rundir.resumable`)
                   "save_every": max(1, steps // 10)}}
@@ -232,8 +233,13 @@ def held_out_prompts(n: int, seed: int) -> list:
     return make_prompts(n, seed=20_000 + seed)
 
 
-def _gold_generation(spec: SweepSpec, trainer, seed: int, base) -> dict:
-    """Gold reward, win rate against the reference and KL of the trained policy on held-out prompts."""
+GOLD_GENERATIONS = "gold_generations.jsonl"
+
+
+def _gold_generation(spec: SweepSpec, trainer, seed: int, base, out: Path) -> dict:
+    """Gold reward, win rate against the reference and KL of the trained policy on held-out prompts; each
+    prompt's texts and rewards go to `out`/gold_generations.jsonl, in prompt order, so two cells of one seed
+    (same prompts) are compared prompt by prompt (`robalign.experiments.paired_gold`)."""
     from robalign.evaluate_generation import generation_eval
     from robalign.tasks.verifiable import VerifiableReward
 
@@ -243,11 +249,14 @@ def _gold_generation(spec: SweepSpec, trainer, seed: int, base) -> dict:
         return {}  # full fine-tuning needs the untouched base model as the reference (run_sweep passes it)
     reference = None if lora else base[0]
     cache = _REFERENCE_DECODES.setdefault(spec.model, {})  # the reference's weights never change
-    out = generation_eval(trainer.model, reference, trainer.tokenizer, prompts, VerifiableReward(), n_samples=1,
+    generated = generation_eval(trainer.model, reference, trainer.tokenizer, prompts, VerifiableReward(), n_samples=1,
                           max_new_tokens=spec.gen_max_new_tokens, seed=seed, adapter_disabled=lora,
                           reference_cache=cache)
     names = {"gen/reward_greedy": "gold_reward_greedy", "gen/reward_sampled": "gold_reward_sampled",
              "gen/ref_reward_greedy": "ref_gold_reward_greedy", "gen/ref_reward_sampled": "ref_gold_reward_sampled",
              "gen/win_rate_greedy": "win_rate_greedy", "gen/win_rate_sampled": "win_rate_sampled",
              "gen/kl": "kl"}
-    return {new: out[old] for old, new in names.items()}
+    # The KL samples' token ids would double the file and only the metrics above use them.
+    jsonl.write_rows(out / GOLD_GENERATIONS, ({k: v for k, v in row.items() if k != "kl_sample_ids"}
+                                              for row in generated["generations"]), encoding="utf-8")
+    return {new: generated[old] for old, new in names.items()}

@@ -92,6 +92,8 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
                      f"{_ms(best_epoch, 1)} | {_ms([a - b for a, b in zip(last, best)])} | "
                      f"{_ms(fit_f)} | {_ms(fit_c)} | {len(rows)} |")
     lines += _versus_baseline(curved, cell_of, key_of)
+    if suffix == "own":  # a reference-free method's own M starts at the base model's prior, DPO's h at 0.5
+        lines += _versus_baseline(curved, cell_of, lambda r: "M", "both on M, the margin every policy has")
     if plot_versus_baseline(curved, cell_of, key_of, dest / f"versus_{BASELINE}_accuracy_{suffix}.png"):
         lines.append(f"\n![versus {BASELINE}](versus_{BASELINE}_accuracy_{suffix}.png)\n")
     lines += _cost_of_noise(curved, cell_of, key_of)
@@ -102,12 +104,13 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
     return lines
 
 
-def _versus_baseline(results: list[dict], cell_of, key_of) -> list[str]:
+def _versus_baseline(results: list[dict], cell_of, key_of, on: str = "each on its own implicit reward"
+                     ) -> list[str]:
     """Last-epoch accuracy of each method − DPO's on the same seed's held-out pairs, 95 % interval."""
     base = {(r["kind"], r["rate"], r["seed"]): r for r in results if r["method"] == BASELINE}
     pairs = [(r, r, base.get((r["kind"], r["rate"], r["seed"]))) for r in results if r["method"] != BASELINE]
     return _paired_last_epoch(pairs, cell_of, key_of,
-                              f"last-epoch accuracy − {BASELINE}'s, each on its own implicit reward, paired (95 % "
+                              f"last-epoch accuracy − {BASELINE}'s, {on}, paired (95 % "
                               "interval: bootstrap over seeds and held-out pairs)", "difference")
 
 
@@ -124,13 +127,20 @@ def _cost_of_noise(results: list[dict], cell_of, key_of) -> list[str]:
 def _paired_last_epoch(pairs: list[tuple], cell_of, key_of, title: str, column: str) -> list[str]:
     """One table row per (method, kind, rate) of the first cell of each (cell, a, b): last-epoch correctness
     of a − of b, pair by pair, seeds combined by a hierarchical bootstrap (`_paired_groups`)."""
-    groups = _paired_groups(pairs, cell_of, key_of)
+    return paired_table(_paired_groups(pairs, cell_of, key_of), f"Long training: {title}", column)
+
+
+def paired_table(groups: list[tuple[tuple, list[torch.Tensor]]], title: str, column: str,
+                 unit: str = "pairs") -> list[str]:
+    """Report lines of one paired table: a row per ((method, kind, rate, reward key), [per-item differences,
+    one tensor per seed]) with the hierarchical-bootstrap interval, each seed's mean and the t-interval over
+    seeds; `unit` names what a seed's items are (held-out pairs, prompts)."""
     if not groups:
         return []
-    lines = [f"\n## Long training: {title}\n",
+    lines = [f"\n## {title}\n",
              "Per seed: each seed's own paired difference, so one can see whether the seeds agree. The t-interval "
              "over seeds (2 or more) treats the seeds as the sample; with few seeds it is the wider, safer one.\n",
-             f"| method | noise | {column} | 95 % interval | per seed | t-interval over seeds | seeds | pairs |",
+             f"| method | noise | {column} | 95 % interval | per seed | t-interval over seeds | seeds | {unit} |",
              "|---|---|---|---|---|---|---|---|"]
     for (method, kind, rate, key), diffs in groups:
         ci, t = hierarchical_bootstrap(diffs), seed_t_interval(diffs)

@@ -56,9 +56,12 @@ def write_outputs(spec: SweepSpec, results: list[dict], dest: Path | None = None
         lines += ["\n## GAPO flip AUROC: how well a low weight flags a flipped pair (0.5 = chance, 1 = every "
                   "flipped pair weighted below every clean one; last half of training; mean ± std over seeds)\n",
                   _table(auroc, spec.kinds, seeds)]
+    from robalign.experiments import paired_gold
     from robalign.experiments.curves import sections as curve_sections
 
-    lines += curve_sections(results, lambda r: cell_dir(spec, r["method"], r["kind"], r["rate"], r["seed"]), dest)
+    cell_of = lambda r: cell_dir(spec, r["method"], r["kind"], r["rate"], r["seed"])  # noqa: E731
+    lines += curve_sections(results, cell_of, dest)
+    lines += paired_gold.sections(results, cell_of)
     report = dest / "report.md"
     report.write_text("\n".join(lines))
     return report
