@@ -57,6 +57,9 @@ def test_the_paragraph_says_only_what_the_intervals_support():
     steady = meaning([{**clean, "last_minus_peak": {"mean": 0.0, "low": -0.02, "high": 0.02}},
                       _row((-0.05, 0.01), (-0.02, 0.0), (-0.01, 0.02))], 0.4)
     assert "Even on clean labels" not in steady
+    # A run whose best evaluation is its last did not fall: it says so instead of quoting a zero interval.
+    never = meaning([clean, {**_row((-0.05, 0.01), (0.0, 0.0), (-0.01, 0.02)), "peak_is_last": True}], 0.4)
+    assert "best evaluation was its last" in never and "did not fall measurably" not in never
 
 
 def test_demo_rejects_unknown_method_and_bad_noise(tmp_path, capsys):
