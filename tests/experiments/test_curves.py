@@ -137,3 +137,36 @@ def test_methods_scored_on_different_rewards_are_also_compared_on_M(tmp_path):
     assert "| simpo (M) | flip 0.4 | -0.500 |" in on_m.split("##")[0]  # 1/4 − 3/4, both on M
     alone = [dict(r, reward="h") for r in results]  # one reward for all: no second table
     assert "both on M" not in "\n".join(sections(alone, lambda r: tmp_path / r["method"], tmp_path))
+
+
+def test_early_stopping_table_picks_on_a_noisy_and_on_a_clean_validation_half(tmp_path):
+    """Brute force: score every evaluation on the validation half (labels flipped at the cell's rate, or
+    clean), keep the first best, and report its clean test-half accuracy minus the last evaluation's."""
+    from robalign.experiments.curves import _early_stopping
+    from robalign.experiments.selection import halves
+
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(4, 40, generator=gen)  # 4 evaluations of 40 held-out pairs
+    cell = tmp_path / "dpo"
+    cell.mkdir()
+    save_file({"h": h, "epoch": torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)},
+              str(cell / "heldout_margins.safetensors"))
+    result = {"method": "dpo", "kind": "flip", "rate": 0.4, "seed": 5}
+
+    def brute(rate):
+        val, test, flipped = halves(40, 5, rate)
+        scores = []
+        for row in h:
+            right = [(1.0 if m > 0 else 0.0) for m in row[val].tolist()]
+            scores.append(sum(1 - r if f else r for r, f in zip(right, flipped.tolist())) / len(right))
+        best = scores.index(max(scores))
+        acc = lambda row: sum(1.0 if m > 0 else 0.0 for m in row[test].tolist()) / len(test)  # noqa: E731
+        return acc(h[best]) - acc(h[-1]), float(best)
+
+    row = next(line for line in _early_stopping([result], lambda r: cell, lambda r: "h")
+               if line.startswith("| dpo | flip 0.4 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    (noisy_gain, noisy_epoch), (clean_gain, clean_epoch) = brute(0.4), brute(0.0)
+    assert cells[4] == f"{noisy_gain:+.3f}" and cells[6] == f"{noisy_epoch:.1f}"
+    assert (noisy_epoch, noisy_gain) != (clean_epoch, clean_gain)  # the two halves pick differently here
+    assert cells[7] == f"{clean_gain:+.3f}" and cells[9] == f"{clean_epoch:.1f}"
