@@ -39,7 +39,8 @@ case "${1:-}" in
              # on clean labels (what the noise costs, and whether SimPO's lead is about noise at all), the two
              # at length-biased 0.4 (where the data's majority is wrong on a subset), hinge and Dr.DPO at 40 %,
              # DPO at 20 % (how the cost grows with the rate). Pruned from the first plan (hinge at length and
-             # 20 %, hinge and Dr.DPO clean): at 35-40 min a cell they decide no claim the rest does not.
+             # 20 %, hinge and Dr.DPO clean): they decide no claim the rest does not. A cell: ~18 min on
+             # one core with two side by side (35-40 beside the online stage).
              # THREADS=1 runs it on one core beside `online`
     C=(--data verifiable --seeds 0,1,2 --epochs 10 --train-last-k 2 --trunk-cache disk --lora-r 0 --batch-size 8
        --lr 1e-4 --max-length 256 --train-pairs 256 --eval-pairs 1000 --eval-per-epoch 0.5 --gen-prompts 64
