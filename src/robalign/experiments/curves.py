@@ -50,7 +50,7 @@ def _row_label(method, kind, rate, key: str = "h") -> str:
     return f"| {method}{' (M)' if key == 'M' else ''} | {kind} {rate:g} |"
 
 
-def _report_order(groups: dict) -> list[tuple]:
+def report_order(groups: dict) -> list[tuple]:
     """(key, value) of `groups`, whose keys start with (method, kind, rate), in the report's row order: by
     rate, then noise kind, then method."""
     return sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0]))
@@ -78,7 +78,7 @@ def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in curved:
         groups.setdefault((r["method"], r["kind"], r["rate"]), []).append(r)
-    for (method, kind, rate), rows in _report_order(groups):
+    for (method, kind, rate), rows in report_order(groups):
         acc = [f"accuracy_{key_of(r)}" for r in rows]
         last = [r["curve"][-1].get(a) for r, a in zip(rows, acc)]
         start = [r["curve"][0].get(a) if r["curve"][0]["epoch"] == 0 else None for r, a in zip(rows, acc)]
@@ -165,7 +165,7 @@ def _paired_groups(pairs: list[tuple], cell_of, key_of) -> list[tuple[tuple, lis
         groups.setdefault((r["method"], r["kind"], r["rate"], key_of(a)), []).append(
             (r["seed"], correctness(first["values"][-1]) - correctness(second["values"][-1])))
     return [(group, [d for _, d in sorted(by_seed, key=lambda sd: sd[0])])
-            for group, by_seed in _report_order(groups)]
+            for group, by_seed in report_order(groups)]
 
 
 def plot_versus_baseline(results: list[dict], cell_of, key_of, path: Path) -> Path | None:
@@ -222,7 +222,7 @@ def _early_stopping(results: list[dict], cell_of, key_of) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for (method, kind, rate, seed), cell in cells.items():
         groups.setdefault((method, kind, rate), []).append({**cell, "seed": seed})
-    order = [g for g, _ in _report_order(groups)]
+    order = [g for g, _ in report_order(groups)]
     lines = ["\n## Long training: stopped at the best evaluation on a noisy validation half (own implicit reward)\n",
              "The held-out pairs of each seed are split in two: a validation half whose labels are flipped at the "
              "cell's own rate (as a split of your noisy data would be) picks the evaluation to keep "
@@ -282,7 +282,7 @@ def _margin_signals(results: list[dict], cell_of) -> list[str]:
              "signal that could pick pairs to drop must beat what the base model's own margin gives "
              "(`data.keep_fraction`).\n",
              f"| method | noise | {' | '.join(names)} | seeds |", "|---|---|" + "---|" * len(names) + "---|"]
-    for (method, kind, rate), rows in _report_order(groups):
+    for (method, kind, rate), rows in report_order(groups):
         lines.append(f"{_row_label(method, kind, rate)} {' | '.join(_ms([r[n] for r in rows]) for n in names)} | "
                      f"{len(rows)} |")
     return lines
