@@ -62,6 +62,13 @@ def test_versus_baseline_plot_is_drawn_only_when_a_method_has_dpo_to_pair_with(t
     assert not (tmp_path / "none.png").exists()
 
 
+def _cell_with_last_margins(cell, table: dict) -> None:
+    """A cell folder whose held-out margins are 0 at epoch 0 and `table` (reward -> margins) at epoch 1."""
+    cell.mkdir()
+    save_file({k: torch.tensor([[0.0] * len(v), v]) for k, v in table.items()} |
+              {"epoch": torch.tensor([0.0, 1.0], dtype=torch.float64)}, str(cell / "heldout_margins.safetensors"))
+
+
 def test_a_reference_free_method_is_scored_on_M_against_dpo_on_h(tmp_path):
     """SimPO never looks at a reference: its h is a by-product, its M is what it trains. Cells written before
     `reward` was recorded are read from their config.yaml."""
@@ -75,9 +82,7 @@ def test_a_reference_free_method_is_scored_on_M_against_dpo_on_h(tmp_path):
     results = []
     for method, table in cells.items():
         cell = tmp_path / method
-        cell.mkdir()
-        save_file({k: torch.tensor([[0.0] * 4, v]) for k, v in table.items()} |
-                  {"epoch": torch.tensor([0.0, 1.0], dtype=torch.float64)}, str(cell / "heldout_margins.safetensors"))
+        _cell_with_last_margins(cell, table)
         (cell / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}}))
         results.append({"method": method, "kind": "flip", "rate": 0.4, "seed": 0, "accuracy_h": 0.5})
     cell_of = lambda r: tmp_path / r["method"]  # noqa: E731
@@ -124,10 +129,7 @@ def test_methods_scored_on_different_rewards_are_also_compared_on_M(tmp_path):
               "simpo": {"h": [-1.0] * 4, "M": [1.0, -1.0, -1.0, -1.0]}}  # M: 1/4
     results = []
     for method, table in tables.items():
-        cell = tmp_path / method
-        cell.mkdir()
-        save_file({k: torch.tensor([[0.0] * 4, v]) for k, v in table.items()} |
-                  {"epoch": torch.tensor([0.0, 1.0], dtype=torch.float64)}, str(cell / "heldout_margins.safetensors"))
+        _cell_with_last_margins(tmp_path / method, table)
         results.append({"method": method, "kind": "flip", "rate": 0.4, "seed": 0, "accuracy_h": 0.5,
                         "reward": "M" if method == "simpo" else "h",
                         "curve": [{"epoch": e, "accuracy_h": 0.5, "accuracy_M": 0.5} for e in (0.0, 1.0)]})
@@ -167,6 +169,6 @@ def test_early_stopping_table_picks_on_a_noisy_and_on_a_clean_validation_half(tm
                if line.startswith("| dpo | flip 0.4 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     (noisy_gain, noisy_epoch), (clean_gain, clean_epoch) = brute(0.4), brute(0.0)
-    assert cells[4] == f"{noisy_gain:+.3f}" and cells[6] == f"{noisy_epoch:.1f}"
+    assert cells[4] == f"{noisy_gain:+.3f}" and cells[6] == f"{noisy_gain:+.3f}" and cells[7] == f"{noisy_epoch:.1f}"
     assert (noisy_epoch, noisy_gain) != (clean_epoch, clean_gain)  # the two halves pick differently here
-    assert cells[7] == f"{clean_gain:+.3f}" and cells[9] == f"{clean_epoch:.1f}"
+    assert cells[8] == f"{clean_gain:+.3f}" and cells[10] == f"{clean_gain:+.3f}" and cells[11] == f"{clean_epoch:.1f}"

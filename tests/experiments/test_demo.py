@@ -42,6 +42,7 @@ def _row(minus_clean, fall, gain):
         return {"mean": (lo + hi) / 2, "low": lo, "high": hi}
 
     return {"label": "dpo, flipped labels", "method": "dpo", "fit_flipped": 0.9, "peak_epoch": 3,
+            "curve": [{"epoch": e} for e in (0, 1, 2, 3, 4)],
             "minus_clean": ci(*minus_clean), "last_minus_peak": ci(*fall), "stopped": {"gain": ci(*gain)}}
 
 
@@ -58,7 +59,7 @@ def test_the_paragraph_says_only_what_the_intervals_support():
                       _row((-0.05, 0.01), (-0.02, 0.0), (-0.01, 0.02))], 0.4)
     assert "Even on clean labels" not in steady
     # A run whose best evaluation is its last did not fall: it says so instead of quoting a zero interval.
-    never = meaning([clean, {**_row((-0.05, 0.01), (0.0, 0.0), (-0.01, 0.02)), "peak_is_last": True}], 0.4)
+    never = meaning([clean, {**_row((-0.05, 0.01), (0.0, 0.0), (-0.01, 0.02)), "peak_epoch": 4}], 0.4)
     assert "best evaluation was its last" in never and "did not fall measurably" not in never
 
 

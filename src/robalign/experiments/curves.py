@@ -56,6 +56,12 @@ def report_order(groups: dict) -> list[tuple]:
     return sorted(groups.items(), key=lambda g: (g[0][2], g[0][1], g[0][0]))
 
 
+def seed_ordered(groups: dict[tuple, list[tuple[int, torch.Tensor]]]) -> list[tuple[tuple, list[torch.Tensor]]]:
+    """{group: [(seed, per-item differences)]} → [(group, [differences, in seed order])], in report order:
+    the form `paired_table` takes."""
+    return [(group, [d for _, d in sorted(by_seed, key=lambda sd: sd[0])]) for group, by_seed in report_order(groups)]
+
+
 def sections(results: list[dict], cell_of, dest: Path) -> list[str]:
     """Report lines for the cells of `results` that have a learning curve; `cell_of(r)` is a cell's folder."""
     curved = [r for r in results if r.get("curve")]
@@ -164,8 +170,7 @@ def _paired_groups(pairs: list[tuple], cell_of, key_of) -> list[tuple[tuple, lis
             continue
         groups.setdefault((r["method"], r["kind"], r["rate"], key_of(a)), []).append(
             (r["seed"], correctness(first["values"][-1]) - correctness(second["values"][-1])))
-    return [(group, [d for _, d in sorted(by_seed, key=lambda sd: sd[0])])
-            for group, by_seed in report_order(groups)]
+    return seed_ordered(groups)
 
 
 def plot_versus_baseline(results: list[dict], cell_of, key_of, path: Path) -> Path | None:
@@ -229,17 +234,18 @@ def _early_stopping(results: list[dict], cell_of, key_of) -> list[str]:
              "(`train.load_best_model_at_end`), and the clean test half scores it; the last columns pick on the "
              "same half with its labels clean (a hand-checked validation split). 95 % intervals: bootstrap over "
              "seeds and test pairs, paired.\n",
-             "| method | noise | last | stopped | stopped − last | 95 % interval | stopped at epoch | "
-             "clean-half stop − last | 95 % interval | at epoch | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | noise | last | stopped | stopped − last | 95 % interval | per seed | stopped at epoch | "
+             "clean-half stop − last | 95 % interval | per seed | at epoch | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in order:
-        rows = groups[g]
-        gain = hierarchical_bootstrap([r["stopped"] - r["last"] for r in rows])
-        clean = hierarchical_bootstrap([r["clean_stopped"] - r["last"] for r in rows])
+        rows = sorted(groups[g], key=lambda r: r["seed"])
+        gains = {name: [r[name] - r["last"] for r in rows] for name in ("stopped", "clean_stopped")}
+        cis = {name: hierarchical_bootstrap(d) for name, d in gains.items()}
+        shown = {name: f"{ci['mean']:+.3f} | [{ci['low']:+.3f}, {ci['high']:+.3f}] | "
+                       + ", ".join(f"{d.mean().item():+.3f}" for d in gains[name]) for name, ci in cis.items()}
         lines.append(f"{_row_label(*g)} {_ms([r['last'].mean().item() for r in rows])} | "
-                     f"{_ms([r['stopped'].mean().item() for r in rows])} | {gain['mean']:+.3f} | "
-                     f"[{gain['low']:+.3f}, {gain['high']:+.3f}] | {_ms([r['epoch'] for r in rows], 1)} | "
-                     f"{clean['mean']:+.3f} | [{clean['low']:+.3f}, {clean['high']:+.3f}] | "
+                     f"{_ms([r['stopped'].mean().item() for r in rows])} | {shown['stopped']} | "
+                     f"{_ms([r['epoch'] for r in rows], 1)} | {shown['clean_stopped']} | "
                      f"{_ms([r['clean_epoch'] for r in rows], 1)} | {len(rows)} |")
     versus = []
     for method, kind, rate in order:

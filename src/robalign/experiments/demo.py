@@ -130,7 +130,7 @@ def _row(run: DemoRun, method: dict, summary: dict, run_dir: Path, seed: int, ra
            "settings": {k: v for k, v in method.items() if k != "name"},
            "noise": rate if run.noisy else 0.0, "curve": curve, "pairs": h.shape[1],
            "last": curve[-1]["accuracy"], "peak": curve[peak]["accuracy"], "peak_epoch": curve[peak]["epoch"],
-           "peak_is_last": peak == len(curve) - 1, "last_minus_peak": fall, "fit_flipped": curve[-1]["fit_flipped"], "seconds": round(seconds, 1)}
+           "last_minus_peak": fall, "fit_flipped": curve[-1]["fit_flipped"], "seconds": round(seconds, 1)}
     if run.noisy:  # load_best_model_at_end, with the best picked on a validation half as noisy as training
         stopped, at = stopped_correctness(h, seed, rate)
         row["stopped"] = {"epoch": float(table["epoch"][at]), "test_half": stopped.mean().item(),
@@ -222,8 +222,8 @@ def meaning(rows: list[dict], noise_rate: float) -> str:
     fall = _excludes_zero(dpo["last_minus_peak"])
     said.append({-1: f"Its accuracy peaked at epoch {dpo['peak_epoch']:g} and then fell ({_ci(dpo['last_minus_peak'])}).",
                  0: f"Its accuracy did not fall measurably after its peak ({_ci(dpo['last_minus_peak'])}).",
-                 1: ""}[fall] if not dpo.get("peak_is_last") else "Its best evaluation was its last: its accuracy "
-                  "never fell.")
+                 1: ""}[fall] if dpo["peak_epoch"] != dpo["curve"][-1]["epoch"] else "Its best evaluation was its "
+                  "last: its accuracy never fell.")
     if "last_minus_peak" in clean and _excludes_zero(clean["last_minus_peak"]) < 0:
         said.append(f"Even on clean labels DPO peaked at epoch {clean['peak_epoch']:g} and then fell "
                     f"({_ci(clean['last_minus_peak'])}): with few pairs and many epochs it overfits them.")

@@ -15,7 +15,7 @@ import torch
 
 from robalign import jsonl
 from robalign.experiments.cells import GOLD_GENERATIONS
-from robalign.experiments.curves import BASELINE, paired_table, report_order
+from robalign.experiments.curves import BASELINE, paired_table, seed_ordered
 
 
 def gold_rewards(cell: Path) -> dict[str, torch.Tensor] | None:
@@ -40,7 +40,7 @@ def _groups(couples: list[tuple[dict, dict, str]], cell_of) -> list[tuple[tuple,
             continue
         groups.setdefault((a["method"], a["kind"], a["rate"], "gold"), []).append(
             (a["seed"], first["policy"] - second[side]))
-    return [(g, [d for _, d in sorted(by_seed, key=lambda sd: sd[0])]) for g, by_seed in report_order(groups)]
+    return seed_ordered(groups)
 
 
 def sections(results: list[dict], cell_of) -> list[str]:
